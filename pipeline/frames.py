@@ -1,0 +1,103 @@
+"""Decoding a clip's frames from its source (one mp4, or one image file per frame).
+
+Stages receive a manifest row and ask for a subset of frame indices, optionally resized; the
+decoder reads a video once, sequentially (seeking in long-GOP mp4s is slow and, with some
+codecs, inexact), and keeps only the requested frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.stage import ClipError
+
+
+def video_frame_count(path: str) -> int:
+    """Number of decodable frames (counted by decoding: container metadata can lie)."""
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        return -1
+    n = 0
+    try:
+        while cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    return n
+
+
+def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or (img.shape[1], img.shape[0]) == tuple(size):
+        return img
+    return cv2.resize(img, tuple(size), interpolation=cv2.INTER_AREA)
+
+
+def iter_frames(
+    row: dict[str, Any], indices: Sequence[int] | None = None, size: tuple[int, int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(frame_idx, RGB uint8 HxWx3)`` for the requested indices, in increasing order.
+
+    ``size`` is ``(width, height)``; resizing uses area interpolation. Raises ``ClipError``
+    naming the clip and file when a frame is missing or unreadable.
+    """
+    clip = row["clip_id"]
+    n = int(row["num_frames"])
+    wanted = sorted(set(range(n) if indices is None else (int(i) for i in indices)))
+    if wanted and (wanted[0] < 0 or wanted[-1] >= n):
+        raise ClipError(clip, f"frame index out of range 0..{n - 1}")
+    if row["source_type"] == "video":
+        path = row["video_path"]
+        cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            raise ClipError(clip, f"cannot open video {path}")
+        try:
+            want = set(wanted)
+            idx = 0
+            last = wanted[-1] if wanted else -1
+            while idx <= last:
+                if not cap.grab():
+                    raise ClipError(clip, f"video {path} ended at frame {idx}, expected {n}")
+                if idx in want:
+                    ok, bgr = cap.retrieve()
+                    if not ok:
+                        raise ClipError(clip, f"cannot decode frame {idx} of {path}")
+                    yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+                idx += 1
+        finally:
+            cap.release()
+    else:
+        paths = row["frame_paths"]
+        for idx in wanted:
+            bgr = cv2.imread(paths[idx], cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ClipError(clip, f"cannot read frame {idx} at {paths[idx]}")
+            yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def read_frames(
+    row: dict[str, Any], indices: Sequence[int] | None = None, size: tuple[int, int] | None = None
+) -> dict[int, np.ndarray]:
+    return dict(iter_frames(row, indices, size))
+
+
+def read_depth(row: dict[str, Any], frame_idx: int) -> np.ndarray:
+    """Metric depth (metres, float32, 0 = missing) of one frame from the dataset's own files."""
+    clip = row["clip_id"]
+    paths = row.get("depth_paths") or []
+    if len(paths) == 0:
+        raise ClipError(clip, "no sensor/ground-truth depth recorded for this clip")
+    path = paths[frame_idx]
+    if path.endswith(".npy"):
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ClipError(clip, f"cannot read depth {path}: {exc}") from exc
+    else:
+        d = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if d is None:
+            raise ClipError(clip, f"cannot read depth {path}")
+    return d.astype(np.float32) * np.float32(row["depth_unit"])

@@ -1,0 +1,61 @@
+"""Arrow schemas of every stage's Parquet output: the contracts between stages.
+
+Conventions used everywhere:
+- poses: ``w2c`` is a row-major 3x4 world-to-camera matrix (12 floats) in OpenCV axes
+  (x right, y down, z forward), translation in the clip's *relative* scale;
+- intrinsics are RealEstate10K-normalised ``[fx/W, fy/H, cx/W, cy/H]``;
+- pixel coordinates follow COLMAP: the top-left pixel's centre is (0.5, 0.5), so the pixel
+  with integer index (col, row) covers [col, col+1) x [row, row+1); (u, v) are always in the
+  *original* image resolution (``width`` x ``height`` of the manifest);
+- ``true_scale`` (when known) maps relative translations to metres: t_metric = t_rel * true_scale;
+  a recovered frame/clip factor estimates exactly this number.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+MANIFEST = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("split", pa.string()),
+        ("source_type", pa.string()),  # "video" | "images"
+        ("video_path", pa.string()),  # absolute, null unless source_type == "video"
+        ("frame_paths", pa.list_(pa.string())),  # absolute, per frame; empty for video
+        ("depth_paths", pa.list_(pa.string())),  # per frame metric depth files; empty if none
+        ("depth_unit", pa.float64()),  # metres per stored unit (0.001 for mm PNG, 1.0 for .npy)
+        ("timestamps_us", pa.list_(pa.int64())),
+        ("intrinsics", pa.list_(pa.float64(), 4)),  # normalised fx, fy, cx, cy
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_frames", pa.int32()),
+        ("w2c", pa.list_(pa.list_(pa.float64(), 12))),  # per frame, row-major 3x4
+        ("true_scale", pa.float64()),  # null when unknown (real RealEstate10K)
+        ("url", pa.string()),
+    ]
+)
+
+OBSERVATIONS = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("frame_idx", pa.int32()),
+        ("point_id", pa.int64()),
+        ("u", pa.float32()),
+        ("v", pa.float32()),
+        ("z_cam", pa.float64()),  # camera-space depth of the 3D point, relative scale
+        ("track_len", pa.int32()),
+        ("reproj_err", pa.float32()),  # pixels, at the triangulation resolution
+    ]
+)
+
+DEPTH_SAMPLES = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("frame_idx", pa.int32()),
+        ("point_id", pa.int64()),
+        ("depth", pa.float32()),  # metres; NaN where invalid
+        ("valid", pa.bool_()),
+    ]
+)

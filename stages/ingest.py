@@ -1,0 +1,339 @@
+"""Ingest: discover clips, validate every one strictly, write manifest shards.
+
+Discovery (driver side, cheap: file listings only) finds each clip's inputs; the per-shard work
+(parsing, decoding frames to check them) runs on Ray. Every problem becomes a per-clip failure
+with a reason that names the clip and the file, so one bad clip never hides the others.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from pipeline import frames as frame_io
+from pipeline import rgbd_format
+from pipeline.io import write_parquet_atomic
+from pipeline.re10k_format import check_rotation, parse_pose_file
+from pipeline.schema import MANIFEST
+from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+# ---------------------------------------------------------------------- discovery
+def _discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ds = cfg["dataset"]
+    root = Path(ds["root"])
+    if not root.is_dir():
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"dataset.root {root} is not a directory")
+    wanted: set[str] | None = None
+    if ds.get("clip_list"):
+        wanted = {
+            line.strip()
+            for line in Path(ds["clip_list"]).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for split in ds["splits"]:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for path in sorted(split_dir.glob("*.txt")):
+            if wanted is not None and path.stem not in wanted:
+                continue
+            found.setdefault(path.stem, []).append((split, path))
+    sources: dict[str, dict[str, Any]] = {}
+    for clip_id, hits in found.items():
+        split, path = hits[0]
+        src: dict[str, Any] = {
+            "layout": "re10k",
+            "split": split,
+            "pose_file": str(path),
+            "stat": _stat(path),
+        }
+        if len(hits) > 1:
+            src["problem"] = "duplicate clip id: " + ", ".join(str(p) for _, p in hits)
+        sources[clip_id] = src
+    if wanted is not None:
+        for clip_id in sorted(wanted - set(found)):
+            sources[clip_id] = {
+                "layout": "re10k",
+                "split": "?",
+                "problem": f"listed in {ds['clip_list']} but no pose file under {root}",
+            }
+    return sources
+
+
+def _discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ds = cfg["dataset"]
+    root = Path(ds["root"])
+    length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
+    if length < 2 or stride < 1:
+        from pipeline.config import ConfigError
+
+        raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
+    sources: dict[str, dict[str, Any]] = {}
+    for seq in rgbd_format.sequence_dirs(root):
+        numbers = [n for n, _ in rgbd_format.list_frames(seq)]
+        span = length * stride
+        for start in range(0, len(numbers) - span + 1, span):
+            picked = numbers[start : start + span : stride]
+            clip_id = f"{seq.name}_{picked[0]:06d}"
+            sources[clip_id] = {
+                "layout": "rgbd",
+                "split": ds["split"],
+                "seq": str(seq),
+                "frame_numbers": picked,
+                "stat": _stat(seq),
+            }
+    return sources
+
+
+class IngestStage(Stage):
+    name = "ingest"
+    upstream = ()
+    config_keys = ("dataset", "ingest")
+
+    def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
+        ds = cfg["dataset"]
+        if ds["name"] == "sample":
+            from pipeline.sample_data import generate_sample
+
+            generate_sample(Path(ds["definition"]), Path(ds["root"]))
+        if ds["layout"] == "rgbd":
+            return _discover_rgbd(cfg)
+        return _discover_re10k(cfg)
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        sources = task.extra["sources"]
+        pattern = re.compile(task.cfg["ingest"]["clip_id_pattern"])
+
+        def one(clip_id: str, src: dict[str, Any]) -> dict[str, Any]:
+            if not pattern.match(clip_id) or ".." in clip_id:
+                raise ClipError(clip_id, f"clip id {clip_id!r} is not a safe file name")
+            if src.get("problem"):
+                raise ClipError(clip_id, src["problem"])
+            if src["layout"] == "rgbd":
+                return _rgbd_row(clip_id, src, task.cfg)
+            return _re10k_row(clip_id, src, task.cfg)
+
+        rows, failures = for_each_clip(((c, sources[c]) for c in task.clip_ids), one)
+        table = pa.Table.from_pylist(rows, schema=MANIFEST)
+        write_parquet_atomic(table, task.output)
+        return ShardResult(
+            n_clips=len(task.clip_ids),
+            n_ok=len(rows),
+            failures=failures,
+            stats={"frames": int(sum(r["num_frames"] for r in rows))},
+        )
+
+
+# ---------------------------------------------------------------------- RealEstate10K
+def _find_image_frames(
+    clip_id: str, folder: Path, timestamps: np.ndarray, exts: list[str]
+) -> list[str]:
+    by_stem: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower().lstrip(".") in exts:
+            by_stem[p.stem] = p
+    paths = []
+    for ts in timestamps:
+        p = by_stem.get(str(int(ts)))
+        if p is None:
+            raise ClipError(
+                clip_id,
+                f"frame count {len(by_stem)} != pose count {len(timestamps)}: "
+                f"no image for timestamp {int(ts)} in {folder}",
+            )
+        paths.append(str(p))
+    if len(by_stem) != len(timestamps):
+        raise ClipError(
+            clip_id, f"frame count {len(by_stem)} != pose count {len(timestamps)} in {folder}"
+        )
+    return paths
+
+
+def _video_candidates(videos_root: Path, split: str, clip_id: str) -> list[Path]:
+    name = f"{clip_id}.mp4"
+    direct = [videos_root / split / name, videos_root / name]
+    nested = sorted((videos_root / split).glob(f"*/{name}")) if (videos_root / split).is_dir() else []
+    return [p for p in direct if p.is_file()] + [p for p in nested if p.is_file()]
+
+
+def _image_size_checked(
+    clip_id: str, paths: list[str], verify: str
+) -> tuple[int, int]:
+    """Decode frames (all, or first and last) so unreadable files fail at ingest, not later."""
+    check = paths if verify == "all" else [paths[0], paths[-1]]
+    size = None
+    for p in check:
+        img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ClipError(clip_id, f"unreadable frame {p}")
+        hw = img.shape[:2]
+        if size is None:
+            size = hw
+        elif hw != size:
+            raise ClipError(clip_id, f"frame {p} is {hw[1]}x{hw[0]}, expected {size[1]}x{size[0]}")
+    assert size is not None
+    return int(size[1]), int(size[0])
+
+
+def _video_info(clip_id: str, path: Path, verify: str) -> tuple[int, int, int]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ClipError(clip_id, f"cannot open video {path}")
+    try:
+        w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    if verify == "all":
+        n = frame_io.video_frame_count(str(path))
+    if w <= 0 or h <= 0 or n <= 0:
+        raise ClipError(clip_id, f"video {path} has no decodable frames")
+    return w, h, n
+
+
+def _depth_files(
+    clip_id: str, depth_root: str | None, split: str, timestamps: np.ndarray
+) -> list[str]:
+    if not depth_root:
+        return []
+    for folder in (Path(depth_root) / split / clip_id, Path(depth_root) / clip_id):
+        if folder.is_dir():
+            paths = [folder / f"{int(t)}.npy" for t in timestamps]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise ClipError(clip_id, f"depth file missing: {missing[0]}")
+            return [str(p) for p in paths]
+    return []
+
+
+def _re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    split = src["split"]
+    poses = parse_pose_file(
+        Path(src["pose_file"]), clip_id, float(ing["rotation_tolerance"]),
+        float(ing["intrinsics_tolerance"]), int(ing["min_frames"]),
+    )
+    n = len(poses.timestamps_us)
+    exts = [e.lower() for e in ing["image_extensions"]]
+    frames_root = Path(ds["frames_root"]) if ds.get("frames_root") else None
+    videos_root = Path(ds["videos_root"]) if ds.get("videos_root") else None
+    video_path = None
+    frame_paths: list[str] = []
+    folders = [frames_root / split / clip_id, frames_root / clip_id] if frames_root else []
+    folder = next((f for f in folders if f.is_dir()), None)
+    videos = _video_candidates(videos_root, split, clip_id) if videos_root else []
+    if folder is not None:
+        frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
+        width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
+    elif videos:
+        if len(videos) > 1:
+            raise ClipError(clip_id, "several videos match: " + ", ".join(map(str, videos)))
+        video_path = str(videos[0])
+        width, height, n_video = _video_info(clip_id, videos[0], ing["verify_frames"])
+        if n_video != n:
+            raise ClipError(
+                clip_id, f"frame count {n_video} != pose count {n} in video {video_path}"
+            )
+    else:
+        where = []
+        if frames_root:
+            where.append(f"{frames_root / split / clip_id}/")
+        if videos_root:
+            where.append(f"{videos_root / split}/[<video_id>/]{clip_id}.mp4")
+        raise ClipError(clip_id, f"no frames found for clip {clip_id} at {' or '.join(where)}")
+    return {
+        "clip_id": clip_id,
+        "split": split,
+        "source_type": "video" if video_path else "images",
+        "video_path": video_path,
+        "frame_paths": frame_paths,
+        "depth_paths": _depth_files(clip_id, ds.get("depth_root"), split, poses.timestamps_us),
+        "depth_unit": 1.0,
+        "timestamps_us": poses.timestamps_us.tolist(),
+        "intrinsics": poses.intrinsics.tolist(),
+        "width": width,
+        "height": height,
+        "num_frames": n,
+        "w2c": poses.w2c.reshape(n, 12).tolist(),
+        "true_scale": _true_scale(cfg, clip_id),
+        "url": poses.url,
+    }
+
+
+def _true_scale(cfg: dict[str, Any], clip_id: str) -> float | None:
+    """Ground truth shipped beside a synthetic dataset (``ground_truth.json``), if any."""
+    gt = Path(cfg["dataset"]["root"]) / "ground_truth.json"
+    if not gt.is_file():
+        return None
+    import json
+
+    data = json.loads(gt.read_text())
+    value = data.get("true_scale", data).get(clip_id)
+    return float(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------- RGB-D folders
+def _rgbd_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    seq = Path(src["seq"])
+    rel = float(ds["relative_scale"])
+    if not rel > 0:
+        raise ClipError(clip_id, f"dataset.relative_scale must be > 0, got {rel}")
+    K = rgbd_format.read_intrinsics(seq, clip_id)
+    colour = {n: p for n, p in rgbd_format.list_frames(seq)}
+    frame_paths, depth_paths, w2c = [], [], []
+    for num in src["frame_numbers"]:
+        stem = f"frame-{num:06d}"
+        depth = seq / f"{stem}.depth.png"
+        pose = seq / f"{stem}.pose.txt"
+        for p in (depth, pose):
+            if not p.is_file():
+                raise ClipError(clip_id, f"missing {p}")
+        c2w = rgbd_format.read_pose(pose, clip_id)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        check_rotation(clip_id, R, float(ing["rotation_tolerance"]), str(pose))
+        m = np.concatenate([R.T, (-R.T @ t * rel)[:, None]], axis=1)
+        frame_paths.append(str(colour[num]))
+        depth_paths.append(str(depth))
+        w2c.append(m.reshape(12).tolist())
+    width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
+    dw, dh = _image_size_checked(clip_id, [depth_paths[0]], "ends")
+    if (dw, dh) != (width, height):
+        raise ClipError(clip_id, f"depth is {dw}x{dh} but colour is {width}x{height}")
+    interval = int(ing["rgbd_frame_interval_us"])
+    return {
+        "clip_id": clip_id,
+        "split": src["split"],
+        "source_type": "images",
+        "video_path": None,
+        "frame_paths": frame_paths,
+        "depth_paths": depth_paths,
+        "depth_unit": float(ds["depth_unit"]),
+        "timestamps_us": [int(n) * interval for n in src["frame_numbers"]],
+        "intrinsics": [K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height],
+        "width": width,
+        "height": height,
+        "num_frames": len(frame_paths),
+        "w2c": w2c,
+        "true_scale": 1.0 / rel,
+        "url": f"file://{seq.name}",
+    }
+
+
+STAGE = IngestStage()
