@@ -51,7 +51,8 @@ def _first_line(exc: BaseException) -> str:
 def load_config(overrides: list[str] | None = None, strict: bool = True) -> dict[str, Any]:
     """Compose, resolve and validate the config; returns plain containers with absolute paths.
 
-    ``strict=False`` tolerates missing mandatory values (``status`` needs only the work dir).
+    ``strict=False`` returns only ``paths.work_dir`` and tolerates missing mandatory values:
+    ``status`` reads the ledger and must work without the dataset's settings.
     """
     overrides = list(overrides or [])
     for ov in overrides:
@@ -63,7 +64,10 @@ def load_config(overrides: list[str] | None = None, strict: bool = True) -> dict
         wanted = cfg.dataset.get("default_depth")
         if not user_depth and wanted and wanted != cfg.depth.get("backend"):
             cfg = _compose([*overrides, f"depth={wanted}"])
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=strict)
+        if not strict:
+            work_dir = OmegaConf.select(cfg, "paths.work_dir")
+            return {"paths": {"work_dir": str(Path(os.getcwd(), work_dir).resolve())}}
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # Hydra/OmegaConf raise many types; all are user errors here
         raise ConfigError(_first_line(exc)) from None
     return _absolutise(resolved)
