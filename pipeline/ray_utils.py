@@ -52,10 +52,17 @@ def max_in_flight(cfg: dict[str, Any]) -> int:
     return int(configured) if configured else max(2, 2 * cluster_cpus())
 
 
-def node_ip() -> str:
+def node_id() -> str:
+    """The Ray node a shard ran on (ledger ``_node``): shows how work spread over a cluster."""
     try:
         import ray
 
-        return ray.util.get_node_ip_address()
+        return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informational only
         return "?"
+
+
+def task_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Cluster-wide task options; ``SPREAD`` distributes shards over nodes (IO-bound stages)."""
+    strategy = cfg["ray"].get("scheduling_strategy") or "DEFAULT"
+    return {"scheduling_strategy": strategy}

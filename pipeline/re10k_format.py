@@ -60,7 +60,8 @@ def parse_pose_file(
             ts = int(parts[0])
             vals = [float(p) for p in parts[1:]]
         except ValueError:
-            raise ClipError(clip_id, f"{path} line {lineno}: not a number in {line.strip()!r}")
+            msg = f"{path} line {lineno}: not a number in {line.strip()!r}"
+            raise ClipError(clip_id, msg) from None
         if not np.all(np.isfinite(vals)):
             raise ClipError(clip_id, f"{path} line {lineno}: non-finite value")
         rows.append((lineno, ts, vals))

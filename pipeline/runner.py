@@ -116,7 +116,7 @@ def _execute_shard(stage_name: str, task: ShardTask) -> dict[str, Any]:
     payload["wall_s"] = time.perf_counter() - t0
     payload["cpu_s"] = time.process_time() - c0
     payload["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    payload["node"] = ray_utils.node_ip()
+    payload["node"] = ray_utils.node_id()
     return payload
 
 
@@ -261,7 +261,10 @@ class Runner:
         remote = None
         if executor is None:
             remote = ray.remote(_execute_shard).options(
-                **stage.resources(self.cfg), max_retries=0, name=f"{stage.name}-shard"
+                **stage.resources(self.cfg),
+                **ray_utils.task_options(self.cfg),
+                max_retries=0,
+                name=f"{stage.name}-shard",
             )
         max_in_flight = ray_utils.max_in_flight(self.cfg)
         pending = list(todo)
@@ -429,7 +432,8 @@ def print_summary(summary: dict[str, Any], max_lines: int = 20) -> None:
         w(f"  filtered by {rule}: {n}")
     for i, (clip, f) in enumerate(sorted(summary["failed"].items())):
         if i == max_lines:
-            w(f"  ... and {len(summary['failed']) - max_lines} more (see `python -m pipeline status`)")
+            more = len(summary["failed"]) - max_lines
+            w(f"  ... and {more} more (see `python -m pipeline status`)")
             break
         w(f"  failed [{f['stage']}] {clip}: {f['reason']}")
     for clip, why in list(sorted(summary["pending"].items()))[:max_lines]:

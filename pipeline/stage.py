@@ -37,7 +37,8 @@ class ShardTask:
     output: str  # absolute Parquet path this stage must write (atomically)
     cfg: dict[str, Any]  # the whole resolved config as plain containers
     work_dir: str  # absolute
-    extra: dict[str, Any] = field(default_factory=dict)  # dataset-wide values (e.g. curate cut-offs)
+    # dataset-wide values computed on the driver (e.g. curate cut-offs)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -167,7 +167,8 @@ def _find_image_frames(
 def _video_candidates(videos_root: Path, split: str, clip_id: str) -> list[Path]:
     name = f"{clip_id}.mp4"
     direct = [videos_root / split / name, videos_root / name]
-    nested = sorted((videos_root / split).glob(f"*/{name}")) if (videos_root / split).is_dir() else []
+    split_dir = videos_root / split
+    nested = sorted(split_dir.glob(f"*/{name}")) if split_dir.is_dir() else []
     return [p for p in direct if p.is_file()] + [p for p in nested if p.is_file()]
 
 
