@@ -23,9 +23,19 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 is for the temp only
+
+
 def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
 
 

@@ -59,3 +59,49 @@ DEPTH_SAMPLES = pa.schema(
         ("valid", pa.bool_()),
     ]
 )
+
+# Added with the align/curate stages (issue 5). Column definitions: stages/align.py and
+# docs_curated_columns.md.
+ALIGN = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("num_frames", pa.int32()),
+        ("frame_scale", pa.list_(pa.float64())),  # per frame; interpolated where flagged
+        ("frame_num_obs", pa.list_(pa.int32())),  # valid depth/point ratios per frame
+        ("frame_spread", pa.list_(pa.float64())),  # MAD(ratios)/median; NaN if interpolated
+        ("frame_interpolated", pa.list_(pa.bool_())),
+        ("scale_max", pa.float64()),
+        ("scale_min", pa.float64()),
+        ("scale_median", pa.float64()),  # median over measured frames = clip_scale downstream
+        ("scale_spread", pa.float64()),  # MAD(measured frame factors)/scale_median
+        ("scale_range", pa.float64()),  # (scale_max - scale_min)/scale_median
+        ("num_frames_measured", pa.int32()),
+        ("num_obs_total", pa.int64()),  # observations of the clip before validity checks
+        ("num_obs_valid", pa.int64()),  # with finite positive depth and z_cam, in range
+    ]
+)
+
+CURATED = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("split", pa.string()),
+        ("source_type", pa.string()),
+        ("video_path", pa.string()),
+        ("frame_paths", pa.list_(pa.string())),
+        ("timestamps_us", pa.list_(pa.int64())),
+        ("intrinsics", pa.list_(pa.float64(), 4)),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_frames", pa.int32()),
+        ("w2c", pa.list_(pa.list_(pa.float64(), 12))),  # original, relative scale
+        ("c2w_metric", pa.list_(pa.list_(pa.float64(), 16))),  # rel. to frame 0, metres
+        ("frame_scale", pa.list_(pa.float64())),
+        ("clip_scale", pa.float64()),
+        ("frame_interpolated", pa.list_(pa.bool_())),
+        ("frame_num_obs", pa.list_(pa.int32())),
+        ("scale_max", pa.float64()),
+        ("scale_min", pa.float64()),
+        ("scale_spread", pa.float64()),
+        ("true_scale", pa.float64()),
+    ]
+)

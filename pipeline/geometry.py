@@ -1,0 +1,78 @@
+"""Pose helpers shared by curate and the trainer, vectorised over frames.
+
+Conventions (see ``pipeline/schema.py``): a ``w2c`` is a row-major 3x4 world-to-camera matrix in
+OpenCV axes stored as 12 floats; ``c2w`` is its inverse as a 4x4. A *relative* pose expresses
+every camera in the coordinate frame of a reference camera (``inv(c2w_ref) @ c2w_i``), which
+makes the reference pose the identity and removes the arbitrary world frame of each clip: this is
+what camera-conditioned video models consume. Only translations carry the clip's unknown scale,
+so converting to metres is a multiplication of the translation column by a factor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def w2c_to_mat44(w2c: np.ndarray) -> np.ndarray:
+    """(N, 12) or (N, 3, 4) row-major world-to-camera -> (N, 4, 4) homogeneous matrices."""
+    w2c = np.asarray(w2c, dtype=np.float64)
+    n = w2c.shape[0]
+    m = np.zeros((n, 4, 4), dtype=np.float64)
+    m[:, :3, :4] = w2c.reshape(n, 3, 4)
+    m[:, 3, 3] = 1.0
+    return m
+
+
+def mat44_to_w2c(mat: np.ndarray) -> np.ndarray:
+    """(N, 4, 4) -> (N, 12) row-major top 3x4 block (the schema's storage form)."""
+    mat = np.asarray(mat, dtype=np.float64)
+    return mat[:, :3, :4].reshape(mat.shape[0], 12).copy()
+
+
+def rigid_inverse(mat: np.ndarray) -> np.ndarray:
+    """Inverse of rigid (N, 4, 4) transforms as [R^T, -R^T t].
+
+    Exact for rotations and cheaper and better conditioned than a general inverse; poses stored
+    with a few digits are only approximately orthonormal, and R^T keeps the result rigid in the
+    same sense as the input rather than amplifying the rounding.
+    """
+    mat = np.asarray(mat, dtype=np.float64)
+    rot = mat[..., :3, :3]
+    t = mat[..., :3, 3]
+    rt = np.swapaxes(rot, -1, -2)
+    out = np.zeros_like(mat)
+    out[..., :3, :3] = rt
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", rt, t)
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def c2w_from_w2c(w2c: np.ndarray) -> np.ndarray:
+    """(N, 12) world-to-camera -> (N, 4, 4) camera-to-world."""
+    return rigid_inverse(w2c_to_mat44(w2c))
+
+
+def relative_poses(c2w: np.ndarray, ref: int = 0) -> np.ndarray:
+    """``inv(c2w[ref]) @ c2w[i]`` for every i: cameras in the reference camera's frame."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    ref_inv = rigid_inverse(c2w[ref])
+    out = np.einsum("ij,njk->nik", ref_inv, c2w)
+    out[ref] = np.eye(4)  # exact by definition; the product leaves ~1e-16 round-off
+    return out
+
+
+def scale_translation(mat: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+    """Multiply the translation column of (N, 4, 4) poses by ``scale`` (scalar or per frame).
+
+    For a relative pose the translation is linear in the scene's scale, so this maps relative
+    units to metres when ``scale`` is the clip's factor (t_metric = t_rel * scale).
+    """
+    out = np.array(mat, dtype=np.float64, copy=True)
+    s = np.asarray(scale, dtype=np.float64)
+    out[..., :3, 3] *= s[..., None] if s.ndim else s
+    return out
+
+
+def metric_relative_c2w(w2c: np.ndarray, scale: float, ref: int = 0) -> np.ndarray:
+    """(N, 12) relative-scale w2c -> (N, 4, 4) c2w relative to frame ``ref``, in metres."""
+    return scale_translation(relative_poses(c2w_from_w2c(w2c), ref), scale)

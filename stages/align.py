@@ -1,0 +1,204 @@
+"""Align: per-frame metric scale factors from metric depth at triangulated points.
+
+For every observation of a triangulated point the ratio ``depth(u, v) / z_cam`` estimates the
+factor that turns the clip's relative scale into metres (``t_metric = t_rel * factor``). Depth
+networks are wrong on some pixels (edges, glass, sky) and triangulation has outliers, so each
+frame's factor is the *median* ratio, which ignores up to half of the ratios being wrong.
+
+Definitions of the output columns (one row per clip, schema ``pipeline.schema.ALIGN``):
+- ``frame_scale[i]``: median ratio of frame i when it has >= ``align.min_obs_per_frame`` valid
+  ratios ("measured"); otherwise linearly interpolated in frame index between the nearest
+  measured frames, or the nearest measured frame's value before the first / after the last one
+  (flagged in ``frame_interpolated[i]``). Every frame gets a factor because the trainer may pick
+  any frame as its condition frame.
+- ``frame_num_obs[i]``: valid ratios in frame i (also for frames below the threshold).
+- ``frame_spread[i]``: MAD / median of frame i's ratios (MAD = median |r - median r|, unscaled);
+  a relative, outlier-robust dispersion. NaN for interpolated frames.
+- ``scale_max`` / ``scale_min`` / ``scale_median``: max / min / median of the *measured* frame
+  factors (interpolated values lie between measured ones, so max/min are the same over all
+  frames; the median excludes them so that gaps do not weight it). ``scale_median`` is the
+  clip factor used by curate (``clip_scale``).
+- ``scale_spread``: MAD / median of the measured frame factors; ``scale_range``:
+  (max - min) / median.
+An observation is valid when its depth sample is flagged valid, both depth and ``z_cam`` are
+finite and > 0, and its frame index is inside the clip; optional track-length and reprojection
+filters come from ``conf/align/default.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io import write_parquet_atomic
+from pipeline.schema import ALIGN
+from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+
+KEYS = ["clip_id", "frame_idx", "point_id"]
+
+
+def _mad_rel(values: np.ndarray) -> float:
+    """MAD / median: dispersion relative to the estimate, robust to the outliers it describes."""
+    med = float(np.median(values))
+    return float(np.median(np.abs(values - med)) / med)
+
+
+def frame_factors(
+    clip_id: str,
+    num_frames: int,
+    frame_idx: np.ndarray,
+    z_cam: np.ndarray,
+    depth: np.ndarray,
+    valid: np.ndarray,
+    min_obs_per_frame: int,
+    min_measured_frames: int = 1,
+) -> dict[str, Any]:
+    """One clip's factors (see the module docstring for every definition).
+
+    Raises ``ClipError`` when fewer than ``min_measured_frames`` frames reach
+    ``min_obs_per_frame`` valid ratios: a factor made up from nothing would poison the dataset.
+    """
+    frame_idx = np.asarray(frame_idx, dtype=np.int64)
+    z_cam = np.asarray(z_cam, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float64)
+    n_total = int(frame_idx.size)
+    if num_frames < 1:
+        raise ClipError(clip_id, f"manifest says num_frames={num_frames}")
+    if n_total == 0:
+        raise ClipError(clip_id, "no observations from triangulate for this clip")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (
+            np.asarray(valid, dtype=bool)
+            & np.isfinite(depth) & (depth > 0)
+            & np.isfinite(z_cam) & (z_cam > 0)
+            & (frame_idx >= 0) & (frame_idx < num_frames)
+        )
+    f = frame_idx[ok]
+    ratio = depth[ok] / z_cam[ok]
+    n_valid = int(ratio.size)
+    counts = np.bincount(f, minlength=num_frames).astype(np.int32)
+    measured = counts >= min_obs_per_frame
+    n_measured = int(measured.sum())
+    if n_measured < max(1, min_measured_frames):
+        best = int(counts.max()) if counts.size else 0
+        if n_measured == 0:
+            raise ClipError(
+                clip_id,
+                f"no frame has >= {min_obs_per_frame} valid depth/point ratios "
+                f"(valid: {n_valid} of {n_total} observations; best frame has {best})",
+            )
+        raise ClipError(
+            clip_id,
+            f"only {n_measured} of {num_frames} frames have >= {min_obs_per_frame} valid "
+            f"depth/point ratios (need {min_measured_frames}; valid: {n_valid} of {n_total})",
+        )
+    order = np.argsort(f, kind="stable")
+    f_sorted, r_sorted = f[order], ratio[order]
+    starts = np.searchsorted(f_sorted, np.arange(num_frames), side="left")
+    ends = np.searchsorted(f_sorted, np.arange(num_frames), side="right")
+    meas_idx = np.flatnonzero(measured)
+    meas_val = np.empty(n_measured)
+    spread = np.full(num_frames, np.nan)
+    for j, i in enumerate(meas_idx):
+        r = r_sorted[starts[i] : ends[i]]
+        meas_val[j] = np.median(r)
+        spread[i] = _mad_rel(r)
+    # np.interp is linear between measured frames and constant (nearest) beyond the ends.
+    scale = np.interp(np.arange(num_frames, dtype=np.float64), meas_idx, meas_val)
+    scale[meas_idx] = meas_val  # exact medians, no interpolation round-off
+    med = float(np.median(meas_val))
+    return {
+        "clip_id": clip_id,
+        "num_frames": int(num_frames),
+        "frame_scale": scale.tolist(),
+        "frame_num_obs": counts.tolist(),
+        "frame_spread": spread.tolist(),
+        "frame_interpolated": (~measured).tolist(),
+        "scale_max": float(meas_val.max()),
+        "scale_min": float(meas_val.min()),
+        "scale_median": med,
+        "scale_spread": _mad_rel(meas_val),
+        "scale_range": float((meas_val.max() - meas_val.min()) / med),
+        "num_frames_measured": n_measured,
+        "num_obs_total": n_total,
+        "num_obs_valid": n_valid,
+    }
+
+
+def join_observations(obs: pd.DataFrame, dep: pd.DataFrame) -> pd.DataFrame:
+    """Observations with their depth samples; row order is the fast path (depth writes one
+    sample per observation, in order), a key join the fallback for any other layout."""
+    if len(obs) == len(dep) and all(
+        np.array_equal(obs[k].to_numpy(), dep[k].to_numpy()) for k in KEYS
+    ):
+        out = obs.copy()
+        out["depth"] = dep["depth"].to_numpy()
+        out["valid"] = dep["valid"].to_numpy()
+        return out
+    return obs.merge(dep[[*KEYS, "depth", "valid"]], on=KEYS, how="left", validate="one_to_one")
+
+
+def _read(path: str, columns: list[str]) -> pd.DataFrame:
+    names = set(pq.read_schema(path).names)
+    return pq.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
+
+
+class AlignStage(Stage):
+    name = "align"
+    upstream = ("ingest", "triangulate", "depth")
+    config_keys = ("align",)
+    version = 1
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        acfg = task.cfg["align"]
+        man = _read(task.inputs["ingest"], ["clip_id", "num_frames"])
+        obs = _read(
+            task.inputs["triangulate"], [*KEYS, "z_cam", "track_len", "reproj_err"]
+        )
+        dep = _read(task.inputs["depth"], [*KEYS, "depth", "valid"])
+        joined = join_observations(obs, dep)
+        joined["valid"] = joined["valid"].eq(True).to_numpy()  # no depth sample -> invalid
+        if acfg.get("min_track_len") is not None and "track_len" in joined:
+            joined["valid"] &= joined["track_len"].to_numpy() >= int(acfg["min_track_len"])
+        if acfg.get("max_reproj_err") is not None and "reproj_err" in joined:
+            joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg["max_reproj_err"])
+        groups = joined.groupby("clip_id", sort=False).indices
+        n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
+        empty = np.zeros(0, dtype=np.int64)
+
+        def one(clip_id: str, _: Any) -> dict[str, Any]:
+            rows = groups.get(clip_id, empty)
+            g = joined.iloc[rows]
+            return frame_factors(
+                clip_id,
+                int(n_frames[clip_id]),
+                g["frame_idx"].to_numpy(),
+                g["z_cam"].to_numpy(),
+                g["depth"].to_numpy(dtype=np.float64, na_value=np.nan),
+                g["valid"].to_numpy(dtype=bool),
+                int(acfg["min_obs_per_frame"]),
+                int(acfg["min_measured_frames"]),
+            )
+
+        clip_ids = sorted(n_frames)
+        rows, failures = for_each_clip(((c, None) for c in clip_ids), one)
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=ALIGN), task.output)
+        n_interp = sum(sum(r["frame_interpolated"]) for r in rows)
+        return ShardResult(
+            n_clips=len(clip_ids),
+            n_ok=len(rows),
+            failures=failures,
+            stats={
+                "frames": sum(r["num_frames"] for r in rows),
+                "frames_interpolated": int(n_interp),
+                "obs_valid": sum(r["num_obs_valid"] for r in rows),
+                "obs_total": sum(r["num_obs_total"] for r in rows),
+            },
+        )
+
+
+STAGE = AlignStage()

@@ -1,0 +1,376 @@
+"""Curate: dataset-wide quantile filter on frame factors, metric relative poses, curated Parquet.
+
+A clip whose largest or smallest frame factor is extreme compared with the whole dataset almost
+always hides a failure (depth network fooled by a mirror or a window, a degenerate
+triangulation); the filter drops the tails of two distributions separately: clips' ``scale_max``
+and clips' ``scale_min``, each at both ends.
+
+Rank rule (exact, so small datasets behave predictably): with n aligned clips sorted by the
+column and k = floor(q * n), the low cut-off is ``sorted[k]`` and the high one ``sorted[n-1-k]``
+(0-based); a clip is dropped when its value is strictly below the low or strictly above the high
+cut-off. With distinct values that removes exactly k clips per tail; ties at a cut-off are kept;
+k = 0 removes nothing. A clip is recorded under the first rule it breaks, in the order
+``scale_max_low, scale_max_high, scale_min_low, scale_min_high``.
+
+Filtered clips are not failures: they go to ``ShardResult.stats["filtered"]`` (clip -> rule).
+``finalize`` writes ``_dataset.json``, the CamI2V/RealCam-I2V compatibility export and the
+report beside the shards. Column definitions: ``docs_curated_columns.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.geometry import metric_relative_c2w
+from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from pipeline.schema import CURATED, SCHEMA_VERSION
+from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+
+FILTER_COLUMNS = ("scale_max", "scale_min")
+UPSTREAM_STAGES = ("ingest", "triangulate", "depth", "align", "curate")
+#: a fixed zip timestamp keeps the export byte-identical across runs (resume must not differ)
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------------ filter
+def quantile_cutoffs(values: np.ndarray, q: float) -> dict[str, Any]:
+    """Low/high cut-offs by the module's rank rule; ``None`` cut-offs for an empty dataset."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = int(v.size)
+    if not 0.0 <= q < 0.5:
+        raise ValueError(f"curate.quantile must be in [0, 0.5), got {q}")
+    k = int(math.floor(q * n + 1e-9))  # + eps: 0.02 * 50 must give 1, not 0.999...
+    if n == 0:
+        return {"n": 0, "k": 0, "low": None, "high": None}
+    return {"n": n, "k": k, "low": float(v[k]), "high": float(v[n - 1 - k])}
+
+
+def compute_cutoffs(aligned: pd.DataFrame, q: float) -> dict[str, Any]:
+    """Cut-offs for every filtered column over all aligned clips (JSON-able: becomes
+    ``task.extra`` and part of each curate shard's fingerprint)."""
+    out: dict[str, Any] = {"q": float(q), "n_clips": int(len(aligned))}
+    for col in FILTER_COLUMNS:
+        vals = aligned[col].to_numpy() if len(aligned) else np.zeros(0)
+        out[col] = quantile_cutoffs(vals, q)
+    return out
+
+
+def filter_rule(values: dict[str, float], cutoffs: dict[str, Any]) -> str | None:
+    """The first rule a clip breaks, or None when it is kept."""
+    for col in FILTER_COLUMNS:
+        c = cutoffs[col]
+        if c["low"] is None:
+            continue
+        if values[col] < c["low"]:
+            return f"{col}_low"
+        if values[col] > c["high"]:
+            return f"{col}_high"
+    return None
+
+
+# ------------------------------------------------------------------------------ rows
+def curated_row(man: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
+    """One kept clip: manifest fields, original w2c, metric relative c2w and the factors."""
+    clip_id = man["clip_id"]
+    n = int(man["num_frames"])
+    w2c = np.asarray(man["w2c"], dtype=np.float64)
+    if w2c.shape != (n, 12):
+        raise ClipError(clip_id, f"manifest w2c has shape {w2c.shape}, expected ({n}, 12)")
+    if len(al["frame_scale"]) != n:
+        raise ClipError(
+            clip_id, f"align has {len(al['frame_scale'])} frame factors for {n} frames"
+        )
+    if not np.isfinite(w2c).all():
+        raise ClipError(clip_id, "manifest w2c contains non-finite values")
+    clip_scale = float(al["scale_median"])
+    if not (math.isfinite(clip_scale) and clip_scale > 0):
+        raise ClipError(clip_id, f"clip factor {clip_scale} is not finite and positive")
+    c2w = metric_relative_c2w(w2c, clip_scale, ref=0)
+    return {
+        "clip_id": clip_id,
+        "split": man["split"],
+        "source_type": man["source_type"],
+        "video_path": man["video_path"],
+        "frame_paths": man["frame_paths"],
+        "timestamps_us": man["timestamps_us"],
+        "intrinsics": man["intrinsics"],
+        "width": man["width"],
+        "height": man["height"],
+        "num_frames": n,
+        "w2c": man["w2c"],
+        "c2w_metric": c2w.reshape(n, 16).tolist(),
+        "frame_scale": al["frame_scale"],
+        "clip_scale": clip_scale,
+        "frame_interpolated": al["frame_interpolated"],
+        "frame_num_obs": al["frame_num_obs"],
+        "scale_max": al["scale_max"],
+        "scale_min": al["scale_min"],
+        "scale_spread": al["scale_spread"],
+        "true_scale": man.get("true_scale"),
+    }
+
+
+def _read_many(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+    tables = [pq.read_table(p, columns=columns) for p in sorted(paths)]
+    if not tables:
+        return pd.DataFrame(columns=columns or [])
+    return pa.concat_tables(tables).to_pandas()
+
+
+def _norm_reason(reason: str) -> str:
+    """Group failure reasons that differ only in their numbers."""
+    return re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", reason)
+
+
+def _distribution(values: np.ndarray, qs: list[float], bins: int) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"n": 0}
+    counts, edges = np.histogram(v, bins=bins)
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "quantiles": {f"{q:g}": float(np.quantile(v, q)) for q in qs},
+        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+    }
+
+
+def write_npz_deterministic(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """An ``np.load``-able .npz (no pickles) with fixed zip timestamps, written atomically.
+
+    ``np.savez`` stamps each member with the current time, so two identical runs would differ
+    byte for byte; resume promises identical outputs.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]),
+                                      allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME), member.getvalue())
+    write_bytes_atomic(buf.getvalue(), path)
+
+
+def _side_dir(name: str) -> str:
+    """Side outputs live in sub-directories that Parquet readers skip (prefix ``_`` or ``.``):
+    ``pandas.read_parquet(curated_dir)`` and ``pyarrow.dataset`` would otherwise try to parse
+    the .npz/.png/.html files as Parquet and fail."""
+    name = str(name)
+    if not name.startswith(("_", ".")) or "/" in name:
+        raise ValueError(f"curate side-output directory '{name}' must be a plain name starting "
+                         "with '_' so that Parquet readers of the curated directory skip it")
+    return name
+
+
+# ------------------------------------------------------------------------------ stage
+class CurateStage(Stage):
+    name = "curate"
+    output_dir = "curated"
+    upstream = ("ingest", "align")
+    config_keys = ("curate",)
+    version = 1
+
+    def prepare(self, ctx: Any) -> dict[str, Any]:
+        aligned = _read_many(ctx.done_outputs("align"), list(FILTER_COLUMNS))
+        cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]))
+        ctx.log(
+            f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
+            + ", ".join(
+                f"{c} in [{cut[c]['low']}, {cut[c]['high']}] (k={cut[c]['k']})"
+                for c in FILTER_COLUMNS
+            )
+        )
+        return {"cutoffs": cut}
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        cut = task.extra.get("cutoffs")
+        if cut is None:
+            raise RuntimeError("curate needs the dataset-wide cut-offs from prepare()")
+        manifest = {r["clip_id"]: r for r in pq.read_table(task.inputs["ingest"]).to_pylist()}
+        aligned = sorted(pq.read_table(task.inputs["align"]).to_pylist(),
+                         key=lambda r: r["clip_id"])
+        filtered: dict[str, str] = {}
+        todo = []
+        for al in aligned:
+            rule = filter_rule(al, cut)
+            if rule is None:
+                todo.append((al["clip_id"], al))
+            else:
+                filtered[al["clip_id"]] = rule
+
+        def one(clip_id: str, al: dict[str, Any]) -> dict[str, Any]:
+            if clip_id not in manifest:
+                raise ClipError(clip_id, "aligned clip missing from the manifest shard")
+            return curated_row(manifest[clip_id], al)
+
+        rows, failures = for_each_clip(todo, one)
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=CURATED), task.output)
+        return ShardResult(
+            n_clips=len(aligned), n_ok=len(rows), failures=failures,
+            stats={"filtered": filtered, "kept": len(rows)},
+        )
+
+    # -------------------------------------------------------------------------- finalize
+    def finalize(self, ctx: Any) -> None:
+        ccfg = ctx.cfg["curate"]
+        out_dir = Path(ctx.work_dir) / self.output_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        aligned = _read_many(ctx.done_outputs("align"))
+        cut = compute_cutoffs(aligned, float(ccfg["quantile"]))
+        curated = _read_many(
+            ctx.done_outputs("curate"),
+            ["clip_id", "split", "frame_scale", "clip_scale", "true_scale"],
+        )
+        manifest = _read_many(ctx.done_outputs("ingest"), ["clip_id", "split", "true_scale"])
+
+        failed: dict[str, dict[str, str]] = {}
+        for stage in UPSTREAM_STAGES:
+            for clip, reason in sorted(ctx.clip_failures(stage).items()):
+                failed.setdefault(clip, {"stage": stage, "reason": reason})
+        shards = getattr(ctx, "shards", None)
+        if shards is not None:
+            clips_in = {c for s in ctx.shard_ids for c in shards[s]}
+        else:
+            clips_in = set(manifest["clip_id"]) | set(failed)
+        kept = set(curated["clip_id"])
+        filtered = {}
+        for rec in aligned.to_dict("records"):
+            rule = filter_rule(rec, cut)
+            if rule is not None and rec["clip_id"] not in failed:
+                filtered[rec["clip_id"]] = rule
+        pending = sorted(clips_in - kept - set(filtered) - set(failed))
+
+        by_rule = {f"{c}_{t}": 0 for c in FILTER_COLUMNS for t in ("low", "high")}
+        for rule in filtered.values():
+            by_rule[rule] += 1
+        by_stage: dict[str, int] = {}
+        by_reason: dict[str, int] = {}
+        for f in failed.values():
+            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
+            key = f"{f['stage']}: {_norm_reason(f['reason'])}"
+            by_reason[key] = by_reason.get(key, 0) + 1
+        counts = {
+            "in": len(clips_in),
+            "kept": len(kept),
+            "filtered": {"total": len(filtered), "by_rule": by_rule},
+            "failed": {"total": len(failed), "by_stage": by_stage, "by_reason": by_reason},
+            "pending": len(pending),
+        }
+        counts["sums_to_input"] = (
+            len(kept) + len(filtered) + len(failed) + len(pending) == len(clips_in)
+        )
+
+        qs = [float(q) for q in ccfg["distribution_quantiles"]]
+        bins = int(ccfg["histogram_bins"])
+        kept_al = aligned[aligned["clip_id"].isin(kept)] if len(aligned) else aligned
+        dist: dict[str, Any] = {}
+        for name, frame in (("aligned", aligned), ("kept", kept_al)):
+            dist[name] = {
+                col: _distribution(frame[col].to_numpy() if len(frame) else [], qs, bins)
+                for col in ("scale_max", "scale_min", "scale_median", "scale_spread")
+            }
+            if len(frame):
+                fs = np.concatenate([np.asarray(x, float) for x in frame["frame_scale"]])
+                no = np.concatenate([np.asarray(x, float) for x in frame["frame_num_obs"]])
+                interp = np.concatenate(
+                    [np.asarray(x, bool) for x in frame["frame_interpolated"]]
+                )
+                dist[name]["frame_scale"] = _distribution(fs, qs, bins)
+                dist[name]["frame_num_obs"] = _distribution(no, qs, bins)
+                dist[name]["frames_interpolated_fraction"] = float(interp.mean())
+
+        truth = self._truth_table(ctx, aligned, manifest, kept, filtered)
+        self._export_compat(out_dir / _side_dir(ccfg["compat_dir"]), curated, ccfg)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "stage_version": self.version,
+            "config": {k: ctx.cfg.get(k) for k in ("dataset", "triangulate", "depth", "align",
+                                                   "curate")},
+            "counts": counts,
+            "cutoffs": cut,
+            "distribution": dist,
+            "filtered": dict(sorted(filtered.items())),
+            "failed": dict(sorted(failed.items())),
+            "pending": pending,
+            "true_scale_check": truth,
+        }
+        if ccfg["report"]["enabled"]:
+            from pipeline.report import make_report
+
+            frame_obs = (
+                np.concatenate([np.asarray(x, float) for x in aligned["frame_num_obs"]])
+                if len(aligned) else np.zeros(0)
+            )
+            make_report(out_dir / _side_dir(ccfg["report"]["dir"]), aligned, cut, counts,
+                        frame_obs, int(ctx.cfg["align"]["min_obs_per_frame"]), truth,
+                        ccfg["report"])
+        write_json_atomic(meta, out_dir / "_dataset.json")
+        ctx.log(
+            f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(filtered)} "
+            f"{by_rule}, failed {len(failed)}, pending {len(pending)} -> {out_dir}"
+        )
+
+    def _truth_table(
+        self, ctx: Any, aligned: pd.DataFrame, manifest: pd.DataFrame, kept: set[str],
+        filtered: dict[str, str],
+    ) -> dict[str, Any]:
+        """Recovered clip factor vs the known scale, for synthetic/RGB-D clips that have one."""
+        if not len(aligned) or not len(manifest):
+            return {"n": 0, "rows": []}
+        m = aligned[["clip_id", "scale_median"]].merge(
+            manifest[["clip_id", "true_scale"]], on="clip_id"
+        )
+        m = m[m["true_scale"].notna()].sort_values("clip_id")
+        rows = []
+        for r in m.itertuples():
+            rel = (r.scale_median - r.true_scale) / r.true_scale
+            status = "kept" if r.clip_id in kept else filtered.get(r.clip_id, "not curated")
+            rows.append({"clip_id": r.clip_id, "true_scale": float(r.true_scale),
+                         "clip_scale": float(r.scale_median), "rel_err": float(rel),
+                         "status": status})
+        if not rows:
+            return {"n": 0, "rows": []}
+        errs = np.abs([r["rel_err"] for r in rows])
+        max_rows = int(ctx.cfg["curate"]["truth_log_rows"])
+        ctx.log(f"[curate] recovered clip_scale vs true_scale ({len(rows)} clips)")
+        ctx.log(f"  {'clip_id':<28}{'true':>12}{'recovered':>12}{'rel err':>10}  status")
+        for r in rows[:max_rows]:
+            ctx.log(f"  {r['clip_id']:<28}{r['true_scale']:>12.6g}{r['clip_scale']:>12.6g}"
+                    f"{100 * r['rel_err']:>9.3f}%  {r['status']}")
+        if len(rows) > max_rows:
+            ctx.log(f"  ... {len(rows) - max_rows} more in _dataset.json")
+        ctx.log(f"  |rel err|: median {100 * np.median(errs):.3f}%, max {100 * errs.max():.3f}%")
+        return {"n": len(rows), "median_abs_rel_err": float(np.median(errs)),
+                "max_abs_rel_err": float(errs.max()), "rows": rows}
+
+    def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: dict[str, Any]) -> None:
+        """CamI2V/RealCam-I2V drop-in files: clip -> per-frame factors, and valid clip lists."""
+        cdir.mkdir(parents=True, exist_ok=True)
+        dtype = np.dtype(str(ccfg["compat_dtype"]))
+        cur = curated.sort_values("clip_id") if len(curated) else curated
+        arrays = {r.clip_id: np.asarray(r.frame_scale, dtype=dtype) for r in cur.itertuples()}
+        write_npz_deterministic(arrays, cdir / "per_frame_scale.npz")
+        ids = list(cur["clip_id"]) if len(cur) else []
+        write_bytes_atomic("".join(f"{c}\n" for c in ids).encode(), cdir / "valid_clips.txt")
+        splits = sorted(set(cur["split"])) if len(cur) else []
+        for old in cdir.glob("valid_clips_*.txt"):
+            if old.stem[len("valid_clips_"):] not in splits:
+                old.unlink()
+        for split in splits:
+            sel = cur.loc[cur["split"] == split, "clip_id"]
+            write_bytes_atomic("".join(f"{c}\n" for c in sel).encode(),
+                               cdir / f"valid_clips_{split}.txt")
+
+
+STAGE = CurateStage()
