@@ -25,7 +25,7 @@ class Entry:
     status: str
     clip_ids: list[str]
     fingerprint: str
-    output: str
+    output: str  # relative to the work dir, so a work dir can be moved or copied whole
     output_digest: str | None = None
     n_clips: int = 0
     n_ok: int = 0
@@ -41,7 +41,19 @@ class Entry:
 class Ledger:
     def __init__(self, work_dir: Path, stage: str):
         self.stage = stage
-        self.dir = Path(work_dir) / "ledger" / stage
+        self.work_dir = Path(work_dir)
+        self.dir = self.work_dir / "ledger" / stage
+
+    def output_path(self, entry: Entry) -> Path:
+        return self.work_dir / entry.output
+
+    def done_output(self, shard_id: str) -> Path | None:
+        """The output of a shard that is done and still on disk, else ``None``."""
+        e = self.get(shard_id)
+        if e is None or e.status != DONE:
+            return None
+        out = self.output_path(e)
+        return out if out.exists() else None
 
     def path(self, shard_id: str) -> Path:
         return self.dir / f"{shard_id}.json"
@@ -67,7 +79,7 @@ class Ledger:
             e is not None
             and e.status == DONE
             and e.fingerprint == fingerprint
-            and Path(e.output).exists()
+            and self.output_path(e).exists()
         )
 
     def mark_running(self, entry: Entry) -> None:

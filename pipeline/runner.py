@@ -88,11 +88,9 @@ class RunContext:
         return Ledger(self.work_dir, stage).entries(self.shard_ids)
 
     def done_outputs(self, stage: str) -> list[Path]:
-        return [
-            Path(e.output)
-            for e in self.entries(stage).values()
-            if e is not None and e.status == DONE and Path(e.output).exists()
-        ]
+        ledger = Ledger(self.work_dir, stage)
+        outs = (ledger.done_output(s) for s in self.shard_ids)
+        return [p for p in outs if p is not None]
 
     def clip_failures(self, stage: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -208,13 +206,15 @@ class Runner:
             digests: dict[str, Any] = {}
             blocked = None
             for up in stage.upstream:
-                e = Ledger(self.work_dir, up).get(shard)
-                if e is None or e.status != DONE or not Path(e.output).exists():
+                up_ledger = Ledger(self.work_dir, up)
+                e = up_ledger.get(shard)
+                up_out = up_ledger.done_output(shard)
+                if e is None or up_out is None:
                     blocked = f"upstream {up} shard {shard} is not done" + (
-                        f" ({e.status}: {(e.error or '').strip().splitlines()[-1:]})" if e else ""
+                        f" ({e.status}: {_last_line(e.error)})" if e else ""
                     )
                     break
-                inputs[up] = e.output
+                inputs[up] = str(up_out)
                 digests[up] = e.output_digest
             extra = dict(extra_all)
             if stage.name == "ingest":
@@ -222,17 +222,17 @@ class Runner:
                 digests["sources"] = stable_hash(extra["sources"])
             fp = self._fingerprint(stage, shard, clips, digests, extra_all)
             if blocked is not None:
-                ledger.put(
-                    Entry(stage.name, shard, BLOCKED, clips, fp, str(out), error=blocked)
-                )
+                rel_out = str(out.relative_to(self.work_dir))
+                ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked))
                 n_blocked += 1
                 continue
             if not force and ledger.is_fresh(shard, fp):
                 n_fresh += 1
                 continue
             prev = ledger.get(shard)
+            rel_out = str(out.relative_to(self.work_dir))
             entry = Entry(
-                stage.name, shard, RUNNING, clips, fp, str(out),
+                stage.name, shard, RUNNING, clips, fp, rel_out,
                 attempts=prev.attempts if prev else 0,
             )
             task = ShardTask(
@@ -309,7 +309,7 @@ class Runner:
         entry.duration_s = payload.get("wall_s")
         if payload.get("ok"):
             res = payload["result"]
-            out = Path(entry.output)
+            out = ledger.output_path(entry)
             if not out.exists():
                 entry.status = FAILED
                 entry.error = f"stage reported success but wrote no output at {out}"
