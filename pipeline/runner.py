@@ -135,6 +135,10 @@ class Runner:
             ds = self.cfg["dataset"]
             raise ConfigError(f"dataset '{ds['name']}' at {ds.get('root')} has no clips")
         ids = sorted(sources)
+        limit = self.cfg["dataset"].get("limit")
+        if limit:
+            ids = ids[: int(limit)]
+            sources = {c: sources[c] for c in ids}
         size = int(self.cfg["shards"]["size"])
         if size < 1:
             raise ConfigError("shards.size must be >= 1")

@@ -1,0 +1,592 @@
+"""Deterministic ray-caster of small textured indoor scenes with exact metric depth.
+
+Why it exists: the bundled sample must exercise triangulation and alignment against a *known*
+answer. A ray-caster gives the exact camera-space z of every pixel centre (COLMAP convention,
+centre of pixel (col, row) at (col + 0.5, row + 0.5)), so the recovered per-frame scale can be
+compared with the truth to a fraction of a percent; and it needs nothing but numpy and OpenCV.
+
+World frame: x and z horizontal, **y points down** (so a camera with identity rotation stands
+upright in OpenCV axes); the floor is the plane y = 0 and the ceiling y = -height. A scene is
+a box room plus axis-aligned boxes standing on the floor and a few spheres.
+
+Textures are procedural images anchored to each surface (so every view sees the same pattern,
+which SIFT matching needs), mixing blobs, rectangles and noise at several scales with high
+contrast. Colour is supersampled and the textures are mip-mapped (trilinear), which keeps
+distant surfaces from aliasing into unmatchable noise; depth comes from the single ray through
+the pixel centre, so it is exact there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+#: bump whenever the rendered output of a given seed changes (invalidates cached samples)
+RENDERER_VERSION = 4
+
+# Scene-generation ranges (metres). These shape the synthetic world, not the pipeline.
+ROOM_WIDTH_RANGE = (4.0, 7.0)
+ROOM_HEIGHT_RANGE = (2.5, 3.0)
+TEXEL_SIZE = 0.006  # metres per texel at mip level 0
+N_BOXES_RANGE = (3, 6)
+N_SPHERES_RANGE = (1, 3)
+OBJECT_RING = 1.4  # objects stand within this distance of a wall, leaving the centre free
+SUPERSAMPLE = 2  # colour samples per pixel along each axis
+LIGHT_DIR = np.array([0.35, 0.8, -0.5]) / np.linalg.norm([0.35, 0.8, -0.5])
+
+# Trajectory constraints (metres).
+WALL_CLEARANCE = 0.8  # camera centre to any wall
+OBJECT_CLEARANCE = 0.6  # camera centre to any object's footprint
+MIN_VIEW_DEPTH = 0.6  # no surface closer than this in any frame (no blurry close-ups)
+MIN_MEDIAN_DEPTH = 1.6  # look into the room, not at a wall from up close
+MIN_DEPTH_RATIO = 1.8  # max/min depth in view: more than one flat wall (a 3D scene)
+EYE_HEIGHT_RANGE = (1.2, 1.7)
+MAX_TRAJECTORY_TRIES = 2000
+
+
+@dataclass
+class Face:
+    """An axis-aligned rectangle: ``normal_axis`` is constant, (u_axis, v_axis) span it."""
+
+    normal_axis: int
+    value: float
+    u_axis: int
+    v_axis: int
+    u_range: tuple[float, float]
+    v_range: tuple[float, float]
+    normal: np.ndarray  # outward from the surface, towards where the viewer can be
+    pyramid: list[np.ndarray]  # float32 HxWx3 in [0, 1], level 0 = TEXEL_SIZE
+
+
+@dataclass
+class Box:
+    lo: np.ndarray
+    hi: np.ndarray
+    faces: list[int]  # indices into Scene.faces, order: axis*2 + (0: lo side, 1: hi side)
+
+
+@dataclass
+class Sphere:
+    centre: np.ndarray
+    radius: float
+    pyramid: list[np.ndarray]  # lat-long texture, u wraps around
+
+
+@dataclass
+class Scene:
+    seed: int
+    room_lo: np.ndarray  # (3,)
+    room_hi: np.ndarray  # (3,)
+    faces: list[Face] = field(default_factory=list)
+    room_faces: list[int] = field(default_factory=list)  # axis*2 + (0: lo wall, 1: hi wall)
+    boxes: list[Box] = field(default_factory=list)
+    spheres: list[Sphere] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Textures
+
+
+def _draw_shapes(
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    n: int,
+    r_range: tuple[float, float],
+    palette: np.ndarray,
+) -> None:
+    """Anti-aliased discs, rectangles and strokes with radii log-uniform in ``r_range``.
+
+    Colours vary mostly in brightness around the surface's ``palette`` colour: SIFT sees only
+    luminance, while a per-surface hue keeps walls and objects visually distinct.
+    """
+    radii = np.exp(rng.uniform(np.log(r_range[0]), np.log(r_range[1]), n))
+    h, w = canvas.shape[:2]
+    cx, cy = (rng.random((n, 2)) * [w, h]).T
+    gain = rng.uniform(0.15, 1.7, (n, 1))
+    colours = np.clip(palette * gain + rng.normal(0, 35, (n, 3)), 0, 255).astype(int)
+    # 4th channel = coverage: where the shapes are, anti-aliased edges included
+    colours = np.concatenate([colours, np.full((n, 1), 255)], axis=1).tolist()
+    kinds = rng.random(n).tolist()
+    ang = rng.uniform(0, np.pi, n)
+    # all geometry precomputed as Python ints: the loop only calls OpenCV
+    discs = np.stack([cx, cy, np.rint(radii)], axis=1).astype(int).tolist()
+    rects = np.stack([cx - radii, cy - 0.6 * radii, cx + radii, cy + 0.6 * radii], axis=1)
+    rects = rects.astype(int).tolist()
+    dx, dy = 2 * radii * np.cos(ang), 2 * radii * np.sin(ang)
+    segs = np.stack([cx - dx, cy - dy, cx + dx, cy + dy, np.maximum(1, radii / 4)], axis=1)
+    segs = segs.astype(int).tolist()
+    for kind, col, (x, y, r), (x0, y0, x1, y1), (a0, b0, a1, b1, th) in zip(
+        kinds, colours, discs, rects, segs
+    ):
+        if kind < 0.55:
+            cv2.circle(canvas, (x, y), r, col, -1, cv2.LINE_AA)
+        elif kind < 0.9:
+            cv2.rectangle(canvas, (x0, y0), (x1, y1), col, -1, cv2.LINE_AA)
+        else:
+            cv2.line(canvas, (a0, b0), (a1, b1), col, th, cv2.LINE_AA)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A high-contrast multi-scale pattern: shapes over layered value noise.
+
+    Tuned by counting SIFT keypoints on rendered 320x240 frames: dense small shapes (radius
+    <= 10 texels = 6 cm) give ~2300 per frame, large opaque ones alone only ~800 (flat
+    interiors have no features). A sparse layer of large shapes keeps coarse structure, which
+    SIFT's upper octaves and distant views need.
+    """
+    h, w = max(h, 8), max(w, 8)
+    noise = np.zeros((h, w, 3), np.float32)
+    amps = ((96, 0.5), (24, 0.35), (6, 0.35), (2, 0.35))
+    for cell, amp in amps:
+        grid = rng.random((h // cell + 2, w // cell + 2, 3), dtype=np.float32)
+        noise += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    noise /= sum(a for _, a in amps)
+    tint = rng.random(3).astype(np.float32)
+    palette = 60 + 150 * tint
+    canvas = np.zeros((h, w, 4), np.uint8)
+    _draw_shapes(canvas, rng, int(h * w / 4000) + 3, (15.0, 60.0), palette)
+    _draw_shapes(canvas, rng, int(h * w / 100) + 20, (2.5, 10.0), palette)
+    shapes = canvas[..., :3].astype(np.float32) / 255.0
+    alpha = canvas[..., 3:].astype(np.float32) * np.float32(0.6 / 255.0)
+    gray = cv2.cvtColor(noise, cv2.COLOR_RGB2GRAY)[..., None]
+    img = (0.5 * noise + 0.5 * gray) * (0.4 + 0.9 * tint)
+    # shapes stay translucent so the fine noise shows through: no flat, featureless patches
+    img = img * (1 - alpha) + alpha * shapes
+    sub = img[::3, ::3].reshape(-1, 3)  # a subsample is plenty for the contrast stretch
+    lo = np.percentile(sub, 2, axis=0)
+    hi = np.percentile(sub, 98, axis=0)
+    scale = np.maximum((hi - lo).max(), 1e-3)  # one stretch for all channels keeps the hue
+    img = np.clip((img - lo.min()) / scale, 0, 1)
+    return cv2.GaussianBlur(img, (0, 0), 0.7)
+
+
+def _pyramid(img: np.ndarray) -> list[np.ndarray]:
+    levels = [img]
+    while min(levels[-1].shape[:2]) > 4:
+        levels.append(cv2.pyrDown(levels[-1]))
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene construction
+
+
+def _add_face(
+    scene: Scene,
+    rng: np.random.Generator,
+    axis: int,
+    value: float,
+    normal_sign: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> int:
+    u_axis, v_axis = [a for a in range(3) if a != axis]
+    u_range = (float(lo[u_axis]), float(hi[u_axis]))
+    v_range = (float(lo[v_axis]), float(hi[v_axis]))
+    tw = int(np.ceil((u_range[1] - u_range[0]) / TEXEL_SIZE))
+    th = int(np.ceil((v_range[1] - v_range[0]) / TEXEL_SIZE))
+    normal = np.zeros(3)
+    normal[axis] = normal_sign
+    scene.faces.append(
+        Face(
+            axis,
+            float(value),
+            u_axis,
+            v_axis,
+            u_range,
+            v_range,
+            normal,
+            _pyramid(_texture(rng, th, tw)),
+        )
+    )
+    return len(scene.faces) - 1
+
+
+def make_scene(seed: int) -> Scene:
+    """A random room with objects; identical for identical ``seed`` (all randomness seeded)."""
+    rng = np.random.default_rng(seed)
+    wx, wz = rng.uniform(*ROOM_WIDTH_RANGE, size=2)
+    height = rng.uniform(*ROOM_HEIGHT_RANGE)
+    room_lo = np.array([-wx / 2, -height, -wz / 2])
+    room_hi = np.array([wx / 2, 0.0, wz / 2])
+    scene = Scene(seed=seed, room_lo=room_lo, room_hi=room_hi)
+    for axis in range(3):
+        # the lo wall faces +axis (into the room), the hi wall faces -axis
+        scene.room_faces.append(_add_face(scene, rng, axis, room_lo[axis], 1.0, room_lo, room_hi))
+        scene.room_faces.append(_add_face(scene, rng, axis, room_hi[axis], -1.0, room_lo, room_hi))
+
+    n_boxes = int(rng.integers(N_BOXES_RANGE[0], N_BOXES_RANGE[1] + 1))
+    placed: list[tuple[np.ndarray, np.ndarray]] = []
+    tries = 0
+    while len(scene.boxes) < n_boxes and tries < 500:
+        tries += 1
+        size = rng.uniform([0.3, 0.3, 0.3], [1.2, 1.4, 1.0])
+        size[1] = min(size[1], height - 0.5)
+        # stand in the ring near a wall
+        side = int(rng.integers(4))
+        cx = rng.uniform(room_lo[0] + size[0] / 2 + 0.05, room_hi[0] - size[0] / 2 - 0.05)
+        cz = rng.uniform(room_lo[2] + size[2] / 2 + 0.05, room_hi[2] - size[2] / 2 - 0.05)
+        off = rng.uniform(0.05, OBJECT_RING - 0.5)
+        if side == 0:
+            cx = room_lo[0] + off + size[0] / 2
+        elif side == 1:
+            cx = room_hi[0] - off - size[0] / 2
+        elif side == 2:
+            cz = room_lo[2] + off + size[2] / 2
+        else:
+            cz = room_hi[2] - off - size[2] / 2
+        lo = np.array([cx - size[0] / 2, -size[1], cz - size[2] / 2])
+        hi = np.array([cx + size[0] / 2, 0.0, cz + size[2] / 2])
+        if any(
+            np.all(lo[[0, 2]] < h[[0, 2]] + 0.1) and np.all(hi[[0, 2]] > lo2[[0, 2]] - 0.1)
+            for lo2, h in placed
+        ):
+            continue
+        placed.append((lo, hi))
+        faces = []
+        for axis in range(3):
+            faces.append(_add_face(scene, rng, axis, lo[axis], -1.0, lo, hi))
+            faces.append(_add_face(scene, rng, axis, hi[axis], 1.0, lo, hi))
+        scene.boxes.append(Box(lo, hi, faces))
+
+    n_spheres = int(rng.integers(N_SPHERES_RANGE[0], N_SPHERES_RANGE[1] + 1))
+    for _ in range(n_spheres):
+        r = float(rng.uniform(0.15, 0.35))
+        if scene.boxes and rng.random() < 0.6:  # rest it on top of a box
+            b = scene.boxes[int(rng.integers(len(scene.boxes)))]
+            c = np.array([(b.lo[0] + b.hi[0]) / 2, b.lo[1] - r, (b.lo[2] + b.hi[2]) / 2])
+        else:  # on the floor near a wall
+            ang = rng.uniform(0, 2 * np.pi)
+            c = np.array([np.cos(ang) * (wx / 2 - r - 0.3), -r, np.sin(ang) * (wz / 2 - r - 0.3)])
+        if any(np.all(np.abs(c - s.centre) < r + s.radius) for s in scene.spheres):
+            continue
+        # ~TEXEL_SIZE texels at the equator
+        tw = int(np.ceil(2 * np.pi * r / TEXEL_SIZE))
+        th = int(np.ceil(np.pi * r / TEXEL_SIZE))
+        scene.spheres.append(Sphere(c, r, _pyramid(_texture(rng, th, tw))))
+    return scene
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray casting
+
+
+def _w2c_parts(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w2c = np.asarray(w2c, dtype=np.float64)
+    return w2c[:3, :3], w2c[:3, 3]
+
+
+def cast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit of rays ``origin + t * dirs`` (dirs (N,3), any length).
+
+    Returns ``t`` (N,) and ``hit`` (N,) ids: ``>= 0`` face index, ``-1 - k`` sphere k. With
+    ``dirs = R^T K^-1 [u, v, 1]`` the returned ``t`` is exactly the camera-space z.
+    """
+    o = np.asarray(origin, dtype=np.float64)
+    d = dirs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / d
+        # room: leave through the wall each axis heads for
+        pos = d > 0
+        bound = np.where(pos, scene.room_hi, scene.room_lo)
+        t_axes = (bound - o) * inv
+        t_axes[~np.isfinite(t_axes)] = np.inf
+        axis = np.argmin(t_axes, axis=1)
+        t = t_axes[np.arange(len(d)), axis]
+        room_ids = np.array(scene.room_faces)
+        hit = room_ids[axis * 2 + pos[np.arange(len(d)), axis]]
+        for box in scene.boxes:
+            t1 = (box.lo - o) * inv
+            t2 = (box.hi - o) * inv
+            tmin = np.minimum(t1, t2)
+            tmax = np.maximum(t1, t2)
+            tmin = np.where(np.isnan(tmin), -np.inf, tmin)
+            tmax = np.where(np.isnan(tmax), np.inf, tmax)
+            ax = np.argmax(tmin, axis=1)
+            tn = tmin[np.arange(len(d)), ax]
+            tf = np.min(tmax, axis=1)
+            ok = (tn <= tf) & (tn > 1e-9) & (tn < t)
+            if ok.any():
+                # entering through the hi side when travelling in -axis
+                side = (d[np.arange(len(d)), ax] < 0).astype(np.int64)
+                ids = np.array(box.faces)[ax * 2 + side]
+                t = np.where(ok, tn, t)
+                hit = np.where(ok, ids, hit)
+        dd = np.einsum("ij,ij->i", d, d)
+        for k, s in enumerate(scene.spheres):
+            oc = o - s.centre
+            b = d @ oc
+            c = oc @ oc - s.radius**2
+            disc = b * b - dd * c
+            ts = (-b - np.sqrt(np.maximum(disc, 0))) / dd
+            ok = (disc > 0) & (ts > 1e-9) & (ts < t)
+            t = np.where(ok, ts, t)
+            hit = np.where(ok, -1 - k, hit)
+    return t, hit
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray, wrap_x: bool) -> np.ndarray:
+    """Sample ``img`` at continuous texel coords (texel centres at +0.5)."""
+    h, w = img.shape[:2]
+    x = x - 0.5
+    y = np.clip(y - 0.5, 0, h - 1)
+    x0 = np.floor(x)
+    y0 = np.minimum(np.floor(y), h - 2).astype(np.int64) if h > 1 else np.zeros(len(y), np.int64)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    x0 = x0.astype(np.int64)
+    if wrap_x:
+        xa, xb = x0 % w, (x0 + 1) % w
+    else:
+        xa = np.clip(x0, 0, w - 1)
+        xb = np.clip(x0 + 1, 0, w - 1)
+        fx = np.where((x0 < 0)[:, None], 0.0, fx)
+    flat = img.reshape(-1, 3)  # 1-D gathers are markedly faster than 2-D fancy indexing
+    r0 = y0 * w
+    r1 = np.minimum(y0 + 1, h - 1) * w
+    top = flat.take(r0 + xa, axis=0) * (1 - fx) + flat.take(r0 + xb, axis=0) * fx
+    bot = flat.take(r1 + xa, axis=0) * (1 - fx) + flat.take(r1 + xb, axis=0) * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _trilinear(
+    pyr: list[np.ndarray], u: np.ndarray, v: np.ndarray, level: np.ndarray, wrap_u: bool
+) -> np.ndarray:
+    """Mip-mapped lookup; ``u, v`` in level-0 texels, ``level`` fractional."""
+    level = np.clip(level, 0, len(pyr) - 1)
+    l0 = np.floor(level).astype(np.int64)
+    frac = (level - l0)[:, None]
+    out = np.empty((len(u), 3), np.float64)
+    for lv in np.unique(l0):
+        m = l0 == lv
+        s0 = 2.0**lv
+        a = _bilinear(pyr[lv], u[m] / s0, v[m] / s0, wrap_u)
+        if lv + 1 < len(pyr):
+            s1 = 2.0 ** (lv + 1)
+            b = _bilinear(pyr[lv + 1], u[m] / s1, v[m] / s1, wrap_u)
+            out[m] = a * (1 - frac[m]) + b * frac[m]
+        else:
+            out[m] = a
+    return out
+
+
+def _shade(
+    scene: Scene, o: np.ndarray, d: np.ndarray, t: np.ndarray, hit: np.ndarray, footprint: float
+) -> np.ndarray:
+    """Colour of each hit; ``footprint`` = sample spacing in radians (sets the mip level)."""
+    p = o + d * t[:, None]
+    dlen = np.linalg.norm(d, axis=1)
+    ray_len = t * dlen
+    col = np.zeros((len(t), 3))
+    for fid in np.unique(hit):
+        m = hit == fid
+        if fid >= 0:
+            f = scene.faces[fid]
+            u = (p[m, f.u_axis] - f.u_range[0]) / TEXEL_SIZE
+            v = (p[m, f.v_axis] - f.v_range[0]) / TEXEL_SIZE
+            normal = np.broadcast_to(f.normal, (m.sum(), 3))
+            pyr, wrap = f.pyramid, False
+        else:
+            s = scene.spheres[-1 - fid]
+            q = (p[m] - s.centre) / s.radius
+            normal = q
+            u = (np.arctan2(q[:, 2], q[:, 0]) + np.pi) * s.radius / TEXEL_SIZE
+            v = np.arccos(np.clip(q[:, 1], -1, 1)) * s.radius / TEXEL_SIZE
+            pyr, wrap = s.pyramid, True
+        cos = np.abs(np.einsum("ij,ij->i", normal, d[m])) / dlen[m]
+        size = ray_len[m] * footprint / np.sqrt(np.maximum(cos, 0.05))
+        level = np.log2(np.maximum(size / TEXEL_SIZE, 1e-6))
+        tex = _trilinear(pyr, u, v, level, wrap)
+        light = 0.55 + 0.45 * np.abs(normal @ LIGHT_DIR)
+        col[m] = tex * light[:, None]
+    return col
+
+
+def render(
+    scene: Scene,
+    K: np.ndarray,
+    w2c: np.ndarray,
+    width: int,
+    height: int,
+    supersample: int = SUPERSAMPLE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 (H, W, 3) and exact camera-space z depth float32 (H, W) in metres.
+
+    ``K`` is in pixels with COLMAP's convention (pixel (col, row) centred at +0.5); ``w2c`` is
+    metric, OpenCV axes, 3x4 or 4x4.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    R, tvec = _w2c_parts(w2c)
+    origin = -R.T @ tvec
+    Kinv = np.linalg.inv(K)
+    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=float))
+
+    def rays(du: float, dv: float) -> np.ndarray:
+        pix = np.stack([cols.ravel() + du, rows.ravel() + dv, np.ones(cols.size)], axis=1)
+        return (pix @ Kinv.T) @ R  # = (R^T K^-1 pix)^T: camera z component is exactly 1
+
+    t, _ = cast(scene, origin, rays(0.5, 0.5))
+    depth = t.reshape(height, width).astype(np.float32)
+
+    n = supersample
+    offsets = (np.arange(n) + 0.5) / n
+    footprint = 1.0 / (K[0, 0] * n)
+    # all sub-samples in one batch: one pass over the surfaces instead of n * n
+    d = np.concatenate([rays(du, dv) for dv in offsets for du in offsets])
+    ts, hs = cast(scene, origin, d)
+    col = _shade(scene, origin, d, ts, hs, footprint).reshape(n * n, cols.size, 3).mean(axis=0)
+    rgb = np.clip(col * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(height, width, 3)
+    return rgb, depth
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectories
+
+
+def intrinsics_matrix(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """Pinhole K with horizontal field of view ``fov_deg`` and square pixels."""
+    fx = (width / 2) / np.tan(np.radians(fov_deg) / 2)
+    return np.array([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1.0]])
+
+
+def look_w2c(centre: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """4x4 w2c of a camera at ``centre`` looking along ``forward`` with no roll (y down)."""
+    f = forward / np.linalg.norm(forward)
+    right = np.cross([0.0, 1.0, 0.0], f)
+    right /= np.linalg.norm(right)
+    down = np.cross(f, right)
+    R_c2w = np.stack([right, down, f], axis=1)
+    w2c = np.eye(4)
+    w2c[:3, :3] = R_c2w.T
+    w2c[:3, 3] = -R_c2w.T @ centre
+    return w2c
+
+
+def _dir(yaw: float, pitch: float) -> np.ndarray:
+    """Viewing direction; positive pitch looks down (towards +y)."""
+    return np.array([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
+
+
+def camera_is_free(scene: Scene, c: np.ndarray) -> bool:
+    """Inside the room, clear of walls, ceiling and objects (by footprint) with margins."""
+    lo = scene.room_lo + WALL_CLEARANCE
+    hi = scene.room_hi - WALL_CLEARANCE
+    if np.any(c[[0, 2]] < lo[[0, 2]]) or np.any(c[[0, 2]] > hi[[0, 2]]):
+        return False
+    if c[1] < scene.room_lo[1] + 0.3 or c[1] > -0.3:
+        return False
+    for b in scene.boxes:
+        if np.all(c[[0, 2]] > b.lo[[0, 2]] - OBJECT_CLEARANCE) and np.all(
+            c[[0, 2]] < b.hi[[0, 2]] + OBJECT_CLEARANCE
+        ):
+            return False
+    for s in scene.spheres:
+        if np.linalg.norm((c - s.centre)[[0, 2]]) < s.radius + OBJECT_CLEARANCE:
+            return False
+    return True
+
+
+def _view_is_good(scene: Scene, w2c: np.ndarray) -> bool:
+    K = intrinsics_matrix(16, 12, 75.0)  # a coarse, slightly wider probe than any clip
+    depth = render_depth(scene, K, w2c, 16, 12)
+    lo, med, hi = float(depth.min()), float(np.median(depth)), float(depth.max())
+    return lo >= MIN_VIEW_DEPTH and med >= MIN_MEDIAN_DEPTH and hi >= MIN_DEPTH_RATIO * lo
+
+
+def render_depth(
+    scene: Scene, K: np.ndarray, w2c: np.ndarray, width: int, height: int
+) -> np.ndarray:
+    """Exact z-depth at pixel centres only (no colour): cheap, used to vet trajectories."""
+    R, tvec = _w2c_parts(w2c)
+    origin = -R.T @ tvec
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    pix = np.stack([cols.ravel(), rows.ravel(), np.ones(cols.size)], axis=1)
+    t, _ = cast(scene, origin, (pix @ np.linalg.inv(K).T) @ R)
+    return t.reshape(height, width)
+
+
+def _random_free_point(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    for _ in range(MAX_TRAJECTORY_TRIES):
+        c = np.array(
+            [
+                rng.uniform(scene.room_lo[0], scene.room_hi[0]),
+                -rng.uniform(*EYE_HEIGHT_RANGE),
+                rng.uniform(scene.room_lo[2], scene.room_hi[2]),
+            ]
+        )
+        if camera_is_free(scene, c):
+            return c
+    raise RuntimeError(f"scene {scene.seed}: no free camera position")
+
+
+def _propose(kind: str, n: int, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    s = np.linspace(0.0, 1.0, n)
+    ease = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop, as a hand-held walk
+    c0 = _random_free_point(scene, rng)
+    pitch0 = np.radians(rng.uniform(0, 15))
+    if kind == "forward":
+        yaw0 = rng.uniform(-np.pi, np.pi)
+        length = rng.uniform(0.8, 1.8)
+        dyaw = np.radians(rng.uniform(-12, 12))
+        sway = rng.uniform(-0.1, 0.1)
+        heading = _dir(yaw0, 0.0)
+        right = np.cross([0.0, 1.0, 0.0], heading)
+        centres = (
+            c0
+            + np.outer(ease * length, heading)
+            + np.outer(np.sin(np.pi * s) * sway, right)
+            + np.outer(0.02 * np.sin(4 * np.pi * s), [0, 1, 0])
+        )
+        dirs = [_dir(yaw0 + dyaw * e, pitch0) for e in ease]
+    elif kind == "pan":
+        yaw0 = rng.uniform(-np.pi, np.pi)
+        dyaw = np.radians(rng.uniform(25, 50)) * rng.choice([-1, 1])
+        move = rng.uniform(0.5, 0.9)
+        right = np.cross([0.0, 1.0, 0.0], _dir(yaw0, 0.0))
+        # walk sideways towards the side the camera turns to: parallax as in a real pan
+        along = right * np.sign(dyaw) + 0.3 * _dir(yaw0, 0.0) * rng.uniform(-1, 1)
+        along /= np.linalg.norm(along)
+        centres = c0 + np.outer(ease * move, along)
+        dirs = [_dir(yaw0 + dyaw * e, pitch0) for e in ease]
+    elif kind == "orbit":
+        targets = [(b.lo + b.hi) / 2 for b in scene.boxes] + [x.centre for x in scene.spheres]
+        poi = targets[int(rng.integers(len(targets)))] if targets else np.zeros(3)
+        off = c0 - poi
+        radius = float(np.linalg.norm(off[[0, 2]]))
+        if not 1.2 < radius < 3.5:
+            return np.empty((0, 4, 4))
+        arc = rng.uniform(0.8, 1.6) * rng.choice([-1, 1])
+        ang0 = np.arctan2(off[2], off[0])
+        angs = ang0 + ease * arc / radius
+        centres = np.stack(
+            [poi[0] + radius * np.cos(angs), np.full(n, c0[1]), poi[2] + radius * np.sin(angs)],
+            axis=1,
+        )
+        dirs = [poi - c for c in centres]
+    else:
+        raise ValueError(f"unknown trajectory kind {kind!r} (forward, pan, orbit)")
+    return np.stack([look_w2c(c, f) for c, f in zip(centres, dirs)])
+
+
+def make_trajectory(kind: str, n_frames: int, scene: Scene, seed: int) -> np.ndarray:
+    """(n, 4, 4) metric w2c poses of a RealEstate10K-like move inside ``scene``.
+
+    Proposals are redrawn until every camera is clear of walls and objects, sees nothing
+    closer than ``MIN_VIEW_DEPTH`` and looks into the room (``MIN_MEDIAN_DEPTH``,
+    ``MIN_DEPTH_RATIO``): real-estate footage never bumps into furniture, close-ups would
+    magnify the textures beyond what SIFT can match, and a lone flat wall is no 3D scene.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(MAX_TRAJECTORY_TRIES):
+        poses = _propose(kind, n_frames, scene, rng)
+        if len(poses) == 0:
+            continue
+        centres = np.stack([-p[:3, :3].T @ p[:3, 3] for p in poses])
+        if not all(camera_is_free(scene, c) for c in centres):
+            continue
+        if not all(_view_is_good(scene, p) for p in poses):
+            continue
+        return poses
+    raise RuntimeError(f"no valid {kind} trajectory in scene {scene.seed} (seed {seed})")

@@ -1,0 +1,467 @@
+"""Depth: metric depth D(u, v) at every triangulated observation.
+
+Output rows follow the observations of the shard one to one, in the same order (align joins on
+row order), for every clip that reached this stage and did not fail here. Two backends:
+
+- ``da2_metric``: Depth Anything V2 metric on a pool of Ray actors, one per GPU (model loaded
+  once per actor). Worker threads decode and preprocess frames of several clips while the model
+  runs; frames of all clips of a shard are batched together, grouped by preprocessed shape. A
+  cluster without a GPU gets CPU actors and a logged message (asking Ray for a GPU that does not
+  exist would wait forever).
+- ``sensor``: the dataset's own metric depth (synthetic ground truth, RGB-D PNGs), as plain Ray
+  tasks.
+
+A clip whose frame or depth file cannot be read fails with that reason; its rows are left out.
+Optionally a low-resolution depth map of each clip's first processed frame is kept under
+``<stage dir>/_preview/`` (the ``_`` keeps Parquet dataset readers away from it).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import frames as frame_io
+from pipeline.depth_model import (
+    DepthPredictor,
+    Item,
+    finalize_samples,
+    load_depth_model,
+    preview_map,
+    sample_sensor,
+)
+from pipeline.io import write_bytes_atomic, write_parquet_atomic
+from pipeline.schema import DEPTH_SAMPLES
+from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+
+log = logging.getLogger(__name__)
+
+OBS_COLUMNS = ["clip_id", "frame_idx", "point_id", "u", "v"]
+
+
+# ---------------------------------------------------------------------- shard inputs/outputs
+class ShardInputs:
+    """Observations of one shard grouped per clip and frame, plus the manifest rows."""
+
+    def __init__(self, task: ShardTask):
+        self.obs = pq.read_table(task.inputs["triangulate"], columns=OBS_COLUMNS)
+        manifest = pq.read_table(task.inputs["ingest"]).to_pylist()
+        self.rows = {r["clip_id"]: r for r in manifest}
+        clip = self.obs.column("clip_id").to_numpy(zero_copy_only=False)
+        self.frame = self.obs.column("frame_idx").to_numpy()
+        self.u = self.obs.column("u").to_numpy().astype(np.float64)
+        self.v = self.obs.column("v").to_numpy().astype(np.float64)
+        order = np.argsort(clip, kind="stable")
+        self.clip_ids: list[str] = list(dict.fromkeys(clip.tolist()))
+        self.rows_of: dict[str, np.ndarray] = {}
+        if len(order):
+            sorted_clips = clip[order]
+            cuts = np.flatnonzero(sorted_clips[1:] != sorted_clips[:-1]) + 1
+            for part in np.split(order, cuts):
+                self.rows_of[str(clip[part[0]])] = part
+        self.clip = clip
+        self.frames = {c: self._frames_of(c) for c in self.clip_ids}
+
+    def _frames_of(self, clip_id: str) -> dict[int, np.ndarray]:
+        """frame_idx -> observation row indices (increasing frame order)."""
+        rows = self.rows_of[clip_id]
+        rows = rows[np.argsort(self.frame[rows], kind="stable")]
+        frames, starts = np.unique(self.frame[rows], return_index=True)
+        return {int(f): part for f, part in zip(frames, np.split(rows, starts[1:]))}
+
+    def manifest_row(self, clip_id: str) -> dict[str, Any]:
+        row = self.rows.get(clip_id)
+        if row is None:
+            raise ClipError(clip_id, "clip has observations but no manifest row in this shard")
+        return row
+
+
+def write_output(
+    task: ShardTask, inp: ShardInputs, depth: np.ndarray, valid: np.ndarray, ok: set[str]
+) -> None:
+    keep = np.isin(inp.clip, np.asarray(sorted(ok), dtype=object)) if ok else np.zeros(
+        len(inp.clip), bool
+    )
+    idx = np.flatnonzero(keep)
+    table = pa.Table.from_arrays(
+        [
+            inp.obs.column("clip_id").take(idx),
+            inp.obs.column("frame_idx").take(idx),
+            inp.obs.column("point_id").take(idx),
+            pa.array(depth[idx], type=pa.float32()),
+            pa.array(valid[idx], type=pa.bool_()),
+        ],
+        schema=DEPTH_SAMPLES,
+    )
+    write_parquet_atomic(table, task.output)
+
+
+def write_preview(task: ShardTask, clip_id: str, frame_idx: int, small: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, depth=small, frame_idx=np.int64(frame_idx))
+    write_bytes_atomic(buf.getvalue(), Path(task.output).parent / "_preview" / f"{clip_id}.npz")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ClipError):
+        return exc.reason
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+# ---------------------------------------------------------------------- sensor backend
+def run_sensor_shard(task: ShardTask) -> ShardResult:
+    dcfg = task.cfg["depth"]
+    inp = ShardInputs(task)
+    n = len(inp.clip)
+    depth = np.full(n, np.nan, np.float32)
+    valid = np.zeros(n, bool)
+    max_depth = float(dcfg["max_depth"])
+
+    def one(clip_id: str, _: Any) -> str:
+        row = inp.manifest_row(clip_id)
+        shape = (int(row["height"]), int(row["width"]))
+        for k, (f, rows) in enumerate(inp.frames[clip_id].items()):
+            d = frame_io.read_depth(row, f)
+            if d.shape != shape:
+                raise ClipError(
+                    clip_id, f"depth of frame {f} is {d.shape[1]}x{d.shape[0]}, "
+                    f"frames are {shape[1]}x{shape[0]}"
+                )
+            depth[rows], valid[rows] = sample_sensor(
+                d, inp.u[rows], inp.v[rows], dcfg["interpolation"], max_depth
+            )
+            if k == 0 and dcfg.get("preview"):
+                dd, _ok = finalize_samples(d, max_depth)
+                write_preview(task, clip_id, f, preview_map(dd, int(dcfg["preview_width"])))
+        return clip_id
+
+    ok, failures = for_each_clip(((c, None) for c in inp.clip_ids), one)
+    write_output(task, inp, depth, valid, set(ok))
+    return ShardResult(
+        n_clips=len(inp.clip_ids), n_ok=len(ok), failures=failures,
+        stats={"obs": n, "valid": int(valid.sum())},
+    )
+
+
+# ---------------------------------------------------------------------- model backend
+_DONE = object()
+
+
+def _producer(
+    inp: ShardInputs,
+    clips: list[str],
+    predictor: DepthPredictor,
+    out: queue.Queue,
+    stop: threading.Event,
+    preview: bool,
+) -> None:
+    """Decode + preprocess the frames of some clips; one message per frame, then per clip."""
+
+    def put(msg: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(msg, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    for clip_id in clips:
+        if stop.is_set():
+            return
+        try:
+            row = inp.manifest_row(clip_id)
+            frames = inp.frames[clip_id]
+            size = (int(row["height"]), int(row["width"]))
+            first = True
+            for f, rgb in frame_io.iter_frames(row, list(frames)):
+                if rgb.shape[:2] != size:
+                    raise ClipError(
+                        clip_id, f"frame {f} is {rgb.shape[1]}x{rgb.shape[0]}, manifest says "
+                        f"{size[1]}x{size[0]}"
+                    )
+                rows = frames[f]
+                put(("item", Item((clip_id, f), predictor.preprocess(rgb), size,
+                                  inp.u[rows], inp.v[rows], want_map=preview and first), None))
+                first = False
+            put(("done", clip_id, None))
+        except Exception as exc:  # noqa: BLE001 - becomes this clip's failure reason
+            put(("done", clip_id, _reason(exc)))
+    put((_DONE, None, None))
+
+
+def run_model_shard(
+    task: ShardTask, predictor: DepthPredictor, dcfg: dict[str, Any]
+) -> ShardResult:
+    """Predict and sample every frame with observations; decoding overlaps inference."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    inp = ShardInputs(task)
+    n = len(inp.clip)
+    depth = np.full(n, np.nan, np.float32)
+    valid = np.zeros(n, bool)
+    max_depth = float(dcfg["max_depth"])
+    preview = bool(dcfg.get("preview"))
+    n_workers = max(1, min(int(dcfg["prefetch_workers"]), len(inp.clip_ids)))
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(dcfg["prefetch_batches"]))
+                                 * predictor.batch_size)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=_producer,
+            args=(inp, inp.clip_ids[i::n_workers], predictor, q, stop, preview),
+            daemon=True, name=f"depth-prefetch-{i}",
+        )
+        for i in range(n_workers)
+    ]
+    failures: dict[str, str] = {}
+    buckets: dict[tuple[int, ...], list[Item]] = defaultdict(list)
+    previews: dict[str, tuple[int, np.ndarray]] = {}
+    n_frames = 0
+    t_model = 0.0
+
+    pending: list[Any] = []  # launched on the device, not collected yet
+
+    def collect() -> None:
+        nonlocal n_frames
+        for job in pending:
+            for it, (samples, full) in zip(job.items, predictor.fetch([job])):
+                clip_id, f = it.key
+                n_frames += 1
+                if clip_id in failures:
+                    continue
+                rows = inp.frames[clip_id][f]
+                depth[rows], valid[rows] = finalize_samples(samples, max_depth)
+                if full is not None:
+                    dd, _ok = finalize_samples(full, max_depth)
+                    previews[clip_id] = (f, preview_map(dd, int(dcfg["preview_width"])))
+        pending.clear()
+
+    def run_bucket(items: list[Item]) -> None:
+        nonlocal t_model
+        items = [it for it in items if it.key[0] not in failures]
+        if not items:
+            return
+        t = time.perf_counter()
+        launched = predictor.launch(items)  # queue this batch, then collect the previous one
+        collect()
+        pending.extend(launched)
+        t_model += time.perf_counter() - t
+
+    for th in threads:
+        th.start()
+    try:
+        finished = 0
+        while finished < n_workers:
+            try:
+                kind, a, b = q.get(timeout=1.0)
+            except queue.Empty:
+                if not any(th.is_alive() for th in threads) and q.empty():
+                    raise RuntimeError("depth prefetch threads died without finishing") from None
+                continue
+            if kind is _DONE:
+                finished += 1
+            elif kind == "done":
+                if b is not None:
+                    failures[a] = b
+            else:
+                shape = a.pixel_values.shape
+                buckets[shape].append(a)
+                if len(buckets[shape]) >= predictor.batch_size:
+                    run_bucket(buckets.pop(shape))
+        for shape in list(buckets):
+            run_bucket(buckets.pop(shape))
+        collect()
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=5)
+    ok = [c for c in inp.clip_ids if c not in failures]
+    write_output(task, inp, depth, valid, set(ok))
+    for clip_id, (f, small) in previews.items():
+        if clip_id not in failures:
+            write_preview(task, clip_id, f, small)
+    wall = time.perf_counter() - t0
+    return ShardResult(
+        n_clips=len(inp.clip_ids), n_ok=len(ok), failures=failures,
+        stats={
+            "obs": n, "valid": int(valid.sum()), "frames": n_frames,
+            "images_per_s": n_frames / wall if wall > 0 else None,
+            "model_s": round(t_model, 3), "device": str(predictor.device),
+            "batch_size": predictor.batch_size, "oom_halvings": predictor.n_oom,
+            # actor results bypass the runner's task wrapper, which measures this for tasks
+            "_cpu_s": time.process_time() - c0,
+        },
+    )
+
+
+def build_predictor(dcfg: dict[str, Any], device: str) -> DepthPredictor:
+    model, processor = load_depth_model(
+        dcfg["model"], float(dcfg["max_depth"]), revision=dcfg.get("revision"),
+        local_files_only=bool(dcfg.get("local_files_only")),
+    )
+    dtype = dcfg["dtype"] if device.startswith("cuda") else dcfg["cpu_dtype"]
+    return DepthPredictor(model, processor, device, dtype, float(dcfg["max_depth"]),
+                          int(dcfg["batch_size"]), dcfg["preprocess"])
+
+
+def _local_device(dcfg: dict[str, Any]) -> str:
+    import torch
+
+    if dcfg.get("device") == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"
+
+
+_LOCAL: dict[str, DepthPredictor] = {}
+
+
+def local_predictor(dcfg: dict[str, Any]) -> DepthPredictor:
+    """A predictor in this process (direct calls, benchmarks), loaded once per config."""
+    from pipeline.io import stable_hash
+
+    key = stable_hash(dcfg)
+    if key not in _LOCAL:
+        _LOCAL.clear()
+        _LOCAL[key] = build_predictor(dcfg, _local_device(dcfg))
+    return _LOCAL[key]
+
+
+# ---------------------------------------------------------------------- actor pool
+class DepthWorker:
+    """One Ray actor: the model is loaded once and serves shard after shard."""
+
+    def __init__(self, dcfg: dict[str, Any], device: str, num_threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))
+        self.dcfg = dcfg
+        self.predictor = build_predictor(dcfg, device)
+
+    def ready(self) -> str:
+        return str(self.predictor.device)
+
+    def process(self, task: ShardTask) -> ShardResult:
+        return run_model_shard(task, self.predictor, self.dcfg)
+
+
+def _announce(msg: str) -> None:
+    """Printed on the driver (the runner's own lines go to the terminal the same way)."""
+    log.info(msg)
+    print(msg, file=sys.stderr, flush=True)
+
+
+class DepthActorPool:
+    """``submit(task) -> ObjectRef[ShardResult]`` over actors; the least-busy actor gets it."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        import ray
+
+        from pipeline.config import ConfigError
+
+        dcfg = cfg["depth"]
+        res = ray.cluster_resources()
+        gpus = int(res.get("GPU", 0))
+        policy = dcfg.get("device") or "auto"
+        if policy not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"depth.device '{policy}' is not one of auto, cuda, cpu")
+        if policy == "cuda" and gpus == 0:
+            raise ConfigError("depth.device=cuda but the Ray cluster has no GPU")
+        node_cpus = [
+            int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")
+        ] or [1]
+        cpus = max(1, min(int(dcfg["cpus_per_actor"]), max(node_cpus)))
+        if gpus > 0 and policy != "cpu":
+            n = min(int(dcfg.get("num_actors") or gpus), gpus)
+            opts = {"num_gpus": 1, "num_cpus": cpus}
+            device = "cuda"
+            _announce(f"[depth] {n} GPU actor(s) ({dcfg['model']}, {dcfg['dtype']} autocast)")
+        else:
+            fit = sum(c // cpus for c in node_cpus) or 1
+            n = max(1, min(int(dcfg.get("num_actors") or dcfg["cpu_actors"]), fit))
+            opts = {"num_gpus": 0, "num_cpus": cpus}
+            device = "cpu"
+            why = "depth.device=cpu" if policy == "cpu" else "no GPU in the Ray cluster"
+            _announce(
+                f"[depth] {why}: running Depth Anything on {n} CPU actor(s) x {cpus} cores "
+                "(expect well under 1 image/s per core with a real checkpoint)"
+            )
+        remote = ray.remote(DepthWorker).options(
+            **opts, max_restarts=int(dcfg["max_restarts"]), max_task_retries=0,
+        )
+        self.device = device
+        self.actors = [remote.remote(dcfg, device, cpus) for _ in range(n)]
+        # Surface load errors (missing weights, a relative head) once, here, not per shard,
+        # and never wait silently for actors the cluster cannot place.
+        refs = [a.ready.remote() for a in self.actors]
+        timeout = float(dcfg["startup_timeout_s"])
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if len(done) < len(refs):
+            self.close()
+            raise RuntimeError(
+                f"depth: only {len(done)} of {len(refs)} actors ({opts}) started within "
+                f"{timeout:.0f} s (depth.startup_timeout_s): the cluster cannot place them or "
+                "loading the model is stuck"
+            )
+        ray.get(refs)
+        self.pending: list[list[Any]] = [[] for _ in self.actors]
+
+    def submit(self, task: ShardTask) -> Any:
+        import ray
+
+        for i, refs in enumerate(self.pending):
+            if refs:
+                done, rest = ray.wait(refs, num_returns=len(refs), timeout=0)
+                self.pending[i] = rest
+        i = min(range(len(self.actors)), key=lambda k: len(self.pending[k]))
+        ref = self.actors[i].process.remote(task)
+        self.pending[i].append(ref)
+        return ref
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+# ---------------------------------------------------------------------- the stage
+class DepthStage(Stage):
+    name = "depth"
+    upstream = ("ingest", "triangulate")
+    config_keys = ("depth",)
+    version = 1
+
+    def resources(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        dcfg = cfg["depth"]
+        return {"num_cpus": int(dcfg.get("cpus_per_task") or dcfg.get("cpus_per_actor") or 1)}
+
+    def make_executor(self, cfg: dict[str, Any]) -> DepthActorPool | None:
+        if cfg["depth"]["backend"] == "sensor":
+            return None
+        return DepthActorPool(cfg)
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        dcfg = task.cfg["depth"]
+        backend = dcfg["backend"]
+        if backend == "sensor":
+            return run_sensor_shard(task)
+        if backend == "da2_metric":
+            return run_model_shard(task, local_predictor(dcfg), dcfg)
+        raise ValueError(f"unknown depth backend '{backend}' (da2_metric | sensor)")
+
+
+STAGE = DepthStage()
