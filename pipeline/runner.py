@@ -442,6 +442,12 @@ def print_summary(summary: dict[str, Any], max_lines: int = 20) -> None:
         w(f"  failed [{f['stage']}] {clip}: {f['reason']}")
     for clip, why in list(sorted(summary["pending"].items()))[:max_lines]:
         w(f"  pending {clip}: {why} (re-run to retry)")
+    for name, info in summary.get("dataset_stages", {}).items():
+        brief = ", ".join(
+            f"{k}={v}" for k, v in (info.get("summary") or {}).items()
+            if isinstance(v, (int, float, str)) and len(str(v)) < 80
+        )
+        w(f"{name} ({info.get('wall_s', 0.0):.1f} s): {brief}")
     if summary.get("wall_s") is not None:
         w(f"wall time: {summary['wall_s']:.1f} s")
     w("=" * 72)

@@ -1,0 +1,274 @@
+"""The training loop, shared by the single-process path and every Ray Train worker.
+
+Exact resume: model, optimizer, lr scheduler, grad scaler and RNG states are checkpointed, the
+data stream restarts at the global sample index of the resumed step (``trainer.data``), and the
+noise, timesteps and dropout masks of step ``s`` come from a generator seeded by
+``(seed, s, micro-batch, rank)``. A resumed run therefore reproduces the uninterrupted run's
+loss sequence bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from tqdm import tqdm
+
+from trainer import checkpoint as ckpt
+from trainer.data import CuratedVideoDataset, load_curated, make_loader
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+
+def build_backbone(tcfg: dict[str, Any]) -> torch.nn.Module:
+    kind = tcfg["backbone"]
+    if kind == "builtin":
+        from trainer.model import BuiltinBackbone
+
+        model = BuiltinBackbone(tcfg["builtin"])
+    elif kind == "svd":
+        from trainer.svd_backbone import SVDBackbone
+
+        model = SVDBackbone.from_pretrained(tcfg["svd"])
+    else:
+        raise ValueError(f"train.backbone must be 'builtin' or 'svd', got '{kind}'")
+    if tcfg["prediction_type"] not in model.supported_predictions:
+        raise ValueError(
+            f"backbone {kind} supports prediction_type {model.supported_predictions}, "
+            f"got {tcfg['prediction_type']}"
+        )
+    return model
+
+
+def build_noise_scheduler(tcfg: dict[str, Any]) -> DDPMScheduler:
+    n = tcfg["noise"]
+    return DDPMScheduler(
+        num_train_timesteps=int(n["num_train_timesteps"]),
+        beta_schedule=n["beta_schedule"],
+        beta_start=float(n["beta_start"]),
+        beta_end=float(n["beta_end"]),
+        prediction_type=tcfg["prediction_type"],
+        rescale_betas_zero_snr=bool(n["rescale_betas_zero_snr"]),
+        timestep_spacing=n["timestep_spacing"],
+        clip_sample=bool(n["clip_sample"]),
+        clip_sample_range=float(n["clip_sample_range"]),
+    )
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0]))
+    return g
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    batch: dict[str, torch.Tensor],
+    gen: torch.Generator,
+    tcfg: dict[str, Any],
+    device: torch.device,
+) -> torch.Tensor:
+    """``||target - f_theta(z_t, c_img, c_cam, t)||^2`` with ``z_t = a_t z_0 + s_t eps`` and the
+    target ``eps`` or ``v`` by config. Random draws are made on the CPU generator ``gen`` so
+    they do not depend on the device."""
+    core = model.module if hasattr(model, "module") else model
+    video = batch["video"].to(device)
+    plucker = batch["plucker"].to(device)
+    b = video.shape[0]
+    cond_img = video[torch.arange(b, device=device), batch["cond_index"].to(device)]
+    with torch.no_grad():
+        z0 = core.encode_video(video, generator=gen)
+        cond = core.condition(cond_img, generator=gen)
+    noise = torch.randn(z0.shape, generator=gen).to(device, z0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+    drop = tcfg["cond_dropout"]
+    keep_image = (torch.rand(b, generator=gen) >= float(drop["image"])).float().to(device)
+    keep_camera = (torch.rand(b, generator=gen) >= float(drop["camera"])).float().to(device)
+    z_t = scheduler.add_noise(z0, noise, t)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = scheduler.get_velocity(z0, noise, t)
+    pred = model(z_t, core.model_timesteps(t, scheduler), cond, plucker, keep_image, keep_camera)
+    return F.mse_loss(pred.float(), target.float())
+
+
+class LocalCheckpoints:
+    """Checkpoints in ``<out_dir>/checkpoints/step-XXXXXXXX.pt`` (rank 0 writes)."""
+
+    def __init__(self, out_dir: str | Path, keep: int):
+        self.dir = Path(out_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> dict[str, Any] | None:
+        p = ckpt.latest_checkpoint(self.dir)
+        return ckpt.load(p) if p is not None else None
+
+    def save(self, step: int, state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+        if state is None:
+            return
+        ckpt.save_atomic(state, ckpt.checkpoint_path(self.dir, step))
+        ckpt.prune(self.dir, self.keep)
+
+
+def _autocast(device: torch.device, mixed: str):
+    if device.type == "cuda" and mixed in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if mixed == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines of steps after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def train(
+    tcfg: dict[str, Any],
+    data_files: Sequence[str | Path],
+    out_dir: str | Path,
+    dist: DistInfo | None = None,
+    stop_at: int | None = None,
+    checkpoints: Any | None = None,
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train until ``tcfg['max_steps']`` (or ``stop_at``, checkpointing there), resuming from
+    the latest checkpoint. Returns a summary (steps, final loss, checkpoint, timings)."""
+    dist = dist or DistInfo()
+    device = torch.device(dist.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoints or LocalCheckpoints(out_dir, int(tcfg["keep_checkpoints"]))
+    if device.type == "cpu" and int(tcfg["cpu_threads"]) > 0:
+        # intra-op threads beyond the free cores spin at barriers: on 2 shared cores with a
+        # loader worker, 2 threads measured 10x slower per step than 1
+        torch.set_num_threads(int(tcfg["cpu_threads"]))
+    seed = int(tcfg["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+    dcfg = tcfg["data"]
+    rows = load_curated(data_files, dcfg["split"] or None)
+    dataset = CuratedVideoDataset(rows, dcfg, train=True, seed=seed)
+
+    model = build_backbone(tcfg).to(device)
+    scheduler = build_noise_scheduler(tcfg)
+    params = model.trainable_parameters()
+    a = tcfg["adam"]
+    optimizer = torch.optim.AdamW(
+        params, lr=float(tcfg["lr"]), betas=(float(a["beta1"]), float(a["beta2"])),
+        eps=float(a["eps"]), weight_decay=float(a["weight_decay"]),
+    )
+    max_steps = int(tcfg["max_steps"])
+    lr_sched = get_scheduler(
+        tcfg["lr_scheduler"], optimizer, num_warmup_steps=int(tcfg["warmup_steps"]),
+        num_training_steps=max_steps,
+    )
+    mixed = str(tcfg["mixed_precision"])
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and mixed == "fp16")
+
+    step = 0
+    state = checkpoints.latest()
+    if state is not None:
+        model.load_trainable_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        scaler.load_state_dict(state["grad_scaler"])
+        ckpt.set_rng_state(state["rng"])
+        step = int(state["step"])
+    metrics_path = out_dir / "metrics.jsonl"
+    if dist.rank == 0:
+        _truncate_metrics(metrics_path, step)
+    net = wrap_model(model) if wrap_model is not None else model
+    net.train()
+
+    bsz, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    end = max_steps if stop_at is None else min(max_steps, int(stop_at))
+    per_step = bsz * accum * dist.world
+    loader = make_loader(
+        dataset, bsz, start=step * per_step, rank=dist.rank, world=dist.world,
+        num_workers=int(dcfg["num_workers"]), count=max(0, end - step) * bsz * accum, seed=seed,
+    )
+    batches = iter(loader)
+    ckpt_every = int(tcfg["checkpoint_every"])
+    bar = tqdm(total=end, initial=step, desc="train", unit="step",
+               disable=not progress or dist.rank != 0)
+    last: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    start_step = step
+    while step < end:
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(accum):
+            batch = next(batches)
+            gen = step_generator(seed, step, micro, dist.rank)
+            with _autocast(device, mixed):
+                loss = diffusion_loss(net, scheduler, batch, gen, tcfg, device)
+            scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+        scaler.unscale_(optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, float(tcfg["max_grad_norm"]))
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        lr_sched.step()
+        step += 1
+        dt = time.perf_counter() - t0
+        last = {
+            "step": step, "loss": total, "lr": lr, "grad_norm": float(gnorm),
+            "samples_per_s": per_step / dt, "step_s": dt,
+        }
+        if dist.rank == 0:
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(last) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        if step % ckpt_every == 0 or step == end:
+            state = None
+            if dist.rank == 0:
+                state = {
+                    "model": model.trainable_state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_sched.state_dict(),
+                    "grad_scaler": scaler.state_dict(),
+                    "rng": ckpt.rng_state(),
+                    "step": step,
+                    "backbone": tcfg["backbone"],
+                }
+            checkpoints.save(step, state, last)
+    bar.close()
+    wall = time.perf_counter() - t_start
+    done = step - start_step
+    return {
+        "step": step,
+        "steps_run": done,
+        "loss": last.get("loss", math.nan),
+        "wall_s": wall,
+        "samples_per_s": done * per_step / wall if wall > 0 and done else 0.0,
+        "skipped_clips": dataset.skipped,
+        "n_clips": len(dataset),
+    }
