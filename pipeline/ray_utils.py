@@ -31,7 +31,8 @@ def init_ray(cfg: dict[str, Any]) -> None:
         kwargs["num_gpus"] = int(rc["num_gpus"])
     if rc.get("object_store_memory"):
         kwargs["object_store_memory"] = int(rc["object_store_memory"])
-    ray.init(**kwargs)
+    # "local": always a fresh instance, never silently joining another Ray found on this machine
+    ray.init(address="local", **kwargs)
 
 
 def cluster_cpus() -> int:
