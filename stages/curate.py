@@ -146,18 +146,22 @@ def _distribution(values: np.ndarray, qs: list[float], bins: int) -> dict[str, A
     }
 
 
-def write_npz_deterministic(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """An ``np.load``-able .npz (no pickles) with fixed zip timestamps, written atomically.
+def write_npz_deterministic(
+    arrays: dict[str, np.ndarray], path: Path, allow_pickle: bool = False
+) -> None:
+    """An ``np.load``-able .npz with fixed zip timestamps, written atomically.
 
     ``np.savez`` stamps each member with the current time, so two identical runs would differ
-    byte for byte; resume promises identical outputs.
+    byte for byte; resume promises identical outputs. ``allow_pickle`` only for the opt-in
+    CamI2V dict layout (an object array): we write it, never read it.
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]),
-                                      allow_pickle=False)
+            arr = arrays[key]
+            arr = arr if arr.dtype == object else np.ascontiguousarray(arr)
+            np.lib.format.write_array(member, arr, allow_pickle=allow_pickle)
             zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME), member.getvalue())
     write_bytes_atomic(buf.getvalue(), path)
 
@@ -361,6 +365,15 @@ class CurateStage(Stage):
         cur = curated.sort_values("clip_id") if len(curated) else curated
         arrays = {r.clip_id: np.asarray(r.frame_scale, dtype=dtype) for r in cur.itertuples()}
         write_npz_deterministic(arrays, cdir / "per_frame_scale.npz")
+        legacy = cdir / "per_frame_scale_cami2v.npz"
+        if ccfg["compat_cami2v_dict"]:
+            # CamI2V/RealCam-I2V read np.load(p, allow_pickle=True)["arr_0"].item(): one pickled
+            # dict. Opt-in, because loading it needs allow_pickle (trust the file's origin).
+            holder = np.empty((), dtype=object)
+            holder[()] = dict(arrays)
+            write_npz_deterministic({"arr_0": holder}, legacy, allow_pickle=True)
+        elif legacy.exists():
+            legacy.unlink()
         ids = list(cur["clip_id"]) if len(cur) else []
         write_bytes_atomic("".join(f"{c}\n" for c in ids).encode(), cdir / "valid_clips.txt")
         splits = sorted(set(cur["split"])) if len(cur) else []

@@ -428,3 +428,23 @@ def test_curated_dir_reads_with_ray_data(tmp_path: Path, cfg: dict[str, Any],
     rows = sorted(ds.take_all(), key=lambda r: r["clip_id"])
     assert [r["clip_id"] for r in rows] == ["k2", "k4", "k5", "k6", "k7"]
     assert np.allclose(np.asarray(rows[0]["c2w_metric"][0], dtype=float), np.eye(4).ravel())
+
+
+def test_cami2v_pickled_dict_export_is_opt_in(tmp_path):
+    """The exact file CamI2V's loader expects (one pickled dict under arr_0), only on request.
+    Reading it back needs allow_pickle: fine here, the test wrote it itself."""
+    cur = pd.DataFrame({"clip_id": ["b", "a"], "split": ["train", "test"],
+                        "frame_scale": [[1.0, 2.0], [3.0, 4.0, 5.0]]})
+    ccfg = {"compat_dtype": "float32", "compat_cami2v_dict": True}
+    CURATE_STAGE._export_compat(tmp_path, cur, ccfg)
+    legacy = tmp_path / "per_frame_scale_cami2v.npz"
+    table = np.load(legacy, allow_pickle=True)["arr_0"].item()
+    assert sorted(table) == ["a", "b"]
+    np.testing.assert_array_equal(table["a"], np.float32([3, 4, 5]))
+    first = legacy.read_bytes()
+    CURATE_STAGE._export_compat(tmp_path, cur, ccfg)
+    assert legacy.read_bytes() == first  # deterministic bytes, like every other output
+    CURATE_STAGE._export_compat(tmp_path, cur, {**ccfg, "compat_cami2v_dict": False})
+    assert not legacy.exists()
+    safe = np.load(tmp_path / "per_frame_scale.npz", allow_pickle=False)
+    np.testing.assert_array_equal(safe["b"], np.float32([1, 2]))
