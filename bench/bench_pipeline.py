@@ -104,7 +104,8 @@ def main() -> None:
         cpu_pf, gpu_pf = cpu / frames_total, gpu / frames_total
         print(f"{name:<12}{wall:>8.1f}{args.clips / wall:>9.2f}{frames_total / wall:>10.1f}"
               f"{cpu_pf:>13.4f}{(f'{gpu_pf:.4f}' if gpu else '-'):>13}{peak:>16.0f}")
-        if name == "depth" and cfg["depth"]["backend"] != "sensor":
+        if name == "depth" and (args.gpu_images_per_s or cfg["depth"]["backend"] != "sensor"):
+            # Depth Anything on the node's GPUs: the given per-GPU rate, else this run's
             per_gpu = args.gpu_images_per_s or (frames_total / wall)
             hours = n_frames_all / (per_gpu * args.node_gpus) / 3600
         else:
@@ -121,7 +122,10 @@ def main() -> None:
         print(f"  {name:<12}{hours:>9.1f} h   ${hours * args.node_cost_per_hour:>9.0f}")
     print(f"  {'total':<12}{total_h:>9.1f} h   ${total_h * args.node_cost_per_hour:>9.0f}"
           "   (stages run one after another; CPU and GPU stages could overlap)")
-    if cfg["depth"]["backend"] == "sensor":
+    if args.gpu_images_per_s:
+        print(f"  depth projected at {args.gpu_images_per_s:g} images/s per GPU (given, "
+              "not measured in this run)")
+    elif cfg["depth"]["backend"] == "sensor":
         print("  note: depth=sensor here; Depth Anything on GPUs: pass depth=da2_metric on a GPU "
               "node or --gpu-images-per-s from bench/bench_depth.py")
     if args.work_dir is None:
