@@ -88,6 +88,14 @@ def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
             ds[key] = fix(ds[key])
     if ds.get("definition"):
         ds["definition"] = str((PROJECT_ROOT / ds["definition"]).resolve())
+    # "hub id or local directory": a relative directory must reach the Ray actors as absolute
+    # (a hub id such as org/name is left alone unless such a folder exists here)
+    model_dirs = [(cfg.get("depth") or {}, "model"),
+                  ((cfg.get("train") or {}).get("svd") or {}, "pretrained")]
+    for holder, key in model_dirs:
+        value = holder.get(key)
+        if isinstance(value, str) and value and (cwd / value).is_dir():
+            holder[key] = fix(value)
     return cfg
 
 

@@ -72,7 +72,9 @@ def iter_frames(
     else:
         paths = row["frame_paths"]
         for idx in wanted:
-            bgr = cv2.imread(paths[idx], cv2.IMREAD_COLOR)
+            # stored pixel layout, as ingest measured width/height (IMREAD_UNCHANGED) and as
+            # COLMAP sees the file: an EXIF rotation would swap W and H against the manifest
+            bgr = cv2.imread(paths[idx], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             if bgr is None:
                 raise ClipError(clip, f"cannot read frame {idx} at {paths[idx]}")
             yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)

@@ -136,12 +136,11 @@ class Runner:
             raise ConfigError(f"dataset '{ds['name']}' at {ds.get('root')} has no clips")
         ids = sorted(sources)
         limit = self.cfg["dataset"].get("limit")
-        if limit:
-            ids = ids[: int(limit)]
+        if limit is not None:
+            limit = _int_setting("dataset.limit", limit, minimum=1)
+            ids = ids[:limit]
             sources = {c: sources[c] for c in ids}
-        size = int(self.cfg["shards"]["size"])
-        if size < 1:
-            raise ConfigError("shards.size must be >= 1")
+        size = _int_setting("shards.size", self.cfg["shards"]["size"], minimum=1)
         shards = {
             f"shard-{i // size:05d}": ids[i : i + size] for i in range(0, len(ids), size)
         }
@@ -161,6 +160,13 @@ class Runner:
                     f"stage '{name}' is declared but not implemented yet "
                     f"(needed for stage={target})"
                 )
+        lock = _lock_work_dir(self.work_dir)
+        try:
+            return self._run_locked(target, chain)
+        finally:
+            lock.close()  # releases the lock (the OS does the same if the driver is killed)
+
+    def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         ray_utils.init_ray(self.cfg)
         t_start = time.time()
         shards, sources = self.plan()
@@ -219,7 +225,7 @@ class Runner:
                     )
                     break
                 inputs[up] = str(up_out)
-                digests[up] = e.output_digest
+                digests[up] = _chained_digest(e)
             extra = dict(extra_all)
             if stage.name == "ingest":
                 extra["sources"] = {c: sources[c] for c in clips}
@@ -347,6 +353,46 @@ def _collect(ref: Any, t_submit: float) -> dict[str, Any]:
     return value
 
 
+def _chained_digest(e: Entry) -> str | None:
+    """What a downstream fingerprint chains on: the upstream output's digest, plus the digest of
+    inputs the output only names by path (``stats["inputs_digest"]``, reported by ingest).
+    Frames or depth files replaced at the same path leave the manifest byte-identical, yet
+    triangulate/depth must be redone on them."""
+    extra = (e.stats or {}).get("inputs_digest")
+    return e.output_digest if extra is None else stable_hash([e.output_digest, extra])
+
+
+def _lock_work_dir(work_dir: Path) -> Any:
+    """Exclusive lock on the work dir for one ``run``. Two runs on one work dir would rewrite
+    the same outputs and ledger entries under each other (an entry could end up describing the
+    other run's file), so a second run stops with a clear message instead."""
+    import fcntl
+
+    fh = open(work_dir / ".run.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(
+            f"another `run` is using {work_dir}: wait for it to finish (or stop it), "
+            "or choose another paths.work_dir"
+        ) from None
+    return fh
+
+
+def _int_setting(key: str, value: Any, minimum: int) -> int:
+    """An integer setting checked on the driver: ``int(-1)`` would silently slice off the last
+    clip (``dataset.limit=-1``) and ``int('abc')`` would end in a traceback."""
+    try:
+        out = int(value)
+        ok = out == value or str(out) == str(value).strip()
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or out < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return out
+
+
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else ""
@@ -470,6 +516,17 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
         rows: dict[str, Any] = {DONE: 0, FAILED: 0, "pending": 0, "clip_failures": {},
                                 "shard_errors": {}}
         for shard, e in led.entries(sorted(shards)).items():
+            if e is not None and e.status == DONE and (
+                list(e.clip_ids) != list(shards[shard]) or led.done_output(shard) is None
+            ):
+                # an entry of an earlier plan (other shards.size / dataset) or a lost output:
+                # `run` recomputes it, so it is not done for the current plan
+                rows["pending"] += 1
+                rows["shard_errors"][shard] = (
+                    "stale: output missing" if led.done_output(shard) is None
+                    else "stale: its clips differ from the current plan (re-run)"
+                )
+                continue
             if e is None or e.status in (RUNNING, BLOCKED):
                 rows["pending"] += 1
                 if e is not None and e.error:

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import ConfigError
 from pipeline.geometry import metric_relative_c2w
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.schema import CURATED, SCHEMA_VERSION
@@ -48,7 +49,8 @@ def quantile_cutoffs(values: np.ndarray, q: float) -> dict[str, Any]:
     v = np.sort(np.asarray(values, dtype=np.float64))
     n = int(v.size)
     if not 0.0 <= q < 0.5:
-        raise ValueError(f"curate.quantile must be in [0, 0.5), got {q}")
+        # a user setting: ConfigError (a ValueError) makes the CLI print one line, no traceback
+        raise ConfigError(f"curate.quantile must be in [0, 0.5), got {q}")
     k = int(math.floor(q * n + 1e-9))  # + eps: 0.02 * 50 must give 1, not 0.999...
     if n == 0:
         return {"n": 0, "k": 0, "low": None, "high": None}
@@ -230,6 +232,7 @@ class CurateStage(Stage):
         ccfg = ctx.cfg["curate"]
         out_dir = Path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"))
         cut = compute_cutoffs(aligned, float(ccfg["quantile"]))
         curated = _read_many(
@@ -324,6 +327,17 @@ class CurateStage(Stage):
             f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(filtered)} "
             f"{by_rule}, failed {len(failed)}, pending {len(pending)} -> {out_dir}"
         )
+
+    def _remove_stale_shards(self, ctx: Any, out_dir: Path) -> None:
+        """The curated directory is read as one table by plain Parquet readers, so it must hold
+        exactly the done shards of the current plan. Files left by an earlier plan (another
+        ``shards.size``, a dataset that shrank) or by shards now failed or blocked would add
+        duplicate or stale clips. Curated shards are cheap to rebuild from align's outputs."""
+        keep = {Path(p).resolve() for p in ctx.done_outputs(self.name)}
+        for p in sorted(out_dir.glob("*.parquet")):
+            if p.resolve() not in keep:
+                ctx.log(f"[curate] removing {p.name}: not a done shard of the current plan")
+                p.unlink()
 
     def _truth_table(
         self, ctx: Any, aligned: pd.DataFrame, manifest: pd.DataFrame, kept: set[str],

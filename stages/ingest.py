@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline import frames as frame_io
 from pipeline import rgbd_format
-from pipeline.io import write_parquet_atomic
+from pipeline.io import stable_hash, write_parquet_atomic
 from pipeline.re10k_format import check_rotation, parse_pose_file
 from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
@@ -26,6 +26,46 @@ from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_cl
 def _stat(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+def _video_index(ds: dict[str, Any]) -> dict[str, list[tuple[str | None, Path]]]:
+    """File name -> (split or None, path) of every mp4 in the documented places,
+    ``<videos_root>/[<split>/][<video_id>/]<clip_id>.mp4``, from one listing of each folder
+    on the driver (a glob per clip would list the same folders once per clip)."""
+    index: dict[str, list[tuple[str | None, Path]]] = {}
+    if not ds.get("videos_root"):
+        return index
+    root = Path(ds["videos_root"])
+    splits = set(ds["splits"])
+    if not root.is_dir():
+        return index
+    for top in sorted(root.iterdir()):
+        if top.is_file() and top.suffix == ".mp4":
+            index.setdefault(top.name, []).append((None, top))
+        elif top.is_dir():
+            split = top.name if top.name in splits else None
+            for p in sorted(top.glob("*.mp4")):
+                index.setdefault(p.name, []).append((split, p))
+            if split is not None:  # <split>/<video_id>/<clip_id>.mp4
+                for p in sorted(top.glob("*/*.mp4")):
+                    index.setdefault(p.name, []).append((split, p))
+    return index
+
+
+def _frame_sources_stat(
+    ds: dict[str, Any], split: str, clip_id: str, videos: list[str]
+) -> list[Any]:
+    """Size/mtime of the clip's frame folder(s), video(s) and depth folder(s), so that frames
+    added, removed or replaced after a run (e.g. after a ``no frames found`` failure) make its
+    shard stale. A folder's mtime changes when files are added to it or removed from it."""
+    candidates: list[Path] = [Path(v) for v in videos]
+    if ds.get("frames_root"):
+        fr = Path(ds["frames_root"])
+        candidates += [fr / split / clip_id, fr / clip_id]
+    if ds.get("depth_root"):
+        dr = Path(ds["depth_root"])
+        candidates += [dr / split / clip_id, dr / clip_id]
+    return [[str(c), *_stat(c)] for c in candidates if c.exists()]
 
 
 # ---------------------------------------------------------------------- discovery
@@ -53,13 +93,19 @@ def _discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue
             found.setdefault(path.stem, []).append((split, path))
     sources: dict[str, dict[str, Any]] = {}
+    video_index = _video_index(ds)
     for clip_id, hits in found.items():
         split, path = hits[0]
+        videos = [
+            str(p) for sp, p in video_index.get(f"{clip_id}.mp4", []) if sp in (split, None)
+        ]
         src: dict[str, Any] = {
             "layout": "re10k",
             "split": split,
             "pose_file": str(path),
             "stat": _stat(path),
+            "videos": videos,
+            "frames_stat": _frame_sources_stat(ds, split, clip_id, videos),
         }
         if len(hits) > 1:
             src["problem"] = "duplicate clip id: " + ", ".join(str(p) for _, p in hits)
@@ -84,17 +130,27 @@ def _discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
     sources: dict[str, dict[str, Any]] = {}
     for seq in rgbd_format.sequence_dirs(root):
-        numbers = [n for n, _ in rgbd_format.list_frames(seq)]
+        frames = rgbd_format.list_frames(seq)
+        numbers = [n for n, _ in frames]
+        colour = dict(frames)
+        intr = seq / "camera-intrinsics.txt"
         span = length * stride
         for start in range(0, len(numbers) - span + 1, span):
             picked = numbers[start : start + span : stride]
             clip_id = f"{seq.name}_{picked[0]:06d}"
+            # every input file's size/mtime: a folder's mtime misses a file edited in place
+            # (a corrected camera-intrinsics.txt or pose must make the clip stale)
+            files = [intr] + [
+                f for n in picked
+                for f in (colour[n], seq / f"frame-{n:06d}.depth.png",
+                          seq / f"frame-{n:06d}.pose.txt")
+            ]
             sources[clip_id] = {
                 "layout": "rgbd",
                 "split": ds["split"],
                 "seq": str(seq),
                 "frame_numbers": picked,
-                "stat": _stat(seq),
+                "files_stat": [_stat(f) if f.exists() else None for f in files],
             }
     return sources
 
@@ -135,7 +191,12 @@ class IngestStage(Stage):
             n_clips=len(task.clip_ids),
             n_ok=len(rows),
             failures=failures,
-            stats={"frames": int(sum(r["num_frames"] for r in rows))},
+            stats={
+                "frames": int(sum(r["num_frames"] for r in rows)),
+                # frame/depth files are referenced by path in the manifest: their size/mtime
+                # must reach downstream fingerprints (see runner._chained_digest)
+                "inputs_digest": stable_hash({c: sources[c] for c in task.clip_ids}),
+            },
         )
 
 
@@ -162,14 +223,6 @@ def _find_image_frames(
             clip_id, f"frame count {len(by_stem)} != pose count {len(timestamps)} in {folder}"
         )
     return paths
-
-
-def _video_candidates(videos_root: Path, split: str, clip_id: str) -> list[Path]:
-    name = f"{clip_id}.mp4"
-    direct = [videos_root / split / name, videos_root / name]
-    split_dir = videos_root / split
-    nested = sorted(split_dir.glob(f"*/{name}")) if split_dir.is_dir() else []
-    return [p for p in direct if p.is_file()] + [p for p in nested if p.is_file()]
 
 
 def _image_size_checked(
@@ -238,7 +291,8 @@ def _re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
     frame_paths: list[str] = []
     folders = [frames_root / split / clip_id, frames_root / clip_id] if frames_root else []
     folder = next((f for f in folders if f.is_dir()), None)
-    videos = _video_candidates(videos_root, split, clip_id) if videos_root else []
+    # found by discovery, with one listing for the whole dataset (see _video_index)
+    videos = [Path(v) for v in src.get("videos", []) if Path(v).is_file()]
     if folder is not None:
         frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
         width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
@@ -256,7 +310,7 @@ def _re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
         if frames_root:
             where.append(f"{frames_root / split / clip_id}/")
         if videos_root:
-            where.append(f"{videos_root / split}/[<video_id>/]{clip_id}.mp4")
+            where.append(f"{videos_root}/[{split}/][<video_id>/]{clip_id}.mp4")
         raise ClipError(clip_id, f"no frames found for clip {clip_id} at {' or '.join(where)}")
     return {
         "clip_id": clip_id,

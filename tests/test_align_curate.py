@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import geometry as geo
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.schema import ALIGN, CURATED, DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
 from pipeline.stage import ClipError, ShardTask
 from stages.align import STAGE as ALIGN_STAGE
@@ -306,6 +306,9 @@ def test_quantile_filter_k_zero_ties_and_rank_rule() -> None:
     assert quantile_cutoffs(np.zeros(0), 0.02)["low"] is None
     with pytest.raises(ValueError):
         quantile_cutoffs(np.arange(3.0), 0.5)
+    # a bad setting is a user error: the CLI prints ConfigErrors as one line, no traceback
+    with pytest.raises(ConfigError, match="curate.quantile"):
+        quantile_cutoffs(np.arange(3.0), -0.1)
 
 
 # ----------------------------------------------------------------------------- curate
@@ -448,3 +451,18 @@ def test_cami2v_pickled_dict_export_is_opt_in(tmp_path):
     assert not legacy.exists()
     safe = np.load(tmp_path / "per_frame_scale.npz", allow_pickle=False)
     np.testing.assert_array_equal(safe["b"], np.float32([1, 2]))
+
+
+def test_curated_dir_holds_only_current_done_shards(tmp_path: Path, cfg: dict[str, Any]) -> None:
+    """A curated shard left by an earlier plan (e.g. another shards.size) must not stay in the
+    directory that users read as one table: it would duplicate clips."""
+    ctx, *_ = run_curate(tmp_path, cfg)
+    out = tmp_path / "curated"
+    n = len(pd.read_parquet(out))
+    stale = out / "shard-00099.parquet"
+    stale.write_bytes(ctx.output_path("curate", "shard-00000").read_bytes())
+    assert len(pd.read_parquet(out)) > n  # the symptom: duplicate clips
+    CURATE_STAGE.finalize(ctx)
+    assert not stale.exists()
+    df = pd.read_parquet(out)
+    assert len(df) == n and df["clip_id"].is_unique

@@ -65,3 +65,38 @@ def test_depth_default_follows_dataset():
     assert cfg["depth"]["backend"] == "sensor"
     cfg = load_config(["dataset=rgbd", "dataset.root=x", "dataset.relative_scale=0.5"])
     assert cfg["dataset"]["relative_scale"] == 0.5 and os.path.isabs(cfg["dataset"]["root"])
+
+
+def test_bad_integer_settings_are_config_errors(tmp_path):
+    """dataset.limit=-1 used to drop the last clip silently (ids[:-1]); shards.size=abc ended in
+    a traceback. Both are user mistakes: one-line ConfigError."""
+    import pytest
+
+    from pipeline.config import ConfigError
+    from pipeline.runner import Runner
+    from tests.helpers import cfg_for, write_clip
+
+    root = tmp_path / "data"
+    for i in range(3):
+        write_clip(root, f"c{i}", frames=None)
+    for bad, key in (("dataset.limit=-1", "dataset.limit"), ("dataset.limit=0", "dataset.limit"),
+                     ("shards.size=abc", "shards.size"), ("shards.size=0", "shards.size")):
+        with pytest.raises(ConfigError, match=key):
+            Runner(cfg_for(root, tmp_path / "w", bad)).plan()
+    shards, _ = Runner(cfg_for(root, tmp_path / "w", "dataset.limit=2", "shards.size=1")).plan()
+    assert shards == {"shard-00000": ["c0"], "shard-00001": ["c1"]}
+
+
+def test_relative_model_directory_becomes_absolute(tmp_path, monkeypatch):
+    """depth.model / train.svd.pretrained accept a local directory; relative to the driver's
+    cwd it would not resolve in Ray workers started elsewhere (`ray start` on a cluster)."""
+    from pipeline.config import load_config
+
+    (tmp_path / "models" / "da2").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["depth=da2_metric", "depth.model=models/da2",
+                       "train.svd.pretrained=models/da2"])
+    assert cfg["depth"]["model"] == str(tmp_path / "models" / "da2")
+    assert cfg["train"]["svd"]["pretrained"] == str(tmp_path / "models" / "da2")
+    hub = "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
+    assert load_config(["depth=da2_metric", f"depth.model={hub}"])["depth"]["model"] == hub

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.ledger import Ledger
 from pipeline.re10k_format import parse_pose_file
 from pipeline.runner import Runner
 from pipeline.stage import ClipError
@@ -141,3 +142,69 @@ def test_real_rgbd_sequence_ingests_with_known_scale(tmp_path, ray_cluster):
     np.testing.assert_allclose(w2c[:, 3] * m["true_scale"], -c2w[:3, :3].T @ c2w[:3, 3],
                                atol=1e-12)
     assert m["depth_paths"][1].endswith("frame-000004.depth.png")
+
+
+def test_frames_added_after_a_failure_are_picked_up(tmp_path, ray_cluster):
+    """A clip that failed with `no frames found` must be retried once its frames appear (the pose
+    file itself unchanged), and a video moved into place likewise (in the documented
+    <video_id>/ folder without a split folder); untouched shards stay fresh."""
+    root, work = tmp_path / "data", tmp_path / "work"
+    write_clip(root, "a_ok", frames="images")
+    write_clip(root, "b_late", frames="images")
+    write_clip(root, "c_video", frames="video")
+    late = root / "frames" / "test" / "b_late"
+    late.rename(tmp_path / "held_back")
+    (root / "video_clips" / "test" / "vid0" / "c_video.mp4").rename(tmp_path / "c_video.mp4")
+    cfg = cfg_for(root, work, "shards.size=1")
+    summary = Runner(cfg).run("ingest")
+    assert set(summary["failed"]) == {"b_late", "c_video"}
+    first = Ledger(work, "ingest").get("shard-00000").finished_at
+    (tmp_path / "held_back").rename(late)
+    # README layout <videos_root>/[<split>/][<video_id>/]<clip_id>.mp4: here no split folder
+    (root / "video_clips" / "vidX").mkdir()
+    (tmp_path / "c_video.mp4").rename(root / "video_clips" / "vidX" / "c_video.mp4")
+    summary = Runner(cfg).run("ingest")
+    assert summary["failed"] == {} and summary["kept"] == 3
+    m = _manifest(work).set_index("clip_id")
+    assert m.loc["c_video", "video_path"].endswith("video_clips/vidX/c_video.mp4")
+    assert Ledger(work, "ingest").get("shard-00000").finished_at == first  # a_ok not redone
+
+
+def test_rgbd_intrinsics_edited_in_place_make_the_clip_stale(tmp_path, ray_cluster):
+    """Correcting camera-intrinsics.txt (or a pose) in place leaves the folder's mtime alone;
+    the manifest must still be rebuilt with the new K, not kept as done and fresh."""
+    import cv2
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(seq / f"frame-{i:06d}.color.png"), np.full((24, 32, 3), 100, np.uint8))
+        cv2.imwrite(str(seq / f"frame-{i:06d}.depth.png"), np.full((24, 32), 1000, np.uint16))
+        np.savetxt(seq / f"frame-{i:06d}.pose.txt", np.eye(4))
+    intr = seq / "camera-intrinsics.txt"
+    intr.write_text("30 0 16\n0 30 12\n0 0 1\n")
+    cfg = load_config(["dataset=rgbd", f"dataset.root={seq}", f"paths.work_dir={tmp_path / 'w'}",
+                       "dataset.clip_length=2", "progress=false"])
+    Runner(cfg).run("ingest")
+    assert _manifest(tmp_path / "w")["intrinsics"][0][0] == pytest.approx(30 / 32)
+    intr.write_text("20 0 16\n0 20 12\n0 0 1\n")  # same folder, edited in place
+    Runner(cfg).run("ingest")
+    assert _manifest(tmp_path / "w")["intrinsics"][0][0] == pytest.approx(20 / 32)
+
+
+def test_exif_rotated_jpeg_decodes_at_the_manifest_size(tmp_path):
+    """Ingest measures frames as stored (IMREAD_UNCHANGED ignores EXIF orientation); the frame
+    decoder must do the same, or a phone JPEG comes back transposed against width/height."""
+    from PIL import Image
+
+    from pipeline.frames import read_frames
+    from stages.ingest import _image_size_checked
+
+    path = tmp_path / "0.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(path, exif=exif.tobytes())
+    w, h = _image_size_checked("c", [str(path)], "all")
+    assert (w, h) == (32, 24)
+    row = {"clip_id": "c", "num_frames": 1, "source_type": "images", "frame_paths": [str(path)]}
+    assert read_frames(row)[0].shape == (h, w, 3)

@@ -119,3 +119,71 @@ def test_crashed_shard_is_recorded_and_retried(tmp_path, ray_cluster):
     summary = Runner(cfg_for(root, work, "shards.size=1")).run("ingest")
     assert Ledger(work, "ingest").get("shard-00000").status == DONE
     assert summary["kept"] == 2 and not summary["pending"]
+
+
+def test_status_does_not_count_entries_of_an_earlier_plan_as_done(tmp_path, ray_cluster):
+    """After re-planning (another shards.size), a ledger entry whose clips differ from the plan's
+    shard is recomputed by `run`, so `status` must show it pending, not done."""
+    from pipeline.io import write_json_atomic
+    from pipeline.runner import status
+
+    root, work = tmp_path / "data", tmp_path / "work"
+    for i in range(3):
+        write_clip(root, f"c{i}")
+    cfg = cfg_for(root, work, "shards.size=3")
+    Runner(cfg).run("ingest")
+    assert status(cfg)["ingest"]["done"] == 1
+    # what a later run with shards.size=1 plans (killed before ingest ran again)
+    write_json_atomic({"dataset": "re10k", "shards": {f"shard-{i:05d}": [f"c{i}"]
+                                                      for i in range(3)}}, work / "plan.json")
+    st = status(cfg)["ingest"]
+    assert (st["done"], st["pending"]) == (0, 3)
+    assert "stale" in st["shard_errors"]["shard-00000"]
+    (work / "ingest" / "shard-00000.parquet").unlink()
+    write_json_atomic({"dataset": "re10k", "shards": {"shard-00000": ["c0", "c1", "c2"]}},
+                      work / "plan.json")
+    assert status(cfg)["ingest"]["shard_errors"]["shard-00000"] == "stale: output missing"
+
+
+def test_second_run_on_the_same_work_dir_is_refused(tmp_path, ray_cluster):
+    """Two concurrent runs would overwrite each other's outputs and ledger entries: while one
+    holds the work dir, another stops with a one-line error; afterwards runs proceed."""
+    import fcntl
+
+    import pytest
+
+    from pipeline.config import ConfigError
+
+    root, work = tmp_path / "data", tmp_path / "work"
+    write_clip(root, "c0")
+    work.mkdir()
+    with open(work / ".run.lock", "a+") as held:  # what a running driver holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another `run` is using"):
+            Runner(cfg_for(root, work)).run("ingest")
+    assert Runner(cfg_for(root, work)).run("ingest")["kept"] == 1
+    assert Runner(cfg_for(root, work)).run("ingest")["kept"] == 1  # released after each run
+
+
+def test_video_replaced_at_the_same_path_makes_downstream_stale(tmp_path, ray_cluster):
+    """A re-encoded video with the same frame count gives a byte-identical manifest; the
+    triangulation of its shard must still be redone (ingest chains its inputs' digest)."""
+    import cv2
+    import numpy as np
+
+    root, work = tmp_path / "data", tmp_path / "work"
+    write_clip(root, "v0", frames="video")
+    cfg = cfg_for(root, work, "triangulate.min_points=1")
+    Runner(cfg).run("triangulate")
+    man = (work / "ingest" / "shard-00000.parquet").read_bytes()
+    first = Ledger(work, "triangulate").get("shard-00000").finished_at
+    Runner(cfg).run("triangulate")
+    assert Ledger(work, "triangulate").get("shard-00000").finished_at == first  # still fresh
+    vid = root / "video_clips" / "test" / "vid0" / "v0.mp4"
+    vw = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (32, 24))
+    for i in range(4):
+        vw.write(np.full((24, 32, 3), 40 * i, np.uint8))
+    vw.release()
+    Runner(cfg).run("triangulate")
+    assert (work / "ingest" / "shard-00000.parquet").read_bytes() == man
+    assert Ledger(work, "triangulate").get("shard-00000").finished_at > first
