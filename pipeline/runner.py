@@ -10,6 +10,7 @@ by the driver, after the output exists, so a crash anywhere leaves a consistent 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import resource
 import time
@@ -141,9 +142,7 @@ class Runner:
             ids = ids[:limit]
             sources = {c: sources[c] for c in ids}
         size = _int_setting("shards.size", self.cfg["shards"]["size"], minimum=1)
-        shards = {
-            f"shard-{i // size:05d}": ids[i : i + size] for i in range(0, len(ids), size)
-        }
+        shards = cut_shards(ids, size, int(self.cfg["shards"]["max_factor"]))
         write_json_atomic(
             {"dataset": self.cfg["dataset"].get("name"), "shards": shards},
             self.work_dir / "plan.json",
@@ -351,6 +350,36 @@ def _collect(ref: Any, t_submit: float) -> dict[str, Any]:
     if isinstance(value, ShardResult):  # executors (actor pools) return the bare result
         return {"ok": True, "result": asdict(value), "wall_s": time.time() - t_submit}
     return value
+
+
+def _id_hash(clip_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big")
+
+
+def cut_shards(ids: list[str], size: int, max_factor: int) -> dict[str, list[str]]:
+    """Cut sorted clip ids into shards whose boundaries depend on the ids themselves.
+
+    A shard ends after a clip whose id hash is 0 modulo ``size`` (so shards hold ``size`` clips
+    on average), or once it reaches ``max_factor * size`` clips. Fixed-size slicing would move
+    every later boundary when one clip is added or removed, and a growing dataset would then
+    re-triangulate everything after it; here only the shard that gained or lost the clip
+    changes. A shard is named by a hash of its first clip id, so names are stable too.
+    """
+    cap = max(1, max_factor * size)
+    shards: dict[str, list[str]] = {}
+    current: list[str] = []
+    for clip_id in ids:
+        current.append(clip_id)
+        if _id_hash(clip_id) % size == 0 or len(current) >= cap:
+            shards[_shard_name(current[0])] = current
+            current = []
+    if current:
+        shards[_shard_name(current[0])] = current
+    return shards
+
+
+def _shard_name(first_clip: str) -> str:
+    return f"shard-{_id_hash(first_clip):016x}"
 
 
 def _chained_digest(e: Entry) -> str | None:

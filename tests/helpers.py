@@ -64,3 +64,11 @@ def cfg_for(root: Path, work: Path, *extra: str) -> dict:
         ["dataset=re10k", f"dataset.root={root}", f"paths.work_dir={work}", "progress=false",
          *extra]
     )
+
+
+def shard_of(work: Path, clip_id: str) -> str:
+    """The shard a clip landed in, from the run's plan (shard names are hashes)."""
+    from pipeline.io import read_json
+
+    shards = read_json(Path(work) / "plan.json")["shards"]
+    return next(s for s, clips in shards.items() if clip_id in clips)

@@ -84,7 +84,7 @@ def test_bad_integer_settings_are_config_errors(tmp_path):
         with pytest.raises(ConfigError, match=key):
             Runner(cfg_for(root, tmp_path / "w", bad)).plan()
     shards, _ = Runner(cfg_for(root, tmp_path / "w", "dataset.limit=2", "shards.size=1")).plan()
-    assert shards == {"shard-00000": ["c0"], "shard-00001": ["c1"]}
+    assert sorted(shards.values()) == [["c0"], ["c1"]]
 
 
 def test_relative_model_directory_becomes_absolute(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from pipeline.re10k_format import parse_pose_file
 from pipeline.runner import Runner
 from pipeline.stage import ClipError
 from tests.conftest import shared_path
-from tests.helpers import cfg_for, pose_lines, rot_y, write_clip
+from tests.helpers import cfg_for, pose_lines, rot_y, shard_of, write_clip
 
 
 def _manifest(work) -> pd.DataFrame:
@@ -158,7 +158,7 @@ def test_frames_added_after_a_failure_are_picked_up(tmp_path, ray_cluster):
     cfg = cfg_for(root, work, "shards.size=1")
     summary = Runner(cfg).run("ingest")
     assert set(summary["failed"]) == {"b_late", "c_video"}
-    first = Ledger(work, "ingest").get("shard-00000").finished_at
+    first = Ledger(work, "ingest").get(shard_of(work, "a_ok")).finished_at
     (tmp_path / "held_back").rename(late)
     # README layout <videos_root>/[<split>/][<video_id>/]<clip_id>.mp4: here no split folder
     (root / "video_clips" / "vidX").mkdir()
@@ -167,7 +167,7 @@ def test_frames_added_after_a_failure_are_picked_up(tmp_path, ray_cluster):
     assert summary["failed"] == {} and summary["kept"] == 3
     m = _manifest(work).set_index("clip_id")
     assert m.loc["c_video", "video_path"].endswith("video_clips/vidX/c_video.mp4")
-    assert Ledger(work, "ingest").get("shard-00000").finished_at == first  # a_ok not redone
+    assert Ledger(work, "ingest").get(shard_of(work, "a_ok")).finished_at == first  # not redone
 
 
 def test_rgbd_intrinsics_edited_in_place_make_the_clip_stale(tmp_path, ray_cluster):

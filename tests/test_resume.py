@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.ledger import DONE, Ledger
-from pipeline.runner import Runner
+from pipeline.runner import Runner, cut_shards
 from tests.conftest import ROOT
-from tests.helpers import cfg_for, write_clip
+from tests.helpers import cfg_for, shard_of, write_clip
 
 N_CLIPS = 12
 
@@ -85,21 +85,22 @@ def test_fresh_stale_and_force(tmp_path, ray_cluster):
     root, work = tmp_path / "data", tmp_path / "work"
     for i in range(3):
         write_clip(root, f"c{i}")
-    Runner(cfg_for(root, work, "shards.size=2")).run("ingest")
+    Runner(cfg_for(root, work, "shards.size=1")).run("ingest")
     first = _done(work)
-    Runner(cfg_for(root, work, "shards.size=2")).run("ingest")
+    Runner(cfg_for(root, work, "shards.size=1")).run("ingest")
     assert _done(work) == first  # nothing recomputed
     # a stage-config change makes every shard stale
-    Runner(cfg_for(root, work, "shards.size=2", "ingest.verify_frames=ends")).run("ingest")
+    Runner(cfg_for(root, work, "shards.size=1", "ingest.verify_frames=ends")).run("ingest")
     second = _done(work)
     assert all(second[s] > first[s] for s in first)
     # an input change makes only its shard stale
     (root / "test" / "c2.txt").write_text((root / "test" / "c2.txt").read_text() + "\n")
-    Runner(cfg_for(root, work, "shards.size=2", "ingest.verify_frames=ends")).run("ingest")
+    Runner(cfg_for(root, work, "shards.size=1", "ingest.verify_frames=ends")).run("ingest")
     third = _done(work)
-    assert third["shard-00000"] == second["shard-00000"]
-    assert third["shard-00001"] > second["shard-00001"]
-    Runner(cfg_for(root, work, "shards.size=2", "ingest.verify_frames=ends", "force=true")).run(
+    changed = shard_of(work, "c2")
+    assert third[changed] > second[changed]
+    assert all(third[s] == second[s] for s in second if s != changed)
+    Runner(cfg_for(root, work, "shards.size=1", "ingest.verify_frames=ends", "force=true")).run(
         "ingest"
     )
     assert all(v > third[s] for s, v in _done(work).items())
@@ -109,15 +110,16 @@ def test_crashed_shard_is_recorded_and_retried(tmp_path, ray_cluster):
     root, work = tmp_path / "data", tmp_path / "work"
     for i in range(2):
         write_clip(root, f"c{i}")
-    blocker = work / "ingest" / "shard-00000.parquet"
+    shard = next(iter(cut_shards(["c0"], 1, 1)))
+    blocker = work / "ingest" / f"{shard}.parquet"
     blocker.mkdir(parents=True)  # the atomic rename onto a directory fails: the shard crashes
     summary = Runner(cfg_for(root, work, "shards.size=1")).run("ingest")
-    entry = Ledger(work, "ingest").get("shard-00000")
+    entry = Ledger(work, "ingest").get(shard)
     assert entry.status == "failed" and "Error" in entry.error
     assert summary["pending"] and summary["kept"] == 1
     blocker.rmdir()
     summary = Runner(cfg_for(root, work, "shards.size=1")).run("ingest")
-    assert Ledger(work, "ingest").get("shard-00000").status == DONE
+    assert Ledger(work, "ingest").get(shard).status == DONE
     assert summary["kept"] == 2 and not summary["pending"]
 
 
@@ -130,19 +132,20 @@ def test_status_does_not_count_entries_of_an_earlier_plan_as_done(tmp_path, ray_
     root, work = tmp_path / "data", tmp_path / "work"
     for i in range(3):
         write_clip(root, f"c{i}")
-    cfg = cfg_for(root, work, "shards.size=3")
+    cfg = cfg_for(root, work, "shards.size=1", "shards.max_factor=3")
     Runner(cfg).run("ingest")
-    assert status(cfg)["ingest"]["done"] == 1
-    # what a later run with shards.size=1 plans (killed before ingest ran again)
-    write_json_atomic({"dataset": "re10k", "shards": {f"shard-{i:05d}": [f"c{i}"]
-                                                      for i in range(3)}}, work / "plan.json")
-    st = status(cfg)["ingest"]
-    assert (st["done"], st["pending"]) == (0, 3)
-    assert "stale" in st["shard_errors"]["shard-00000"]
-    (work / "ingest" / "shard-00000.parquet").unlink()
-    write_json_atomic({"dataset": "re10k", "shards": {"shard-00000": ["c0", "c1", "c2"]}},
+    assert status(cfg)["ingest"]["done"] == 3
+    name = shard_of(work, "c0")
+    # what a later run with another shards.size plans (killed before ingest ran again)
+    write_json_atomic({"dataset": "re10k", "shards": {name: ["c0", "c1", "c2"]}},
                       work / "plan.json")
-    assert status(cfg)["ingest"]["shard_errors"]["shard-00000"] == "stale: output missing"
+    st = status(cfg)["ingest"]
+    assert (st["done"], st["pending"]) == (0, 1)
+    assert "stale" in st["shard_errors"][name]
+    write_json_atomic({"dataset": "re10k", "shards": {name: ["c0"]}}, work / "plan.json")
+    assert status(cfg)["ingest"]["done"] == 1
+    (work / "ingest" / f"{name}.parquet").unlink()
+    assert status(cfg)["ingest"]["shard_errors"][name] == "stale: output missing"
 
 
 def test_second_run_on_the_same_work_dir_is_refused(tmp_path, ray_cluster):
@@ -175,15 +178,33 @@ def test_video_replaced_at_the_same_path_makes_downstream_stale(tmp_path, ray_cl
     write_clip(root, "v0", frames="video")
     cfg = cfg_for(root, work, "triangulate.min_points=1")
     Runner(cfg).run("triangulate")
-    man = (work / "ingest" / "shard-00000.parquet").read_bytes()
-    first = Ledger(work, "triangulate").get("shard-00000").finished_at
+    shard = shard_of(work, "v0")
+    man = (work / "ingest" / f"{shard}.parquet").read_bytes()
+    first = Ledger(work, "triangulate").get(shard).finished_at
     Runner(cfg).run("triangulate")
-    assert Ledger(work, "triangulate").get("shard-00000").finished_at == first  # still fresh
+    assert Ledger(work, "triangulate").get(shard).finished_at == first  # still fresh
     vid = root / "video_clips" / "test" / "vid0" / "v0.mp4"
     vw = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (32, 24))
     for i in range(4):
         vw.write(np.full((24, 32, 3), 40 * i, np.uint8))
     vw.release()
     Runner(cfg).run("triangulate")
-    assert (work / "ingest" / "shard-00000.parquet").read_bytes() == man
-    assert Ledger(work, "triangulate").get("shard-00000").finished_at > first
+    assert (work / "ingest" / f"{shard}.parquet").read_bytes() == man
+    assert Ledger(work, "triangulate").get(shard).finished_at > first
+
+
+def test_shard_boundaries_survive_added_and_removed_clips():
+    """Boundaries come from the clip ids: adding or removing one clip changes one shard only,
+    sizes average `size`, and no shard exceeds max_factor * size."""
+    ids = [f"clip{i:05d}" for i in range(2000)]
+    base = cut_shards(ids, 8, 4)
+    sizes = [len(v) for v in base.values()]
+    assert sum(sizes) == 2000 and max(sizes) <= 32
+    assert 6 <= sum(sizes) / len(sizes) <= 10
+    assert [c for s in sorted(base, key=lambda s: base[s][0]) for c in base[s]] == ids
+    grown = cut_shards(sorted([*ids, "clip00999b"]), 8, 4)
+    assert len(set(base) ^ set(grown)) <= 2  # the old shard out, its successor in
+    assert sum(base[s] != grown.get(s) for s in base) == 1
+    shrunk = cut_shards([c for c in ids if c != "clip01500"], 8, 4)
+    assert sum(base[s] != shrunk.get(s) for s in base) == 1
+    assert cut_shards(ids[:5], 1, 4) == {k: [v[0]] for k, v in cut_shards(ids[:5], 1, 4).items()}
