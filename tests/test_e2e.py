@@ -151,3 +151,28 @@ def test_real_rgbd_recovers_known_scale(tmp_path, ray_cluster):
     err = row["clip_scale"] * rel - 1.0
     print(f"redkitchen: recovered {row['clip_scale']:.4f}, true {1 / rel:.4f}, error {err:+.2%}")
     assert abs(err) < 0.03
+
+
+def test_depth_anything_backend_through_the_runner(sample_run, tmp_path, ray_cluster):
+    """The real-data path end to end: depth=da2_metric with a (tiny, random, local) checkpoint
+    runs through the runner's actor pool (CPU fallback here), re-running only depth onwards."""
+    from pipeline.depth_model import save_random_checkpoint
+
+    ref = sample_run["work"]
+    work = tmp_path / "da2"
+    shutil.copytree(ref, work)
+    model = save_random_checkpoint(str(tmp_path / "model"), "tiny", "metric", 20, 70)
+    cfg = load_config(
+        [*_overrides(work, sample_run["data"], sample_run["definition"]),
+         "depth=da2_metric", f"depth.model={model}", "depth.cpus_per_actor=1"]
+    )
+    summary = Runner(cfg).run("curate")
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert rows["depth"]["run"] == 3 and rows["triangulate"]["run"] == 0
+    depth = pd.read_parquet(work / "depth")
+    obs = pd.read_parquet(ref / "triangulate")
+    assert len(depth) == len(obs) and depth["valid"].any()
+    d = depth.loc[depth["valid"], "depth"]
+    assert ((d > 0) & (d <= 20)).all()
+    assert summary["clips_in"] == 3
+    assert summary["kept"] + len(summary["failed"]) + len(summary["filtered"]) == 3
