@@ -7,10 +7,10 @@ frame's factor is the *median* ratio, which ignores up to half of the ratios bei
 
 Definitions of the output columns (one row per clip, schema ``pipeline.schema.ALIGN``):
 - ``frame_scale[i]``: median ratio of frame i when it has >= ``align.min_obs_per_frame`` valid
-  ratios ("measured"); otherwise linearly interpolated in frame index between the nearest
-  measured frames, or the nearest measured frame's value before the first / after the last one
-  (flagged in ``frame_interpolated[i]``). Every frame gets a factor because the trainer may pick
-  any frame as its condition frame.
+  ratios, and at least one ("measured"); otherwise linearly interpolated in frame index
+  between the nearest measured frames, or the nearest measured frame's value before the first /
+  after the last one (flagged in ``frame_interpolated[i]``). Every frame gets a factor because
+  the trainer may pick any frame as its condition frame.
 - ``frame_num_obs[i]``: valid ratios in frame i (also for frames below the threshold).
 - ``frame_spread[i]``: MAD / median of frame i's ratios (MAD = median |r - median r|, unscaled);
   a relative, outlier-robust dispersion. NaN for interpolated frames.
@@ -81,7 +81,9 @@ def frame_factors(
     ratio = depth[ok] / z_cam[ok]
     n_valid = int(ratio.size)
     counts = np.bincount(f, minlength=num_frames).astype(np.int32)
-    measured = counts >= min_obs_per_frame
+    # a frame needs at least one ratio to be "measured" whatever the setting: with
+    # min_obs_per_frame = 0 an empty frame's median would be NaN and poison the clip's factors
+    measured = counts >= max(1, int(min_obs_per_frame))
     n_measured = int(measured.sum())
     if n_measured < max(1, min_measured_frames):
         best = int(counts.max()) if counts.size else 0

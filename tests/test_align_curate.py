@@ -220,6 +220,20 @@ def test_frame_factors_leading_gap_and_spread() -> None:
     assert _mad_rel(np.array([1.0, 2.0, 3.0, 4.0, 100.0])) == pytest.approx(1.0 / 3.0)
 
 
+def test_frame_factors_zero_threshold_never_measures_empty_frames() -> None:
+    # min_obs_per_frame = 0 used to mark frames without any ratio as measured: NaN factors,
+    # NaN scale_max/min/median (curate then failed the clip or mis-sorted the cut-offs)
+    f = np.array([1, 1, 1, 3, 3])
+    z = np.ones(5)
+    d = np.array([2.0, 2.0, 2.0, 4.0, 4.0])
+    out = frame_factors("c", 5, f, z, d, np.ones(5, bool), min_obs_per_frame=0)
+    assert out["frame_scale"] == pytest.approx([2.0, 2.0, 3.0, 4.0, 4.0])
+    assert out["frame_interpolated"] == [True, False, True, False, True]
+    assert out["num_frames_measured"] == 2
+    assert out["scale_median"] == pytest.approx(3.0)
+    assert (out["scale_min"], out["scale_max"]) == (2.0, 4.0)
+
+
 def test_frame_factors_failures_are_specific() -> None:
     rng = np.random.default_rng(5)
     f, z, d, v = synthetic_obs({0: 1.0, 1: 1.0}, n_in=4, n_out=0, rng=rng)

@@ -304,6 +304,29 @@ def test_rng_state_roundtrip_weights_only(tmp_path: Path) -> None:
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))  # no temp file left
 
 
+def test_rng_state_resumes_with_fewer_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint saved with 2 visible GPUs resumes where only 1 is visible (another node, a
+    Ray worker): only existing devices get a CUDA state instead of indexing a missing one."""
+    import torch.cuda.random as cuda_random
+
+    st = ckpt.rng_state()
+    st["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    restored: list[int] = []
+
+    def fake_set(state: torch.Tensor, device: int | str = "cuda") -> None:
+        idx = device if isinstance(device, int) else 0
+        if idx >= 1:  # what torch.cuda.default_generators[idx] does for a missing device
+            raise IndexError(f"no CUDA device {idx}")
+        restored.append(idx)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", fake_set)
+    monkeypatch.setattr(cuda_random, "set_rng_state", fake_set)  # used by set_rng_state_all
+    ckpt.set_rng_state(st)
+    assert restored == [0]
+
+
 # ------------------------------------------------------------------------------ model + loop
 def test_builtin_camera_branch_starts_at_zero_and_overfits(curated: list[str]) -> None:
     from trainer.loop import build_backbone, build_noise_scheduler, diffusion_loss, step_generator

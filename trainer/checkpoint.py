@@ -52,7 +52,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible when saving; the resuming process may see fewer (another
+        # machine, a Ray worker with one GPU), and set_rng_state_all would then index a device
+        # that does not exist. No trainer draw uses the CUDA generators, so restore what exists.
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
@@ -60,6 +64,8 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
+    with open(tmp, "rb") as fh:  # on disk before the rename: a power loss leaves old or new
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
 
