@@ -134,23 +134,21 @@ def main() -> None:
                for i in range(0, n_img, bs)]
     predictor.forward(batches[0])  # warm-up (kernels, allocator)
     sync()
-    raw = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
+
+    def raw_images_per_s() -> float:
+        t0 = time.perf_counter()
         for b in batches:
             predictor.forward(b)
         sync()
-        raw.append(n_img / (time.perf_counter() - t))
+        return n_img / (time.perf_counter() - t0)
+
+    raw = [raw_images_per_s() for _ in range(args.repeats)]
 
     # the stage, end to end (raw and stage alternate so a shared machine's load hits both)
     stage = []
     model_share = []
     for r in range(args.repeats):
-        t = time.perf_counter()
-        for b in batches:
-            predictor.forward(b)
-        sync()
-        raw.append(n_img / (time.perf_counter() - t))
+        raw.append(raw_images_per_s())
         task = ShardTask(
             stage="depth", shard_id=f"shard-{r:05d}", clip_ids=[], cfg=cfg,
             inputs={"ingest": str(manifest), "triangulate": str(obs)},
