@@ -47,13 +47,15 @@ class Ledger:
     def output_path(self, entry: Entry) -> Path:
         return self.work_dir / entry.output
 
-    def done_output(self, shard_id: str) -> Path | None:
-        """The output of a shard that is done and still on disk, else ``None``."""
-        e = self.get(shard_id)
-        if e is None or e.status != DONE:
+    def done_path(self, entry: Entry | None) -> Path | None:
+        """The output of an entry that is done and still on disk, else ``None``."""
+        if entry is None or entry.status != DONE:
             return None
-        out = self.output_path(e)
+        out = self.output_path(entry)
         return out if out.exists() else None
+
+    def done_output(self, shard_id: str) -> Path | None:
+        return self.done_path(self.get(shard_id))
 
     def path(self, shard_id: str) -> Path:
         return self.dir / f"{shard_id}.json"
@@ -73,13 +75,11 @@ class Ledger:
     def entries(self, shard_ids: list[str]) -> dict[str, Entry | None]:
         return {s: self.get(s) for s in shard_ids}
 
-    def is_fresh(self, shard_id: str, fingerprint: str) -> bool:
-        e = self.get(shard_id)
+    def is_fresh(self, entry: Entry | None, fingerprint: str) -> bool:
         return (
-            e is not None
-            and e.status == DONE
-            and e.fingerprint == fingerprint
-            and self.output_path(e).exists()
+            entry is not None
+            and entry.fingerprint == fingerprint
+            and self.done_path(entry) is not None
         )
 
     def mark_running(self, entry: Entry) -> None:

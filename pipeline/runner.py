@@ -217,7 +217,7 @@ class Runner:
             for up in stage.upstream:
                 up_ledger = Ledger(self.work_dir, up)
                 e = up_ledger.get(shard)
-                up_out = up_ledger.done_output(shard)
+                up_out = up_ledger.done_path(e)
                 if e is None or up_out is None:
                     blocked = f"upstream {up} shard {shard} is not done" + (
                         f" ({e.status}: {_last_line(e.error)})" if e else ""
@@ -230,16 +230,15 @@ class Runner:
                 extra["sources"] = {c: sources[c] for c in clips}
                 digests["sources"] = stable_hash(extra["sources"])
             fp = self._fingerprint(stage, shard, clips, digests, extra_all)
+            rel_out = str(out.relative_to(self.work_dir))
             if blocked is not None:
-                rel_out = str(out.relative_to(self.work_dir))
                 ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked))
                 n_blocked += 1
                 continue
-            if not force and ledger.is_fresh(shard, fp):
+            prev = ledger.get(shard)
+            if not force and ledger.is_fresh(prev, fp):
                 n_fresh += 1
                 continue
-            prev = ledger.get(shard)
-            rel_out = str(out.relative_to(self.work_dir))
             entry = Entry(
                 stage.name, shard, RUNNING, clips, fp, rel_out,
                 attempts=prev.attempts if prev else 0,
@@ -545,14 +544,15 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
         rows: dict[str, Any] = {DONE: 0, FAILED: 0, "pending": 0, "clip_failures": {},
                                 "shard_errors": {}}
         for shard, e in led.entries(sorted(shards)).items():
+            lost = led.done_path(e) is None
             if e is not None and e.status == DONE and (
-                list(e.clip_ids) != list(shards[shard]) or led.done_output(shard) is None
+                list(e.clip_ids) != list(shards[shard]) or lost
             ):
                 # an entry of an earlier plan (other shards.size / dataset) or a lost output:
                 # `run` recomputes it, so it is not done for the current plan
                 rows["pending"] += 1
                 rows["shard_errors"][shard] = (
-                    "stale: output missing" if led.done_output(shard) is None
+                    "stale: output missing" if lost
                     else "stale: its clips differ from the current plan (re-run)"
                 )
                 continue
