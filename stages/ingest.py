@@ -7,6 +7,7 @@ with a reason that names the clip and the file, so one bad clip never hides the 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from pipeline import frames as frame_io
 from pipeline import rgbd_format
-from pipeline.io import stable_hash, write_parquet_atomic
+from pipeline.io import read_json, stable_hash, write_parquet_atomic
 from pipeline.re10k_format import check_rotation, parse_pose_file
 from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
@@ -331,15 +332,19 @@ def _re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _ground_truth(path: str, mtime_ns: int) -> dict[str, Any]:
+    """One read per file version, not one per clip (the mtime keys the cache)."""
+    data = read_json(path)
+    return data.get("true_scale", data)
+
+
 def _true_scale(cfg: dict[str, Any], clip_id: str) -> float | None:
     """Ground truth shipped beside a synthetic dataset (``ground_truth.json``), if any."""
     gt = Path(cfg["dataset"]["root"]) / "ground_truth.json"
     if not gt.is_file():
         return None
-    import json
-
-    data = json.loads(gt.read_text())
-    value = data.get("true_scale", data).get(clip_id)
+    value = _ground_truth(str(gt), gt.stat().st_mtime_ns).get(clip_id)
     return float(value) if value is not None else None
 
 
