@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: observations gain tri_angle and unique (clip, frame, point) keys; align/curated gain the
+#    scale uncertainty, raw and shrunk frame factors and the conditioning figures (issue 12)
+SCHEMA_VERSION = 2
 
 MANIFEST = pa.schema(
     [
@@ -47,6 +49,7 @@ OBSERVATIONS = pa.schema(
         ("z_cam", pa.float64()),  # camera-space depth of the 3D point, relative scale
         ("track_len", pa.int32()),
         ("reproj_err", pa.float32()),  # pixels, at the triangulation resolution
+        ("tri_angle", pa.float32()),  # degrees: the point's largest angle between two rays
     ]
 )
 
@@ -66,7 +69,9 @@ ALIGN = pa.schema(
     [
         ("clip_id", pa.string()),
         ("num_frames", pa.int32()),
-        ("frame_scale", pa.list_(pa.float64())),  # per frame; interpolated where flagged
+        ("frame_scale", pa.list_(pa.float64())),  # per frame, shrunk; interpolated where flagged
+        ("frame_scale_raw", pa.list_(pa.float64())),  # per frame median ratio; NaN if unmeasured
+        ("frame_shrinkage", pa.list_(pa.float64())),  # 0 = own value kept .. 1 = clip factor
         ("frame_num_obs", pa.list_(pa.int32())),  # valid depth/point ratios per frame
         ("frame_spread", pa.list_(pa.float64())),  # MAD(ratios)/median; NaN if interpolated
         ("frame_interpolated", pa.list_(pa.bool_())),
@@ -75,6 +80,16 @@ ALIGN = pa.schema(
         ("scale_median", pa.float64()),  # median over measured frames = clip_scale downstream
         ("scale_spread", pa.float64()),  # MAD(measured frame factors)/scale_median
         ("scale_range", pa.float64()),  # (scale_max - scale_min)/scale_median
+        ("scale_sigma", pa.float64()),  # sd of log(scale_median): bootstrap (+) systematic
+        ("scale_sigma_boot", pa.float64()),  # point-bootstrap part
+        ("scale_sigma_sys", pa.float64()),  # conditioning part (ray error / tri. angle, floor)
+        ("scale_ci_low", pa.float64()),  # 95% interval of the clip factor
+        ("scale_ci_high", pa.float64()),
+        ("scale_uncertainty", pa.float64()),  # exp(1.96 sigma) - 1: relative half-width
+        ("frame_tau", pa.float64()),  # between-frame sd of log factors beyond sampling noise
+        ("tri_angle_median", pa.float64()),  # degrees, over the points used
+        ("ray_err_median", pa.float64()),  # radians: reprojection residual / focal length
+        ("num_points", pa.int64()),  # 3D points with a valid ratio in a measured frame
         ("num_frames_measured", pa.int32()),
         ("num_obs_total", pa.int64()),  # observations of the clip before validity checks
         ("num_obs_valid", pa.int64()),  # with finite positive depth and z_cam, in range
@@ -96,12 +111,18 @@ CURATED = pa.schema(
         ("w2c", pa.list_(pa.list_(pa.float64(), 12))),  # original, relative scale
         ("c2w_metric", pa.list_(pa.list_(pa.float64(), 16))),  # rel. to frame 0, metres
         ("frame_scale", pa.list_(pa.float64())),
+        ("frame_scale_raw", pa.list_(pa.float64())),
+        ("frame_shrinkage", pa.list_(pa.float64())),
         ("clip_scale", pa.float64()),
         ("frame_interpolated", pa.list_(pa.bool_())),
         ("frame_num_obs", pa.list_(pa.int32())),
         ("scale_max", pa.float64()),
         ("scale_min", pa.float64()),
         ("scale_spread", pa.float64()),
+        ("scale_uncertainty", pa.float64()),
+        ("scale_ci_low", pa.float64()),
+        ("scale_ci_high", pa.float64()),
+        ("tri_angle_median", pa.float64()),
         ("true_scale", pa.float64()),
     ]
 )

@@ -35,8 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_parquet_atomic
+from pipeline.scale_stats import Z95, FrameRatios, clip_scale, shrink_frames, systematic_sigma
 from pipeline.schema import ALIGN
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+from stages.triangulate import working_size
 
 KEYS = ["clip_id", "frame_idx", "point_id"]
 
@@ -56,12 +58,22 @@ def frame_factors(
     valid: np.ndarray,
     min_obs_per_frame: int,
     min_measured_frames: int = 1,
+    point_id: np.ndarray | None = None,
+    tri_angle: np.ndarray | None = None,
+    ray_err: np.ndarray | None = None,
+    ucfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One clip's factors (see the module docstring for every definition).
+    """One clip's factors and their uncertainty (see the module docstring for every definition).
+
+    ``point_id`` groups observations for the bootstrap (without it every observation counts as
+    its own point: the old, over-confident behaviour); ``tri_angle`` (degrees) and ``ray_err``
+    (reprojection error over the focal length, radians) feed the conditioning term. ``ucfg`` is
+    ``align.uncertainty`` + ``align.shrinkage`` merged (defaults: no bootstrap, no shrinkage).
 
     Raises ``ClipError`` when fewer than ``min_measured_frames`` frames reach
     ``min_obs_per_frame`` valid ratios: a factor made up from nothing would poison the dataset.
     """
+    ucfg = dict(ucfg or {})
     frame_idx = np.asarray(frame_idx, dtype=np.int64)
     z_cam = np.asarray(z_cam, dtype=np.float64)
     depth = np.asarray(depth, dtype=np.float64)
@@ -77,10 +89,10 @@ def frame_factors(
             & np.isfinite(z_cam) & (z_cam > 0)
             & (frame_idx >= 0) & (frame_idx < num_frames)
         )
-    f = frame_idx[ok]
-    ratio = depth[ok] / z_cam[ok]
-    n_valid = int(ratio.size)
-    counts = np.bincount(f, minlength=num_frames).astype(np.int32)
+    pid = np.arange(n_total) if point_id is None else np.asarray(point_id, np.int64)
+    data = FrameRatios.build(frame_idx[ok], depth[ok] / z_cam[ok], pid[ok], num_frames)
+    n_valid = int(data.ratio.size)
+    counts = data.counts().astype(np.int32)
     # a frame needs at least one ratio to be "measured" whatever the setting: with
     # min_obs_per_frame = 0 an empty frame's median would be NaN and poison the clip's factors
     measured = counts >= max(1, int(min_obs_per_frame))
@@ -98,37 +110,72 @@ def frame_factors(
             f"only {n_measured} of {num_frames} frames have >= {min_obs_per_frame} valid "
             f"depth/point ratios (need {min_measured_frames}; valid: {n_valid} of {n_total})",
         )
-    order = np.argsort(f, kind="stable")
-    f_sorted, r_sorted = f[order], ratio[order]
-    starts = np.searchsorted(f_sorted, np.arange(num_frames), side="left")
-    ends = np.searchsorted(f_sorted, np.arange(num_frames), side="right")
+    est = clip_scale(data, min_obs_per_frame, int(ucfg.get("bootstrap", 0)),
+                     int(ucfg.get("seed", 0)))
     meas_idx = np.flatnonzero(measured)
-    meas_val = np.empty(n_measured)
+    raw = est.frame_raw[meas_idx]
+    log_clip = float(np.log(est.clip))
+    if ucfg.get("shrinkage", False):
+        log_f, keep, tau = shrink_frames(np.log(raw), est.frame_sigma[meas_idx], log_clip,
+                                         float(ucfg.get("sigma_floor", 0.0)))
+        meas_val = np.exp(log_f)
+    else:
+        meas_val, keep, tau = raw, np.ones(n_measured), float("nan")
     spread = np.full(num_frames, np.nan)
-    for j, i in enumerate(meas_idx):
-        r = r_sorted[starts[i] : ends[i]]
-        meas_val[j] = np.median(r)
-        spread[i] = _mad_rel(r)
+    for i in meas_idx:
+        spread[i] = _mad_rel(data.ratio[data.starts[i] : data.ends[i]])
     # np.interp is linear between measured frames and constant (nearest) beyond the ends.
     scale = np.interp(np.arange(num_frames, dtype=np.float64), meas_idx, meas_val)
-    scale[meas_idx] = meas_val  # exact medians, no interpolation round-off
-    med = float(np.median(meas_val))
+    scale[meas_idx] = meas_val  # exact values, no interpolation round-off
+    raw_all = np.full(num_frames, np.nan)
+    raw_all[meas_idx] = raw
+    shrink_all = np.ones(num_frames)
+    shrink_all[meas_idx] = 1.0 - keep
+    med = est.clip
+    sel = ok & np.isin(frame_idx, meas_idx)
+    angle_med = _median_per_point(pid[sel], tri_angle[sel]) if tri_angle is not None else np.nan
+    err_med = float(np.median(ray_err[sel])) if ray_err is not None and sel.any() else np.nan
+    sys_sigma = systematic_sigma(err_med, angle_med, float(ucfg.get("gain", 0.0)),
+                                 float(ucfg.get("floor", 0.0)))
+    boot = est.clip_sigma_boot
+    sigma = float(np.hypot(boot, sys_sigma)) if np.isfinite(boot) else float("nan")
     return {
         "clip_id": clip_id,
         "num_frames": int(num_frames),
         "frame_scale": scale.tolist(),
+        "frame_scale_raw": raw_all.tolist(),
+        "frame_shrinkage": shrink_all.tolist(),
         "frame_num_obs": counts.tolist(),
         "frame_spread": spread.tolist(),
         "frame_interpolated": (~measured).tolist(),
         "scale_max": float(meas_val.max()),
         "scale_min": float(meas_val.min()),
         "scale_median": med,
-        "scale_spread": _mad_rel(meas_val),
+        "scale_spread": _mad_rel(raw),
         "scale_range": float((meas_val.max() - meas_val.min()) / med),
+        "scale_sigma": sigma,
+        "scale_sigma_boot": float(boot),
+        "scale_sigma_sys": float(sys_sigma),
+        "scale_ci_low": float(med * np.exp(-Z95 * sigma)),
+        "scale_ci_high": float(med * np.exp(Z95 * sigma)),
+        "scale_uncertainty": float(np.expm1(Z95 * sigma)),
+        "frame_tau": float(tau),
+        "tri_angle_median": float(angle_med),
+        "ray_err_median": float(err_med),
+        "num_points": int(np.unique(pid[sel]).size),
         "num_frames_measured": n_measured,
         "num_obs_total": n_total,
         "num_obs_valid": n_valid,
     }
+
+
+def _median_per_point(pid: np.ndarray, values: np.ndarray) -> float:
+    """Median over points of a per-point value repeated on each observation (each point once,
+    so long tracks do not dominate)."""
+    if pid.size == 0:
+        return float("nan")
+    _, first = np.unique(pid, return_index=True)
+    return float(np.median(np.asarray(values, np.float64)[first]))
 
 
 def join_observations(obs: pd.DataFrame, dep: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +188,29 @@ def join_observations(obs: pd.DataFrame, dep: pd.DataFrame) -> pd.DataFrame:
         out["depth"] = dep["depth"].to_numpy()
         out["valid"] = dep["valid"].to_numpy()
         return out
+    # Triangulate writes unique (clip, frame, point) keys; outputs of older versions may repeat
+    # one (two keypoints of a frame in one track). Keep the first of each on both sides so a
+    # repeated key can never fail the shard's good clips.
+    obs = obs.drop_duplicates(KEYS, keep="first")
+    dep = dep.drop_duplicates(KEYS, keep="first")
     return obs.merge(dep[[*KEYS, "depth", "valid"]], on=KEYS, how="left", validate="one_to_one")
+
+
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    """A float column, NaN when an older upstream output lacks it (conditioning unknown)."""
+    if name not in df:
+        return np.full(len(df), np.nan)
+    return df[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def working_focal(manifest: pd.DataFrame, max_long_side: int) -> dict[str, float]:
+    """clip -> focal length (pixels, mean of fx and fy) at the triangulation resolution, where
+    ``reproj_err`` is measured: their ratio is the angular residual of a ray."""
+    out = {}
+    for r in manifest.itertuples(index=False):
+        w, h = working_size(int(r.width), int(r.height), int(max_long_side))
+        out[r.clip_id] = 0.5 * (float(r.intrinsics[0]) * w + float(r.intrinsics[1]) * h)
+    return out
 
 
 def _read(path: str, columns: list[str]) -> pd.DataFrame:
@@ -157,9 +226,11 @@ class AlignStage(Stage):
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         acfg = task.cfg["align"]
-        man = _read(task.inputs["ingest"], ["clip_id", "num_frames"])
+        man = _read(task.inputs["ingest"], ["clip_id", "num_frames", "intrinsics", "width",
+                                             "height"])
         obs = _read(
-            task.inputs["triangulate"], [*KEYS, "z_cam", "track_len", "reproj_err"]
+            task.inputs["triangulate"],
+            [*KEYS, "z_cam", "track_len", "reproj_err", "tri_angle"],
         )
         dep = _read(task.inputs["depth"], [*KEYS, "depth", "valid"])
         joined = join_observations(obs, dep)
@@ -170,6 +241,9 @@ class AlignStage(Stage):
             joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg["max_reproj_err"])
         groups = joined.groupby("clip_id", sort=False).indices
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
+        focal = working_focal(man, task.cfg["triangulate"]["image"]["max_long_side"])
+        ucfg = {**acfg["uncertainty"], **acfg["shrinkage"],
+                "shrinkage": bool(acfg["shrinkage"]["enabled"])}
         empty = np.zeros(0, dtype=np.int64)
 
         def one(clip_id: str, _: Any) -> dict[str, Any]:
@@ -184,6 +258,10 @@ class AlignStage(Stage):
                 g["valid"].to_numpy(dtype=bool),
                 int(acfg["min_obs_per_frame"]),
                 int(acfg["min_measured_frames"]),
+                point_id=g["point_id"].to_numpy(),
+                tri_angle=_column(g, "tri_angle"),
+                ray_err=_column(g, "reproj_err") / focal[clip_id],
+                ucfg=ucfg,
             )
 
         clip_ids = sorted(n_frames)

@@ -38,6 +38,7 @@ from pipeline.schema import CURATED, SCHEMA_VERSION
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
 FILTER_COLUMNS = ("scale_max", "scale_min")
+UNCERTAINTY_RULE = "uncertainty"
 UPSTREAM_STAGES = ("ingest", "triangulate", "depth", "align", "curate")
 #: a fixed zip timestamp keeps the export byte-identical across runs (resume must not differ)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -57,10 +58,17 @@ def quantile_cutoffs(values: np.ndarray, q: float) -> dict[str, Any]:
     return {"n": n, "k": k, "low": float(v[k]), "high": float(v[n - 1 - k])}
 
 
-def compute_cutoffs(aligned: pd.DataFrame, q: float) -> dict[str, Any]:
+def compute_cutoffs(
+    aligned: pd.DataFrame, q: float, max_uncertainty: float | None = None
+) -> dict[str, Any]:
     """Cut-offs for every filtered column over all aligned clips (JSON-able: becomes
-    ``task.extra`` and part of each curate shard's fingerprint)."""
-    out: dict[str, Any] = {"q": float(q), "n_clips": int(len(aligned))}
+    ``task.extra`` and part of each curate shard's fingerprint), plus the uncertainty limit."""
+    if max_uncertainty is not None and not float(max_uncertainty) > 0:
+        raise ConfigError(f"curate.max_uncertainty must be > 0 or null, got {max_uncertainty}")
+    out: dict[str, Any] = {
+        "q": float(q), "n_clips": int(len(aligned)),
+        "max_uncertainty": None if max_uncertainty is None else float(max_uncertainty),
+    }
     for col in FILTER_COLUMNS:
         vals = aligned[col].to_numpy() if len(aligned) else np.zeros(0)
         out[col] = quantile_cutoffs(vals, q)
@@ -68,7 +76,16 @@ def compute_cutoffs(aligned: pd.DataFrame, q: float) -> dict[str, Any]:
 
 
 def filter_rule(values: dict[str, float], cutoffs: dict[str, Any]) -> str | None:
-    """The first rule a clip breaks, or None when it is kept."""
+    """The first rule a clip breaks, or None when it is kept.
+
+    ``uncertainty`` comes first: a clip whose 95% interval is wider than
+    ``curate.max_uncertainty`` has no trustworthy scale, whatever its value.
+    NaN uncertainty (no bootstrap) counts as unknown and is kept, as in the seed recipe."""
+    limit = cutoffs.get("max_uncertainty")
+    if limit is not None:
+        u = values.get("scale_uncertainty")
+        if u is not None and not (u <= limit) and not (isinstance(u, float) and math.isnan(u)):
+            return UNCERTAINTY_RULE
     for col in FILTER_COLUMNS:
         c = cutoffs[col]
         if c["low"] is None:
@@ -112,12 +129,18 @@ def curated_row(man: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
         "w2c": man["w2c"],
         "c2w_metric": c2w.reshape(n, 16).tolist(),
         "frame_scale": al["frame_scale"],
+        "frame_scale_raw": al["frame_scale_raw"],
+        "frame_shrinkage": al["frame_shrinkage"],
         "clip_scale": clip_scale,
         "frame_interpolated": al["frame_interpolated"],
         "frame_num_obs": al["frame_num_obs"],
         "scale_max": al["scale_max"],
         "scale_min": al["scale_min"],
         "scale_spread": al["scale_spread"],
+        "scale_uncertainty": al["scale_uncertainty"],
+        "scale_ci_low": al["scale_ci_low"],
+        "scale_ci_high": al["scale_ci_high"],
+        "tri_angle_median": al["tri_angle_median"],
         "true_scale": man.get("true_scale"),
     }
 
@@ -189,7 +212,8 @@ class CurateStage(Stage):
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
         aligned = _read_many(ctx.done_outputs("align"), list(FILTER_COLUMNS))
-        cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]))
+        cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]),
+                              ctx.cfg["curate"]["max_uncertainty"])
         ctx.log(
             f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
             + ", ".join(
@@ -234,7 +258,7 @@ class CurateStage(Stage):
         out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"))
-        cut = compute_cutoffs(aligned, float(ccfg["quantile"]))
+        cut = compute_cutoffs(aligned, float(ccfg["quantile"]), ccfg["max_uncertainty"])
         curated = _read_many(
             ctx.done_outputs("curate"),
             ["clip_id", "split", "frame_scale", "clip_scale", "true_scale"],
@@ -258,7 +282,8 @@ class CurateStage(Stage):
                 filtered[rec["clip_id"]] = rule
         pending = sorted(clips_in - kept - set(filtered) - set(failed))
 
-        by_rule = {f"{c}_{t}": 0 for c in FILTER_COLUMNS for t in ("low", "high")}
+        by_rule = {UNCERTAINTY_RULE: 0}
+        by_rule.update({f"{c}_{t}": 0 for c in FILTER_COLUMNS for t in ("low", "high")})
         for rule in filtered.values():
             by_rule[rule] += 1
         by_stage: dict[str, int] = {}

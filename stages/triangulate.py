@@ -367,6 +367,9 @@ def _observations(
         proj = (Xc @ K.T)[:, :2] / z[:, None]
     err = np.linalg.norm(proj - xy, axis=1)
     keep = (z > 0) & np.isfinite(err) & (err <= float(filt["max_reproj_error"]))
+    # One observation per (point, frame): COLMAP can merge two keypoints of one image into a
+    # track; keep the one that reprojects best so downstream keys are unique.
+    keep &= _best_per_point_and_frame(pids, k, err)
     # track lengths and angles after dropping bad observations
     pids, k, xy, X, z, err = pids[keep], k[keep], xy[keep], X[keep], z[keep], err[keep]
     uniq, inv, tlen = np.unique(pids, return_inverse=True, return_counts=True)
@@ -390,6 +393,7 @@ def _observations(
     u = xy[obs_keep, 0] * scale_uv[0]
     v = xy[obs_keep, 1] * scale_uv[1]
     z, err, tl = z[obs_keep], err[obs_keep], tlen[inv][obs_keep]
+    tri_angle = angle[inv][obs_keep]
     # canonical point ids: by (first frame, u, v) of the point's first observation
     first = pd.DataFrame({"p": pid_old, "f": frame_idx, "u": u, "v": v}).sort_values(
         ["p", "f", "u", "v"], kind="mergesort").groupby("p", sort=True).first()
@@ -405,9 +409,22 @@ def _observations(
             "z_cam": z.astype(np.float64),
             "track_len": tl.astype(np.int32),
             "reproj_err": err.astype(np.float32),
+            "tri_angle": tri_angle.astype(np.float32),
         }
     )
     return df.sort_values(["frame_idx", "point_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _best_per_point_and_frame(pids: np.ndarray, k: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Mask keeping, for every (point, image) pair, only the observation with the smallest
+    reprojection error (ties: the first); NaN errors sort last."""
+    order = np.lexsort((np.nan_to_num(err, nan=np.inf), k, pids))
+    p_o, k_o = pids[order], k[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (p_o[1:] != p_o[:-1]) | (k_o[1:] != k_o[:-1])
+    mask = np.zeros(len(order), dtype=bool)
+    mask[order[first]] = True
+    return mask
 
 
 # ------------------------------------------------------------------------------ stage

@@ -70,7 +70,12 @@ def align_row(clip_id: str, frame_scale: list[float], interp: list[bool] | None 
         "scale_median": float(np.median(meas)), "scale_spread": _mad_rel(meas),
         "scale_range": float((meas.max() - meas.min()) / np.median(meas)),
         "num_frames_measured": int(meas.size), "num_obs_total": 20 * n,
-        "num_obs_valid": 20 * n,
+        "num_obs_valid": 20 * n, "frame_scale_raw": fs.tolist(), "frame_shrinkage": [0.0] * n,
+        "scale_sigma": 0.004, "scale_sigma_boot": 0.003, "scale_sigma_sys": 0.002,
+        "scale_ci_low": float(np.median(meas)) * 0.992,
+        "scale_ci_high": float(np.median(meas)) * 1.008, "scale_uncertainty": 0.008,
+        "frame_tau": 0.0, "tri_angle_median": 5.0, "ray_err_median": 0.001,
+        "num_points": 100 * n,
     }
 
 
@@ -283,7 +288,10 @@ def test_align_process_shard(tmp_path: Path, cfg: dict[str, Any]) -> None:
     assert table.schema.equals(ALIGN)
     row = table.to_pylist()[0]
     assert row["clip_id"] == "good"
-    assert row["frame_scale"] == pytest.approx([1.5, 1.6, 1.7], rel=1e-6)  # float32 depth
+    assert row["frame_scale_raw"] == pytest.approx([1.5, 1.6, 1.7], rel=1e-6)  # float32 depth
+    # frames that really differ (sampling noise ~0) keep their own values under shrinkage
+    assert row["frame_scale"] == pytest.approx([1.5, 1.6, 1.7], rel=1e-3)
+    assert row["frame_shrinkage"][0] < 0.01 and row["frame_shrinkage"][2] < 0.01
     assert row["frame_num_obs"] == [15, 15, 15]
 
 
@@ -409,8 +417,9 @@ def test_curate_prepare_process_finalize(tmp_path: Path, cfg: dict[str, Any]) ->
     assert (c["in"], c["kept"], c["filtered"]["total"], c["failed"]["total"]) == (10, 5, 4, 1)
     assert c["pending"] == 0 and c["sums_to_input"]
     assert c["failed"]["by_reason"] == {"align: no frame has >= # valid depth/point ratios": 1}
-    assert c["filtered"]["by_rule"] == {"scale_max_low": 1, "scale_max_high": 1,
-                                        "scale_min_low": 1, "scale_min_high": 1}
+    assert c["filtered"]["by_rule"] == {"uncertainty": 0, "scale_max_low": 1,
+                                        "scale_max_high": 1, "scale_min_low": 1,
+                                        "scale_min_high": 1}
     assert meta["cutoffs"]["scale_min"]["k"] == 1
     assert meta["distribution"]["kept"]["scale_median"]["n"] == 5
     npz = np.load(out / "_compat" / "per_frame_scale.npz", allow_pickle=False)

@@ -1,0 +1,369 @@
+"""Accuracy benchmark: the recovered metric scale against known truth, project vs COLMAP.
+
+Per clip and per triangulation configuration it runs the project's own code path in-process
+(``stages.triangulate.triangulate_clip`` -> sensor/exact depth sampled as the depth stage does ->
+``stages.align.frame_factors`` with the align settings of ``conf/``) and prints:
+clip-factor error vs the truth, per-frame factor error (median, p90, max), triangulation
+CPU-seconds per frame, points, the reported uncertainty (relative half-width of the 95%
+interval), whether the truth is inside that interval, and whether curate would keep the clip
+(``curate.max_uncertainty``) or flag it. Then one summary row per configuration and the ratios.
+
+Clip sets (``--sets``):
+- ``real``: every sequence in ``../shared/data/rgbd`` as one whole clip (translations x
+  ``--relative-scale``, true factor 1/that; sensor depth as the metric depth);
+- ``clips``: the same sequences cut into ``--clip-length``-frame clips (the pipeline default);
+- ``stress``: the synthetic stress set (``data_manifests/stress.yaml``: pose noise, time
+  offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors);
+- ``re10k``: the real RealEstate10K clips in ``../shared/data/re10k_frames`` (no depth: points,
+  failures and CPU only).
+Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``) and ``colmap``
+(COLMAP's default settings in-process: 8192 SIFT at full resolution with upsampling,
+sequential overlap 10 + quadratic, RANSAC verification, no extra filters).
+
+Triangulations are cached under ``--cache`` by (configuration, clip) content hash, so tuning
+align or curate settings re-runs in seconds; ``--no-cache`` recomputes. Usage:
+
+    python bench/bench_accuracy.py [--sets real,clips,stress,re10k] [--jobs 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.depth_model import sample_sensor  # noqa: E402
+from pipeline.frames import read_depth  # noqa: E402
+from pipeline.io import stable_hash  # noqa: E402
+from pipeline.stage import ClipError  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RGBD = SHARED / "rgbd"
+RE10K_FRAMES = SHARED / "re10k_frames"
+
+
+def colmap_defaults(tcfg: dict[str, Any]) -> dict[str, Any]:
+    """COLMAP's out-of-the-box triangulation settings expressed in our config."""
+    c = copy.deepcopy(tcfg)
+    c["frames"] = {"mode": "all", "every_k": 1, "max_n": 0}
+    c["image"]["max_long_side"] = 0
+    c["sift"].update(max_num_features=8192, first_octave=-1, num_octaves=4,
+                     peak_threshold=0.02 / 3, max_num_orientations=2, upright=False)
+    c["matching"].update(num_threads=0, mode="sequential", overlap=10, quadratic_overlap=True,
+                         verification="ransac", ransac_max_error=4.0, max_ratio=0.8,
+                         max_distance=0.7, cross_check=True, cpu_brute_force=False,
+                         min_num_inliers=15)
+    c["triangulation"].update(num_threads=0, min_angle=1.5, create_max_angle_error=2.0,
+                              continue_max_angle_error=2.0, merge_max_reproj_error=4.0,
+                              complete_max_reproj_error=4.0, filter_max_reproj_error=4.0,
+                              ignore_two_view_tracks=True, ba_max_refinements=5)
+    c["filters"].update(max_reproj_error=4.0, min_track_len=2, min_tri_angle=0.0)
+    return c
+
+
+# ------------------------------------------------------------------------------ clip sets
+def _ingest_rows(overrides: list[str]) -> list[dict[str, Any]]:
+    """Manifest rows exactly as the ingest stage builds them (same discovery and checks)."""
+    from stages.ingest import STAGE as INGEST
+    from stages.ingest import _re10k_row, _rgbd_row
+
+    cfg = load_config(overrides)
+    rows = []
+    for clip_id, src in sorted(INGEST.discover(cfg).items()):
+        try:
+            row = (_rgbd_row if src["layout"] == "rgbd" else _re10k_row)(clip_id, src, cfg)
+        except ClipError as exc:
+            print(f"  skip {clip_id}: {exc.reason}")
+            continue
+        rows.append(row)
+    return rows
+
+
+def real_rows(whole: bool, clip_length: int, rel: float) -> list[dict[str, Any]]:
+    rows = []
+    for seq in sorted(p for p in RGBD.iterdir() if p.is_dir()) if RGBD.is_dir() else []:
+        n = len(list(seq.glob("frame-*.pose.txt")))
+        length = n if whole else clip_length
+        for r in _ingest_rows([
+            "dataset=rgbd", f"dataset.root={seq}", f"dataset.clip_length={length}",
+            f"dataset.relative_scale={rel}",
+        ]):
+            r["set"] = "real" if whole else "clips"
+            r["seq"] = seq.name
+            rows.append(r)
+    return rows
+
+
+def stress_rows(work: Path) -> list[dict[str, Any]]:
+    definition = ROOT / "data_manifests" / "stress.yaml"
+    if not definition.is_file():
+        print("  no data_manifests/stress.yaml: stress set skipped")
+        return []
+    rows = _ingest_rows([
+        "dataset=sample", f"dataset.definition={definition}",
+        f"dataset.root={work / 'stress_data'}",
+    ])
+    for r in rows:
+        r["set"], r["seq"] = "stress", r["clip_id"]
+    return rows
+
+
+def re10k_rows() -> list[dict[str, Any]]:
+    if not RE10K_FRAMES.is_dir():
+        return []
+    rows = _ingest_rows(["dataset=re10k", f"dataset.root={RE10K_FRAMES}", "dataset.splits=[test]"])
+    for r in rows:
+        r["set"], r["seq"] = "re10k", r["clip_id"]
+    return rows
+
+
+# ------------------------------------------------------------------------------ one clip
+def _cpu() -> float:
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | None,
+                       threads: int) -> dict[str, Any]:
+    """Observations + CPU figures of one clip, from the cache when the same inputs ran before."""
+    import pycolmap
+
+    from stages.triangulate import triangulate_clip
+
+    key = stable_hash({"cfg": tcfg, "clip": row["clip_id"], "w2c": row["w2c"],
+                       "frames": row["frame_paths"], "video": row["video_path"]})[:20]
+    pq_path = cache / f"{key}.parquet" if cache else None
+    meta_path = cache / f"{key}.json" if cache else None
+    if pq_path is not None and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        df = pd.read_parquet(pq_path) if pq_path.is_file() else None
+        return {**meta, "df": df}
+    pycolmap.logging.minloglevel = 2
+    stats: dict[str, Any] = {}
+    c0 = _cpu()
+    try:
+        df = triangulate_clip(row, tcfg, None, num_threads=threads, stats=stats)
+        meta: dict[str, Any] = {"error": None}
+    except ClipError as exc:
+        df, meta = None, {"error": exc.reason}
+    meta["cpu_s"] = _cpu() - c0
+    meta["points"] = int(stats.get("points", 0))
+    meta["frames_without_obs"] = int(stats.get("frames_without_obs", 0))
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        if df is not None:
+            tmp = pq_path.with_suffix(".tmp")
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, pq_path)
+        meta_path.write_text(json.dumps(meta))
+    return {**meta, "df": df}
+
+
+def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) -> np.ndarray:
+    """Sensor/exact depth at the observations, as ``depth=sensor`` samples it."""
+    depth = np.full(len(df), np.nan)
+    valid = np.zeros(len(df), dtype=bool)
+    u, v = df["u"].to_numpy(np.float64), df["v"].to_numpy(np.float64)
+    for f, idx in df.groupby("frame_idx").indices.items():
+        d, ok = sample_sensor(read_depth(row, int(f)), u[idx], v[idx],
+                              dcfg["interpolation"], float(dcfg["max_depth"]))
+        depth[idx], valid[idx] = d, ok
+    return np.where(valid, depth, np.nan)
+
+
+def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
+               tcfg: dict[str, Any]) -> dict[str, Any]:
+    from stages.align import frame_factors, working_focal
+
+    acfg = cfg["align"]
+    depth = sample_depth(row, df, cfg["depth"])
+    man = pd.DataFrame([{k: row[k] for k in ("clip_id", "intrinsics", "width", "height")}])
+    focal = working_focal(man, tcfg["image"]["max_long_side"])[row["clip_id"]]
+    ucfg = {**acfg["uncertainty"], **acfg["shrinkage"],
+            "shrinkage": bool(acfg["shrinkage"]["enabled"])}
+    return frame_factors(
+        row["clip_id"], int(row["num_frames"]), df["frame_idx"].to_numpy(),
+        df["z_cam"].to_numpy(), depth, np.isfinite(depth),
+        int(acfg["min_obs_per_frame"]), int(acfg["min_measured_frames"]),
+        point_id=df["point_id"].to_numpy(),
+        tri_angle=df["tri_angle"].to_numpy(np.float64) if "tri_angle" in df else None,
+        ray_err=df["reproj_err"].to_numpy(np.float64) / focal, ucfg=ucfg,
+    )
+
+
+def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str, Any],
+             cache: Path | None, threads: int) -> dict[str, Any]:
+    tri = triangulate_cached(row, tcfg, cache, threads)
+    n = int(row["num_frames"])
+    out: dict[str, Any] = {
+        "config": name, "set": row["set"], "seq": row["seq"], "clip": row["clip_id"],
+        "frames": n, "cpu_per_frame": tri["cpu_s"] / n, "points": tri["points"],
+        "error": tri["error"],
+    }
+    true = row.get("true_scale")
+    if tri["df"] is None or not row.get("depth_paths"):
+        return out
+    try:
+        al = align_clip(row, tri["df"], cfg, tcfg)
+    except ClipError as exc:
+        out["error"] = exc.reason
+        return out
+    limit = cfg["curate"]["max_uncertainty"]
+    out.update(
+        scale=al["scale_median"], uncertainty=al["scale_uncertainty"],
+        sigma_boot=al["scale_sigma_boot"], sigma_sys=al["scale_sigma_sys"],
+        tri_angle=al["tri_angle_median"], ray_err=al["ray_err_median"],
+        kept=bool(limit is None or al["scale_uncertainty"] <= float(limit)),
+    )
+    if true:
+        fs = np.asarray(al["frame_scale"]) / true - 1.0
+        raw = np.asarray(al["frame_scale_raw"]) / true - 1.0
+        raw = raw[np.isfinite(raw)]
+        out.update(
+            err=al["scale_median"] / true - 1.0,
+            frame_med=float(np.median(np.abs(fs))), frame_p90=float(np.percentile(np.abs(fs), 90)),
+            frame_max=float(np.max(np.abs(fs))),
+            raw_frame_p90=float(np.percentile(np.abs(raw), 90)) if raw.size else np.nan,
+            covered=bool(al["scale_ci_low"] <= true <= al["scale_ci_high"]),
+        )
+    return out
+
+
+def _job(args: tuple) -> dict[str, Any]:
+    return evaluate(*args)
+
+
+# ------------------------------------------------------------------------------ report
+def _pct(x: Any, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "    -  "
+    return f"{100 * x:+6.2f}%" if signed else f"{100 * x:6.2f}%"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(f"\n{'set':6s} {'clip':28s} {'config':8s} {'n':>4s} {'err':>8s} {'frame med':>9s}"
+          f" {'p90':>8s} {'max':>8s} {'cpu/f':>7s} {'points':>6s} {'+-95%':>8s} {'in CI':>5s}"
+          f" {'angle':>6s} status")
+    for r in results:
+        status = ("FAILED: " + r["error"][:70]) if r.get("error") else (
+            "kept" if r.get("kept", True) else "flagged")
+        print(f"{r['set']:6s} {r['clip'][:28]:28s} {r['config']:8s} {r['frames']:4d}"
+              f" {_pct(r.get('err'), True):>8s} {_pct(r.get('frame_med')):>9s}"
+              f" {_pct(r.get('frame_p90')):>8s} {_pct(r.get('frame_max')):>8s}"
+              f" {r['cpu_per_frame']:7.3f} {r['points']:6d} {_pct(r.get('uncertainty')):>8s}"
+              f" {str(r.get('covered', '-')):>5s} {r.get('tri_angle', float('nan')):6.2f} {status}")
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (configuration, set): error statistics over clips with a known truth."""
+    out: dict[str, Any] = {}
+    for key in sorted({(r["config"], r["set"]) for r in results}):
+        rs = [r for r in results if (r["config"], r["set"]) == key]
+        errs = np.array([abs(r["err"]) for r in rs if r.get("err") is not None])
+        kept = np.array([abs(r["err"]) for r in rs if r.get("err") is not None and r["kept"]])
+        cov = [r["covered"] for r in rs if r.get("covered") is not None]
+        frames = sum(r["frames"] for r in rs)
+        out["/".join(key)] = {
+            "clips": len(rs),
+            "failed": sum(1 for r in rs if r.get("error")),
+            "flagged": sum(1 for r in rs if r.get("kept") is False),
+            "median_abs_err": float(np.median(errs)) if errs.size else None,
+            "max_abs_err": float(np.max(errs)) if errs.size else None,
+            "max_abs_err_kept": float(np.max(kept)) if kept.size else None,
+            "frame_p90_median": float(np.median([r["frame_p90"] for r in rs if "frame_p90" in r]))
+            if any("frame_p90" in r for r in rs) else None,
+            "coverage": float(np.mean(cov)) if cov else None,
+            "cpu_per_frame": sum(r["cpu_per_frame"] * r["frames"] for r in rs) / max(frames, 1),
+            "points_per_frame": sum(r["points"] for r in rs) / max(frames, 1),
+        }
+    return out
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\n{'config/set':18s} {'clips':>5s} {'fail':>4s} {'flag':>4s} {'med|err|':>8s}"
+          f" {'max|err|':>8s} {'max kept':>8s} {'fr p90':>7s} {'in CI':>6s} {'cpu/f':>7s}"
+          f" {'pts/f':>6s}")
+    for k, s in summary.items():
+        cov = "-" if s["coverage"] is None else f"{100 * s['coverage']:.0f}%"
+        print(f"{k:18s} {s['clips']:5d} {s['failed']:4d} {s['flagged']:4d}"
+              f" {_pct(s['median_abs_err']):>8s} {_pct(s['max_abs_err']):>8s}"
+              f" {_pct(s['max_abs_err_kept']):>8s} {_pct(s['frame_p90_median']):>7s}"
+              f" {cov:>6s} {s['cpu_per_frame']:7.3f} {s['points_per_frame']:6.1f}")
+    sets = sorted({k.split("/", 1)[1] for k in summary})
+    print("\nratios colmap / default (same clips, one run)")
+    for st in sets:
+        a, b = summary.get(f"default/{st}"), summary.get(f"colmap/{st}")
+        if not a or not b:
+            continue
+        d_med = (a["median_abs_err"] or 0) - (b["median_abs_err"] or 0)
+        d_max = (a["max_abs_err"] or 0) - (b["max_abs_err"] or 0)
+        print(f"  {st:7s} cpu/frame x{b['cpu_per_frame'] / max(a['cpu_per_frame'], 1e-9):5.2f}"
+              f"   median |err| default - colmap {100 * d_med:+.2f} pp"
+              f"   max |err| {100 * d_max:+.2f} pp")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", default="real,clips,stress,re10k")
+    ap.add_argument("--configs", default="default,colmap")
+    ap.add_argument("--clip-length", type=int, default=25)
+    ap.add_argument("--relative-scale", type=float, default=0.37)
+    ap.add_argument("--jobs", type=int, default=2, help="clips triangulated at once")
+    ap.add_argument("--threads", type=int, default=1, help="COLMAP threads per clip")
+    ap.add_argument("--cache", type=Path,
+                    default=Path(tempfile.gettempdir()) / "metric_align_bench_accuracy")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. align.uncertainty.gain=2")
+    args = ap.parse_args()
+    cfg = load_config(args.overrides)
+    configs = {"default": cfg["triangulate"], "colmap": colmap_defaults(cfg["triangulate"])}
+    configs = {k: v for k, v in configs.items() if k in args.configs.split(",")}
+    sets = args.sets.split(",")
+    rows: list[dict[str, Any]] = []
+    if "real" in sets:
+        rows += real_rows(True, args.clip_length, args.relative_scale)
+    if "clips" in sets:
+        rows += real_rows(False, args.clip_length, args.relative_scale)
+    if "stress" in sets:
+        rows += stress_rows(args.cache)
+    if "re10k" in sets:
+        rows += re10k_rows()
+    cache = None if args.no_cache else args.cache / "triangulations"
+    jobs = [(row, name, tcfg, cfg, cache, args.threads)
+            for name, tcfg in configs.items() for row in rows]
+    print(f"{len(rows)} clips x {len(configs)} configurations, {args.jobs} at once")
+    t0 = time.perf_counter()
+    results = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for r in pool.map(_job, jobs):
+            results.append(r)
+            print(f"  {r['config']:8s} {r['clip'][:32]:32s} err {_pct(r.get('err'), True)}"
+                  f" +-{_pct(r.get('uncertainty'))} cpu/f {r['cpu_per_frame']:.3f}"
+                  + (f"  FAILED: {r['error'][:60]}" if r.get("error") else ""), flush=True)
+    print_table(results)
+    summary = summarise(results)
+    print_summary(summary)
+    print(f"\nwall {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"clips": results, "summary": summary}, indent=1,
+                                        default=float))
+
+
+if __name__ == "__main__":
+    main()

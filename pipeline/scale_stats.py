@@ -1,0 +1,176 @@
+"""Robust scale statistics for one clip: frame factors, a point bootstrap, shrinkage.
+
+Pure numpy, no engine imports: ``stages/align.py`` calls it per clip and the accuracy bench
+calls it on its own observations, so both measure exactly the same estimator.
+
+Why each piece exists
+- **Frame factor** = median of ``depth / z_cam`` over the frame's observations (the seed
+  recipe). A median ignores up to half of the ratios being wrong (depth edges, glass, bad
+  tracks), but on real footage its *inputs* are correlated: every observation of one 3D point
+  shares that point's triangulation error, so counting observations overstates the evidence.
+- **Point bootstrap** resamples 3D points, not observations (Poisson weights per point, so a
+  replicate is a weighted median over the same sorted ratios: one sort, then cumulative sums).
+  It gives each frame's and the clip's sampling spread honestly.
+- **Conditioning term.** Errors common to every point (pose error of the given cameras, a
+  frame/pose time offset) do not shrink with more points, so the bootstrap cannot see them. A
+  triangulated depth is off by about (angular error of the rays) / (triangulation angle); the
+  angular error is observable as the reprojection residual over the focal length, the angle
+  from the geometry. ``sys = gain * (residual / f) / median angle`` is added in quadrature;
+  ``gain`` and ``floor`` are calibrated with ``bench/bench_accuracy.py``.
+- **Shrinkage.** The trainer uses the condition frame's own factor, so a frame factor measured
+  from a handful of points must not swing by 100%. Each frame's log factor is pulled toward the
+  clip's by the ratio of its own variance to the between-frame variance that is really there
+  (empirical Bayes: ``tau^2 = robust var(log f) - typical sampling var``, floored at 0): a
+  well-measured frame keeps its own value, a poorly measured one takes the clip's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: two-sided normal quantile of the reported interval (95%)
+Z95 = 1.959963984540054
+#: MAD -> standard deviation for normal data
+MAD_TO_SD = 1.482602218505602
+
+
+@dataclass
+class FrameRatios:
+    """One clip's valid ratios, sorted by (frame, ratio), with per-observation point index."""
+
+    frame: np.ndarray  # (n,) int64, sorted
+    ratio: np.ndarray  # (n,) float64, sorted within each frame
+    point: np.ndarray  # (n,) int64 in [0, n_points)
+    n_points: int
+    starts: np.ndarray  # (num_frames,) first index of each frame
+    ends: np.ndarray  # (num_frames,) one past the last
+
+    @classmethod
+    def build(
+        cls, frame: np.ndarray, ratio: np.ndarray, point: np.ndarray, num_frames: int
+    ) -> FrameRatios:
+        frame = np.asarray(frame, np.int64)
+        ratio = np.asarray(ratio, np.float64)
+        _, point_idx = np.unique(np.asarray(point, np.int64), return_inverse=True)
+        order = np.lexsort((ratio, frame))
+        f = frame[order]
+        frames = np.arange(num_frames)
+        return cls(
+            frame=f,
+            ratio=ratio[order],
+            point=point_idx[order].astype(np.int64),
+            n_points=int(point_idx.max()) + 1 if point_idx.size else 0,
+            starts=np.searchsorted(f, frames, side="left"),
+            ends=np.searchsorted(f, frames, side="right"),
+        )
+
+    def counts(self) -> np.ndarray:
+        return (self.ends - self.starts).astype(np.int64)
+
+
+def weighted_medians(values: np.ndarray, weights: np.ndarray, starts: np.ndarray,
+                     ends: np.ndarray) -> np.ndarray:
+    """Lower weighted median of each segment ``values[s:e]`` (values sorted within segments)
+    for every row of ``weights`` (B, n): returns (B, n_segments); NaN where a segment has no
+    weight. With unit weights this is the ordinary median of odd-sized segments and the
+    average of the two middle values for even sizes (ties at exactly half)."""
+    b = weights.shape[0]
+    out = np.full((b, len(starts)), np.nan)
+    for j, (s, e) in enumerate(zip(starts, ends)):
+        if e <= s:
+            continue
+        w = weights[:, s:e]
+        cw = np.cumsum(w, axis=1)
+        half = cw[:, -1:] / 2.0
+        lo = np.argmax(cw >= half, axis=1)
+        # exactly half reached at lo: the median is the midpoint with the next value
+        hi = np.minimum(np.where(np.isclose(cw[np.arange(b), lo], half[:, 0]), lo + 1, lo),
+                        e - s - 1)
+        v = values[s:e]
+        med = 0.5 * (v[lo] + v[hi])
+        med[cw[:, -1] <= 0] = np.nan
+        out[:, j] = med
+    return out
+
+
+@dataclass
+class ClipScale:
+    frame_raw: np.ndarray  # (F,) median per frame; NaN where not measured
+    frame_sigma: np.ndarray  # (F,) bootstrap sd of log frame factor; NaN where not measured
+    measured: np.ndarray  # (F,) bool
+    clip: float  # median of the measured frame factors
+    clip_sigma_boot: float  # bootstrap sd of log clip factor
+    boot_clip: np.ndarray  # (B,) replicate clip factors (for tests / diagnostics)
+
+
+def clip_scale(data: FrameRatios, min_obs: int, n_boot: int, seed: int) -> ClipScale:
+    """Frame medians, clip median and their bootstrap over points (see module docstring)."""
+    counts = data.counts()
+    measured = counts >= max(1, int(min_obs))
+    ones = np.ones((1, data.ratio.size))
+    raw = weighted_medians(data.ratio, ones, data.starts, data.ends)[0]
+    raw[~measured] = np.nan
+    meas = np.flatnonzero(measured)
+    clip = float(np.median(raw[meas]))
+    rng = np.random.default_rng(seed)
+    if n_boot > 0 and data.n_points > 0:
+        wp = rng.poisson(1.0, size=(n_boot, data.n_points)).astype(np.float64)
+        rep = weighted_medians(data.ratio, wp[:, data.point], data.starts[meas], data.ends[meas])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_rep = np.log(rep)
+        frame_sigma = np.full(len(counts), np.nan)
+        frame_sigma[meas] = _nan_sd(log_rep, axis=0)
+        # a replicate's clip factor: median over the frames that kept weight in it
+        boot_clip = np.nanmedian(np.where(np.isfinite(log_rep), rep, np.nan), axis=1)
+        boot_clip = boot_clip[np.isfinite(boot_clip)]
+        clip_sigma = float(np.std(np.log(boot_clip), ddof=1)) if boot_clip.size > 1 else np.nan
+    else:
+        frame_sigma = np.full(len(counts), np.nan)
+        boot_clip = np.zeros(0)
+        clip_sigma = np.nan
+    return ClipScale(raw, frame_sigma, measured, clip, clip_sigma, boot_clip)
+
+
+def _nan_sd(x: np.ndarray, axis: int) -> np.ndarray:
+    finite = np.isfinite(x)
+    n = finite.sum(axis=axis)
+    xm = np.where(finite, x, 0.0)
+    mean = xm.sum(axis=axis) / np.maximum(n, 1)
+    dev = np.where(finite, x - np.expand_dims(mean, axis), 0.0)
+    var = (dev**2).sum(axis=axis) / np.maximum(n - 1, 1)
+    return np.where(n > 1, np.sqrt(var), np.nan)
+
+
+def shrink_frames(log_raw: np.ndarray, log_sigma: np.ndarray, log_clip: float,
+                  sigma_floor: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Empirical-Bayes shrinkage of measured frames' log factors toward the clip's.
+
+    ``log_raw``/``log_sigma`` for the measured frames only. Returns (shrunk log factors, the
+    weight each frame's own value keeps in [0, 1], tau). ``sigma_floor`` keeps a frame with
+    few, identical ratios from claiming zero variance.
+    """
+    s2 = np.maximum(np.nan_to_num(log_sigma, nan=np.inf), sigma_floor) ** 2
+    dev = log_raw - log_clip
+    if dev.size < 3:
+        tau2 = 0.0
+    else:
+        robust_var = (MAD_TO_SD * np.median(np.abs(dev - np.median(dev)))) ** 2
+        tau2 = max(0.0, float(robust_var - np.median(s2[np.isfinite(s2)])))
+    keep = tau2 / (tau2 + s2) if tau2 > 0 else np.zeros_like(dev)
+    return log_clip + keep * dev, keep, float(np.sqrt(tau2))
+
+
+def systematic_sigma(ray_err: float, angle_deg: float, gain: float, floor: float) -> float:
+    """Relative scale error common to all points: ray angle error (radians: reprojection
+    residual over the focal length) over the triangulation angle, in quadrature with ``floor``.
+
+    Unknown conditioning (no angle or residual) with ``gain > 0`` is an unbounded error: the
+    clip cannot claim a precision it has no evidence for.
+    """
+    if gain == 0:
+        return float(floor)
+    if not (np.isfinite(ray_err) and np.isfinite(angle_deg) and angle_deg > 0):
+        return float("inf")
+    return float(np.hypot(gain * ray_err / np.radians(angle_deg), floor))

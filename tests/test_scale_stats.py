@@ -1,0 +1,128 @@
+"""Scale statistics against known answers: weighted medians, point bootstrap coverage,
+shrinkage, the conditioning term, and the align columns built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.scale_stats import (
+    Z95,
+    FrameRatios,
+    clip_scale,
+    shrink_frames,
+    systematic_sigma,
+    weighted_medians,
+)
+from stages.align import frame_factors
+
+
+def test_weighted_median_matches_numpy_and_repeats() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 6, 17):
+        v = np.sort(rng.normal(size=n))
+        got = weighted_medians(v, np.ones((1, n)), np.array([0]), np.array([n]))[0, 0]
+        assert got == pytest.approx(np.median(v), abs=1e-12)
+        # integer weights = repeating values
+        w = rng.integers(0, 4, size=n).astype(float)
+        if w.sum() == 0:
+            continue
+        rep = np.repeat(v, w.astype(int))
+        got = weighted_medians(v, w[None], np.array([0]), np.array([n]))[0, 0]
+        assert got == pytest.approx(np.median(rep), abs=1e-12)
+    # an empty segment and a segment with zero weight give NaN
+    v = np.array([1.0, 2.0])
+    out = weighted_medians(v, np.array([[0.0, 0.0]]), np.array([0, 2]), np.array([2, 2]))
+    assert np.isnan(out).all()
+
+
+def simulate_clip(rng: np.random.Generator, true: float, n_frames: int = 20,
+                  n_points: int = 150, point_sd: float = 0.06, obs_sd: float = 0.02):
+    """Observations whose errors are shared per 3D point (triangulation) plus per observation
+    (depth noise): the correlation structure the point bootstrap must respect."""
+    f, p, r = [], [], []
+    point_err = rng.normal(0.0, point_sd, n_points)
+    for pid in range(n_points):
+        start = rng.integers(0, n_frames)
+        length = rng.integers(2, 9)
+        for fi in range(start, min(n_frames, start + length)):
+            f.append(fi)
+            p.append(pid)
+            r.append(true * np.exp(point_err[pid] + rng.normal(0.0, obs_sd)))
+    return np.array(f), np.array(p), np.array(r)
+
+
+def test_point_bootstrap_interval_covers_truth_about_95_percent() -> None:
+    rng = np.random.default_rng(1)
+    hits, n = 0, 120
+    widths = []
+    for _ in range(n):
+        f, p, r = simulate_clip(rng, true=2.5)
+        est = clip_scale(FrameRatios.build(f, r, p, 20), min_obs=3, n_boot=200,
+                         seed=int(rng.integers(1 << 30)))
+        lo = est.clip * np.exp(-1.96 * est.clip_sigma_boot)
+        hi = est.clip * np.exp(1.96 * est.clip_sigma_boot)
+        hits += lo <= 2.5 <= hi
+        widths.append(est.clip_sigma_boot)
+    assert 0.88 <= hits / n <= 0.995, hits / n
+    # resampling observations instead of points would be over-confident: same data, each
+    # observation its own "point", gives a clearly narrower interval
+    f, p, r = simulate_clip(np.random.default_rng(2), true=2.5)
+    by_point = clip_scale(FrameRatios.build(f, r, p, 20), 3, 300, 0).clip_sigma_boot
+    by_obs = clip_scale(FrameRatios.build(f, r, np.arange(len(r)), 20), 3, 300, 0).clip_sigma_boot
+    assert by_obs < 0.8 * by_point
+
+
+def test_shrinkage_pulls_noisy_frames_and_keeps_real_differences() -> None:
+    log_clip = 0.0
+    # no real between-frame variation: sampling noise only -> everything to the clip value
+    dev = np.array([0.05, -0.04, 0.03, -0.05, 0.02, 0.0])
+    sig = np.full(6, 0.05)
+    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0)
+    assert tau == 0.0 and np.allclose(shrunk, 0.0) and np.all(keep == 0)
+    # real variation (tau ~ 0.1) and one badly measured frame (sd 0.5): the precise frames keep
+    # most of their value, the noisy one is pulled most of the way to the clip
+    dev = np.array([0.1, -0.1, 0.12, -0.08, 0.9])
+    sig = np.array([0.01, 0.01, 0.01, 0.01, 0.5])
+    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0)
+    assert tau > 0.05
+    assert np.all(keep[:4] > 0.95) and keep[4] < 0.3
+    assert keep[4] == pytest.approx(tau**2 / (tau**2 + 0.25))
+    assert shrunk[4] == pytest.approx(keep[4] * 0.9) and shrunk[4] < 0.3
+
+
+def test_systematic_sigma_follows_angle_and_residual() -> None:
+    # 1 px residual at f = 500 px, 2 degrees of triangulation angle: 0.002 / 0.0349 = 5.7%
+    s = systematic_sigma(1 / 500, 2.0, gain=1.0, floor=0.0)
+    assert s == pytest.approx((1 / 500) / np.radians(2.0), rel=1e-12)
+    assert systematic_sigma(1 / 500, 20.0, 1.0, 0.0) == pytest.approx(s / 10, rel=1e-12)
+    assert systematic_sigma(1 / 500, 2.0, 1.0, 0.01) == pytest.approx(np.hypot(s, 0.01))
+    assert systematic_sigma(np.nan, 2.0, 1.0, 0.01) == np.inf  # unknown conditioning
+    assert systematic_sigma(np.nan, np.nan, 0.0, 0.01) == 0.01  # term off: floor only
+
+
+def test_frame_factors_uncertainty_columns_and_rotation_dominated_flag() -> None:
+    rng = np.random.default_rng(3)
+    f, p, r = simulate_clip(rng, true=1.7, point_sd=0.03)
+    z = rng.uniform(1.0, 3.0, size=r.size)
+    d = r * z
+    ucfg = {"bootstrap": 100, "seed": 0, "gain": 1.0, "floor": 0.005, "shrinkage": True,
+            "sigma_floor": 0.005}
+    good = frame_factors("c", 20, f, z, d, np.ones_like(d, bool), 3, 1, point_id=p,
+                         tri_angle=np.full(r.size, 10.0), ray_err=np.full(r.size, 1e-3),
+                         ucfg=ucfg)
+    assert good["scale_ci_low"] < 1.7 < good["scale_ci_high"]
+    assert good["scale_ci_low"] < good["scale_median"] < good["scale_ci_high"]
+    assert good["scale_uncertainty"] == pytest.approx(np.expm1(Z95 * good["scale_sigma"]))
+    assert good["scale_sigma"] == pytest.approx(np.hypot(good["scale_sigma_boot"],
+                                                         good["scale_sigma_sys"]))
+    assert good["num_points"] == len(np.unique(p))
+    # same data, triangulated under a tiny angle (rotation-dominated clip): the conditioning
+    # term dominates and the clip is reported as uncertain
+    rot = frame_factors("c", 20, f, z, d, np.ones_like(d, bool), 3, 1, point_id=p,
+                        tri_angle=np.full(r.size, 0.5), ray_err=np.full(r.size, 2e-3),
+                        ucfg=ucfg)
+    assert rot["scale_uncertainty"] > 0.2 > good["scale_uncertainty"]
+    # shrinkage: every frame factor is finite and frames agree with the clip within noise
+    fs = np.asarray(good["frame_scale"])
+    assert np.all(np.isfinite(fs)) and np.max(np.abs(fs / 1.7 - 1)) < 0.1
