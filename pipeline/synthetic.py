@@ -805,9 +805,12 @@ def perturb_poses(
     drift_yaw = np.radians(walk_yaw * drift_deg)
     R_n = rotvec_to_matrix(np.outer(drift_yaw, [0.0, 1.0, 0.0])) @ R_t @ rotvec_to_matrix(jit_rot)
     c_n = c_t + drift_pos + jit_pos
-    out = np.tile(np.eye(4), (n, 1, 1))
-    out[:, :3, :3] = np.swapaxes(R_n, 1, 2)
-    out[:, :3, 3] = -np.einsum("nij,nj->ni", out[:, :3, :3], c_n)
+    if any(values):
+        out = np.tile(np.eye(4), (n, 1, 1))
+        out[:, :3, :3] = np.swapaxes(R_n, 1, 2)
+        out[:, :3, 3] = -np.einsum("nij,nj->ni", out[:, :3, :3], c_n)
+    else:  # zero noise: the input itself (the centre round trip would change the last bits)
+        out = w2c.copy()
     realised = {
         "rot_jitter_deg": np.degrees(np.linalg.norm(jit_rot, axis=1)).tolist(),
         "trans_jitter_m": np.linalg.norm(jit_pos, axis=1).tolist(),
