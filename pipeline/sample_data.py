@@ -8,6 +8,13 @@ Layout under a root (the one ``conf/dataset/sample.yaml`` points at)::
     <root>/ground_truth.json                           clip_id -> true_scale
     <root>/metric_c2w.json                             clip_id -> per-frame metric c2w (4x4)
 
+and, for a stress definition (any clip with ``pose_noise``, ``depth_noise``, ``texture`` or a
+stress trajectory kind; see ``data_manifests/stress.yaml``)::
+
+    <root>/depth_exact/<split>/<clip_id>/<timestamp>.npy   exact depth of every clip (``depth/``
+                                                          then holds the noisy "model" depth)
+    <root>/stress_truth.json                           clip_id -> requested and realised errors
+
 Each clip's translations are multiplied by its own ``rel_scale`` before being written, exactly
 as RealEstate10K's SLAM poses carry an unknown per-clip scale; ``true_scale = 1 / rel_scale``
 is what the pipeline has to recover. Generation is keyed by a hash of the definition (and of
@@ -29,10 +36,51 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline.io import read_json, stable_hash, write_json_atomic
-from pipeline.synthetic import RENDERER_VERSION, intrinsics_matrix, make_scene, make_trajectory
+from pipeline.synthetic import (
+    RENDERER_VERSION,
+    WALL_CONTRAST,
+    intrinsics_matrix,
+    make_scene,
+    make_trajectory,
+    perturb_depth,
+    perturb_poses,
+)
 from pipeline.synthetic import render as render_frame
 
 MARKER = ".sample_complete"  # holds the definition hash; written last, inside the temp dir
+
+#: bump whenever a stress clip's output changes (noise models, stress kinds); part of the hash
+#: of stress definitions only, so the bundled sample's hash (and cache) stays as it was
+STRESS_VERSION = 1
+STRESS_KINDS = ("rotation_pan", "slow_pan", "walk")
+POSE_NOISE_KEYS = ("rot_deg", "trans_m", "drift_m", "drift_deg", "time_offset_frames", "seed")
+DEPTH_NOISE_KEYS = ("frame_bias", "smooth", "edge_px", "seed")
+
+
+def _checked_noise(clip_id: str, what: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A ``pose_noise`` / ``depth_noise`` mapping with known keys only (missing ones = 0)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"clip {clip_id}: {what} must be a mapping, got {value!r}")
+    unknown = set(value) - set(keys)
+    if unknown:
+        raise ValueError(f"clip {clip_id}: unknown {what} keys {sorted(unknown)} (known: {keys})")
+    return dict(value)
+
+
+def wall_contrast(clip_id: str, texture: Any) -> float:
+    """``texture``: ``normal`` / ``weak`` (``synthetic.WALL_CONTRAST``) or a contrast in (0, 1]."""
+    if isinstance(texture, str):
+        if texture not in WALL_CONTRAST:
+            raise ValueError(
+                f"clip {clip_id}: texture {texture!r} is not one of {sorted(WALL_CONTRAST)}"
+            )
+        return WALL_CONTRAST[texture]
+    value = float(texture)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"clip {clip_id}: texture contrast {value} is not in (0, 1]")
+    return value
 
 
 def render_clip(
@@ -47,6 +95,10 @@ def render_clip(
     rel_scale: float,
     fov_deg: float = 60.0,
     frame_interval_us: int = 33333,
+    pose_noise: dict[str, Any] | None = None,
+    depth_noise: dict[str, Any] | None = None,
+    texture: str | float = "normal",
+    write_exact_depth: bool = False,
 ) -> dict[str, Any]:
     """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
 
@@ -54,6 +106,15 @@ def render_clip(
     are absolute, as the manifest contract requires. ``w2c`` in the row and the pose file are
     in the relative scale; the metric poses are under the extra key ``metric_w2c`` (ignored by
     the Arrow schema, handy for tests).
+
+    Stress options (all off by default, which renders exactly as before they existed):
+    ``pose_noise`` (keys of ``synthetic.perturb_poses`` plus ``seed``) perturbs only the
+    *written* poses, so frames, depth, ``metric_w2c`` and ``true_scale`` stay the truth;
+    ``depth_noise`` (keys of ``synthetic.perturb_depth`` plus ``seed``) turns the ``depth/``
+    files into a model-like estimate and writes the exact depth to ``depth_exact/``;
+    ``texture`` weakens the walls' contrast. ``write_exact_depth`` writes ``depth_exact/``
+    even for a clip without depth noise (a stress set keeps one complete exact tree). What was
+    realised is under the extra key ``stress``.
     """
     out_root = Path(out_root).resolve()
     seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
@@ -63,8 +124,20 @@ def render_clip(
             f"clip {clip_id}: bad sample parameters (rel_scale={rel_scale}, n_frames={n_frames},"
             f" size={width}x{height}, fov={fov_deg})"
         )
-    scene = make_scene(seed)
+    pose_noise = _checked_noise(clip_id, "pose_noise", pose_noise, POSE_NOISE_KEYS)
+    depth_noise = _checked_noise(clip_id, "depth_noise", depth_noise, DEPTH_NOISE_KEYS)
+    scene = make_scene(seed, wall_contrast(clip_id, texture))
     poses = make_trajectory(kind, n_frames, scene, seed + 1)
+    written = poses
+    stress: dict[str, Any] = {}
+    if pose_noise:
+        try:
+            written, realised = perturb_poses(poses, **pose_noise)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"clip {clip_id}: bad pose_noise {pose_noise}: {exc}") from None
+        stress["pose_noise"] = {"requested": pose_noise, "realised": realised}
+    if depth_noise:
+        stress["depth_noise"] = {"requested": depth_noise, "realised": []}
     K = intrinsics_matrix(width, height, fov_deg)
     intr = [K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height]
     frame_dir = out_root / "frames" / split / clip_id
@@ -74,13 +147,24 @@ def render_clip(
     timestamps = [int(frame_interval_us) * (i + 1) for i in range(n_frames)]
     url = f"synthetic://{clip_id}"
     lines = [url]
+    exact_dir = out_root / "depth_exact" / split / clip_id
+    if depth_noise or write_exact_depth:
+        exact_dir.mkdir(parents=True, exist_ok=True)
     frame_paths, depth_paths, w2c_rel = [], [], []
-    for ts, w2c in zip(timestamps, poses):
-        rgb, depth = render_frame(scene, K, w2c, width, height)
+    for i, (ts, w2c_true, w2c) in enumerate(zip(timestamps, poses, written)):
+        rgb, depth = render_frame(scene, K, w2c_true, width, height)
         fp = frame_dir / f"{ts}.png"
         dp = depth_dir / f"{ts}.npy"
         if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"cannot write {fp}")
+        if depth_noise or write_exact_depth:
+            np.save(exact_dir / f"{ts}.npy", depth, allow_pickle=False)
+        if depth_noise:
+            try:
+                depth, realised = perturb_depth(depth, **depth_noise, frame=i)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"clip {clip_id}: bad depth_noise {depth_noise}: {exc}") from None
+            stress["depth_noise"]["realised"].append(realised)
         np.save(dp, depth, allow_pickle=False)
         frame_paths.append(str(fp))
         depth_paths.append(str(dp))
@@ -109,6 +193,7 @@ def render_clip(
         "true_scale": 1.0 / float(rel_scale),
         "url": url,
         "metric_w2c": poses,
+        "stress": stress,
     }
 
 
@@ -139,18 +224,42 @@ def _clip_specs(defn: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
+def is_stress(specs: list[dict[str, Any]]) -> bool:
+    """Whether any clip uses a stress option or kind (then the stress outputs are written)."""
+    return any(
+        any(k in spec for k in _STRESS_KEYS) or spec.get("kind") in STRESS_KINDS for spec in specs
+    )
+
+
 def definition_hash(defn: dict[str, Any]) -> str:
-    return stable_hash({"definition": defn, "renderer": RENDERER_VERSION})
+    """Cache key of a rendered definition. ``STRESS_VERSION`` enters only for stress
+    definitions, so the bundled sample keeps the hash (and the cached render) it always had."""
+    key: dict[str, Any] = {"definition": defn, "renderer": RENDERER_VERSION}
+    if is_stress(list(defn.get("clips") or []) + [dict(defn.get("defaults") or {})]):
+        key["stress"] = STRESS_VERSION
+    return stable_hash(key)
 
 
 _REQUIRED = ("clip_id", "split", "seed", "kind", "n_frames", "width", "height", "rel_scale")
-_OPTIONAL = ("fov_deg", "frame_interval_us")
+_STRESS_KEYS = ("pose_noise", "depth_noise", "texture")
+_OPTIONAL = ("fov_deg", "frame_interval_us", *_STRESS_KEYS)
 
 
-def _render_spec(out_root: Path, spec: dict[str, Any]) -> tuple[str, float, list]:
+def _render_spec(
+    out_root: Path, spec: dict[str, Any], stress: bool = False
+) -> tuple[str, float, list, dict[str, Any]]:
     kwargs = {k: spec[k] for k in _REQUIRED + _OPTIONAL if k in spec}
-    row = render_clip(out_root, **kwargs)
-    return row["clip_id"], row["true_scale"], [np.linalg.inv(p).tolist() for p in row["metric_w2c"]]
+    row = render_clip(out_root, **kwargs, write_exact_depth=stress)
+    c2w = [np.linalg.inv(p).tolist() for p in row["metric_w2c"]]
+    info = {
+        "kind": spec["kind"],
+        "n_frames": int(spec["n_frames"]),
+        "true_scale": row["true_scale"],
+        "texture": spec.get("texture", "normal"),
+        "wall_contrast": wall_contrast(row["clip_id"], spec.get("texture", "normal")),
+        **row["stress"],
+    }
+    return row["clip_id"], row["true_scale"], c2w, info
 
 
 def generate_sample(definition: Any, root: str | os.PathLike, workers: int = 1) -> dict[str, float]:
@@ -170,18 +279,24 @@ def generate_sample(definition: Any, root: str | os.PathLike, workers: int = 1) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         specs = _clip_specs(defn)
+        stress = is_stress(specs)
         if workers > 1 and len(specs) > 1:
             # threads, not processes: numpy and OpenCV release the GIL in the heavy array work,
             # and a process pool would need the caller's __main__ guard (spawn) or an unsafe
             # fork of a threaded Ray driver
             with ThreadPoolExecutor(min(workers, len(specs))) as pool:
-                results = list(pool.map(_render_spec, [tmp] * len(specs), specs))
+                results = list(
+                    pool.map(_render_spec, [tmp] * len(specs), specs, [stress] * len(specs))
+                )
         else:
-            results = [_render_spec(tmp, spec) for spec in specs]
-        truth = {clip: scale for clip, scale, _ in results}
-        metric = {clip: c2w for clip, _, c2w in results}
+            results = [_render_spec(tmp, spec, stress) for spec in specs]
+        truth = {clip: scale for clip, scale, _, _ in results}
+        metric = {clip: c2w for clip, _, c2w, _ in results}
         write_json_atomic(truth, tmp / "ground_truth.json")
         write_json_atomic(metric, tmp / "metric_c2w.json")
+        if stress:
+            write_json_atomic({clip: info for clip, _, _, info in results},
+                              tmp / "stress_truth.json")
         (tmp / MARKER).write_text(digest + "\n", encoding="utf-8")
         if root.exists():  # stale (other definition or renderer): move aside, then drop
             old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))

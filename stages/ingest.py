@@ -164,7 +164,7 @@ class IngestStage(Stage):
     def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
         ds = cfg["dataset"]
-        if ds["name"] == "sample":
+        if ds.get("definition"):  # a synthetic dataset (sample, stress): render on first use
             from pipeline.sample_data import generate_sample
 
             generate_sample(Path(ds["definition"]), Path(ds["root"]))
