@@ -114,10 +114,7 @@ def stress_rows(work: Path) -> list[dict[str, Any]]:
     if not definition.is_file():
         print("  no data_manifests/stress.yaml: stress set skipped")
         return []
-    rows = _ingest_rows([
-        "dataset=sample", f"dataset.definition={definition}",
-        f"dataset.root={work / 'stress_data'}",
-    ])
+    rows = _ingest_rows(["dataset=stress", f"dataset.root={work / 'stress_data'}"])
     for r in rows:
         r["set"], r["seq"] = "stress", r["clip_id"]
     return rows

@@ -34,6 +34,10 @@ import numpy as np
 Z95 = 1.959963984540054
 #: MAD -> standard deviation for normal data
 MAD_TO_SD = 1.482602218505602
+#: sd of a median / sd of a mean for normal data
+SQRT_HALF_PI = 1.2533141373155003
+#: autocorrelation cap: n_eff never drops below n / 39 (a clip is never "one frame" long)
+MAX_RHO = 0.95
 
 
 @dataclass
@@ -144,22 +148,51 @@ def _nan_sd(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def shrink_frames(log_raw: np.ndarray, log_sigma: np.ndarray, log_clip: float,
-                  sigma_floor: float) -> tuple[np.ndarray, np.ndarray, float]:
+                  frame_sigma: float, max_tau: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Empirical-Bayes shrinkage of measured frames' log factors toward the clip's.
 
-    ``log_raw``/``log_sigma`` for the measured frames only. Returns (shrunk log factors, the
-    weight each frame's own value keeps in [0, 1], tau). ``sigma_floor`` keeps a frame with
-    few, identical ratios from claiming zero variance.
+    ``log_raw``/``log_sigma`` (bootstrap sd) for the measured frames only. A frame's error
+    variance is its bootstrap variance plus ``frame_sigma^2``: the error every frame factor
+    carries from its own camera pose, which no resampling of points can see. ``tau^2``, the
+    between-frame variance that is really there (a depth model's frame-to-frame scale
+    inconsistency), is the robust variance of the deviations minus the typical error variance,
+    floored at 0 and capped at ``max_tau``: deviations beyond a few percent are measurement
+    errors, not scale. Returns (shrunk log factors, the weight each frame keeps in [0, 1], tau).
     """
-    s2 = np.maximum(np.nan_to_num(log_sigma, nan=np.inf), sigma_floor) ** 2
+    s2 = np.nan_to_num(np.asarray(log_sigma, np.float64), nan=np.inf) ** 2 + frame_sigma**2
     dev = log_raw - log_clip
     if dev.size < 3:
         tau2 = 0.0
     else:
         robust_var = (MAD_TO_SD * np.median(np.abs(dev - np.median(dev)))) ** 2
-        tau2 = max(0.0, float(robust_var - np.median(s2[np.isfinite(s2)])))
+        finite = s2[np.isfinite(s2)]
+        typical = float(np.median(finite)) if finite.size else 0.0
+        tau2 = min(max(0.0, float(robust_var - typical)), max_tau**2)
     keep = tau2 / (tau2 + s2) if tau2 > 0 else np.zeros_like(dev)
     return log_clip + keep * dev, keep, float(np.sqrt(tau2))
+
+
+def between_frame_sigma(log_factors: np.ndarray) -> tuple[float, float, float]:
+    """Sd of the clip factor (log) due to frame-to-frame disagreement: (sigma, sd, n_eff).
+
+    Each frame factor carries its own frame's pose error (and depth misregistration), which the
+    point bootstrap keeps fixed. Their robust spread ``sd`` (MAD-based) says how much frames
+    disagree; consecutive frames disagree alike (pose errors drift slowly), so the number of
+    independent frames is the AR(1) effective size ``n (1 - rho) / (1 + rho)`` with ``rho`` the
+    lag-1 autocorrelation of the deviations (in frame order). The median of ``n_eff``
+    independent values has an sd of ``sqrt(pi / 2) * sd / sqrt(n_eff)``.
+    """
+    x = np.asarray(log_factors, np.float64)
+    n = x.size
+    if n < 2:
+        return 0.0, 0.0, float(n)
+    dev = x - np.median(x)
+    sd = MAD_TO_SD * float(np.median(np.abs(dev)))
+    denom = float(np.sum(dev * dev))
+    rho = float(np.sum(dev[1:] * dev[:-1]) / denom) if denom > 0 else 0.0
+    rho = min(max(rho, 0.0), MAX_RHO)
+    n_eff = max(1.0, n * (1.0 - rho) / (1.0 + rho))
+    return float(SQRT_HALF_PI * sd / np.sqrt(n_eff)), sd, n_eff
 
 
 def systematic_sigma(ray_err: float, angle_deg: float, gain: float, floor: float) -> float:

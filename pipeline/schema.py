@@ -83,6 +83,8 @@ ALIGN = pa.schema(
         ("scale_sigma", pa.float64()),  # sd of log(scale_median): bootstrap (+) systematic
         ("scale_sigma_boot", pa.float64()),  # point-bootstrap part
         ("scale_sigma_sys", pa.float64()),  # conditioning part (ray error / tri. angle, floor)
+        ("scale_sigma_frames", pa.float64()),  # frame-to-frame disagreement part
+        ("frames_effective", pa.float64()),  # independent frames (AR(1) effective size)
         ("scale_ci_low", pa.float64()),  # 95% interval of the clip factor
         ("scale_ci_high", pa.float64()),
         ("scale_uncertainty", pa.float64()),  # exp(1.96 sigma) - 1: relative half-width

@@ -35,7 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_parquet_atomic
-from pipeline.scale_stats import Z95, FrameRatios, clip_scale, shrink_frames, systematic_sigma
+from pipeline.scale_stats import (
+    Z95,
+    FrameRatios,
+    between_frame_sigma,
+    clip_scale,
+    shrink_frames,
+    systematic_sigma,
+)
 from pipeline.schema import ALIGN
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 from stages.triangulate import working_size
@@ -117,7 +124,8 @@ def frame_factors(
     log_clip = float(np.log(est.clip))
     if ucfg.get("shrinkage", False):
         log_f, keep, tau = shrink_frames(np.log(raw), est.frame_sigma[meas_idx], log_clip,
-                                         float(ucfg.get("sigma_floor", 0.0)))
+                                         float(ucfg.get("frame_sigma", 0.0)),
+                                         float(ucfg.get("max_tau", np.inf)))
         meas_val = np.exp(log_f)
     else:
         meas_val, keep, tau = raw, np.ones(n_measured), float("nan")
@@ -138,7 +146,10 @@ def frame_factors(
     sys_sigma = systematic_sigma(err_med, angle_med, float(ucfg.get("gain", 0.0)),
                                  float(ucfg.get("floor", 0.0)))
     boot = est.clip_sigma_boot
-    sigma = float(np.hypot(boot, sys_sigma)) if np.isfinite(boot) else float("nan")
+    frames_sigma, _, n_eff = between_frame_sigma(np.log(raw))
+    frames_sigma *= float(ucfg.get("frames_gain", 0.0))
+    sigma = (float(np.sqrt(boot**2 + sys_sigma**2 + frames_sigma**2)) if np.isfinite(boot)
+             else float("nan"))
     return {
         "clip_id": clip_id,
         "num_frames": int(num_frames),
@@ -156,6 +167,8 @@ def frame_factors(
         "scale_sigma": sigma,
         "scale_sigma_boot": float(boot),
         "scale_sigma_sys": float(sys_sigma),
+        "scale_sigma_frames": float(frames_sigma),
+        "frames_effective": float(n_eff),
         "scale_ci_low": float(med * np.exp(-Z95 * sigma)),
         "scale_ci_high": float(med * np.exp(Z95 * sigma)),
         "scale_uncertainty": float(np.expm1(Z95 * sigma)),

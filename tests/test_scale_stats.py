@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.scale_stats import (
+    SQRT_HALF_PI,
     Z95,
+    between_frame_sigma,
     FrameRatios,
     clip_scale,
     shrink_frames,
@@ -78,17 +80,39 @@ def test_shrinkage_pulls_noisy_frames_and_keeps_real_differences() -> None:
     # no real between-frame variation: sampling noise only -> everything to the clip value
     dev = np.array([0.05, -0.04, 0.03, -0.05, 0.02, 0.0])
     sig = np.full(6, 0.05)
-    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0)
+    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0, np.inf)
     assert tau == 0.0 and np.allclose(shrunk, 0.0) and np.all(keep == 0)
     # real variation (tau ~ 0.1) and one badly measured frame (sd 0.5): the precise frames keep
     # most of their value, the noisy one is pulled most of the way to the clip
     dev = np.array([0.1, -0.1, 0.12, -0.08, 0.9])
     sig = np.array([0.01, 0.01, 0.01, 0.01, 0.5])
-    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0)
+    shrunk, keep, tau = shrink_frames(dev, sig, log_clip, 0.0, np.inf)
     assert tau > 0.05
     assert np.all(keep[:4] > 0.95) and keep[4] < 0.3
     assert keep[4] == pytest.approx(tau**2 / (tau**2 + 0.25))
     assert shrunk[4] == pytest.approx(keep[4] * 0.9) and shrunk[4] < 0.3
+    # the per-frame pose-error prior explains the spread: everything shrinks to the clip
+    shrunk, keep, tau = shrink_frames(dev[:4], sig[:4], log_clip, 0.15, np.inf)
+    assert tau == 0.0 and np.allclose(shrunk, 0.0)
+    # the cap: a 20% frame disagreement is mostly pose error, only max_tau of it is kept
+    dev = np.array([0.2, -0.2, 0.25, -0.22, 0.18, -0.19])
+    shrunk, keep, tau = shrink_frames(dev, np.full(6, 0.01), log_clip, 0.04, 0.03)
+    assert tau == pytest.approx(0.03)
+    assert np.allclose(keep, 0.03**2 / (0.03**2 + 0.01**2 + 0.04**2))
+    assert np.max(np.abs(shrunk)) < 0.1
+
+
+def test_between_frame_sigma_uses_effective_frames() -> None:
+    rng = np.random.default_rng(4)
+    iid = rng.normal(0, 0.05, 400)
+    sigma, sd, n_eff = between_frame_sigma(iid)
+    assert sd == pytest.approx(0.05, rel=0.15) and n_eff > 300
+    assert sigma == pytest.approx(SQRT_HALF_PI * sd / np.sqrt(n_eff))
+    # a slow drift (strongly autocorrelated): far fewer independent frames, a wider sigma
+    walk = np.cumsum(rng.normal(0, 0.01, 400))
+    s_walk, _, n_walk = between_frame_sigma(walk)
+    assert n_walk < 0.1 * 400
+    assert between_frame_sigma(np.zeros(10))[0] == 0.0
 
 
 def test_systematic_sigma_follows_angle_and_residual() -> None:
@@ -107,15 +131,16 @@ def test_frame_factors_uncertainty_columns_and_rotation_dominated_flag() -> None
     z = rng.uniform(1.0, 3.0, size=r.size)
     d = r * z
     ucfg = {"bootstrap": 100, "seed": 0, "gain": 1.0, "floor": 0.005, "shrinkage": True,
-            "sigma_floor": 0.005}
+            "frame_sigma": 0.005, "max_tau": 0.03, "frames_gain": 1.0}
     good = frame_factors("c", 20, f, z, d, np.ones_like(d, bool), 3, 1, point_id=p,
                          tri_angle=np.full(r.size, 10.0), ray_err=np.full(r.size, 1e-3),
                          ucfg=ucfg)
     assert good["scale_ci_low"] < 1.7 < good["scale_ci_high"]
     assert good["scale_ci_low"] < good["scale_median"] < good["scale_ci_high"]
     assert good["scale_uncertainty"] == pytest.approx(np.expm1(Z95 * good["scale_sigma"]))
-    assert good["scale_sigma"] == pytest.approx(np.hypot(good["scale_sigma_boot"],
-                                                         good["scale_sigma_sys"]))
+    assert good["scale_sigma"] == pytest.approx(np.sqrt(
+        good["scale_sigma_boot"] ** 2 + good["scale_sigma_sys"] ** 2
+        + good["scale_sigma_frames"] ** 2))
     assert good["num_points"] == len(np.unique(p))
     # same data, triangulated under a tiny angle (rotation-dominated clip): the conditioning
     # term dominates and the clip is reported as uncertain
