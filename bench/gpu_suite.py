@@ -180,11 +180,10 @@ class DepthBench:
     """One random checkpoint at the real architecture, loaded once through the stage's loader;
     predictors of the stage's own class share it."""
 
-    def __init__(self, suite: Suite, P: dict[str, Any], tmp: Path):
+    def __init__(self, P: dict[str, Any], tmp: Path, device: str):
         from pipeline.config import load_config
         from pipeline.depth_model import load_depth_model, save_random_checkpoint
 
-        torch = _torch()
         self.P, self.tmp = P, tmp
         ckpt = save_random_checkpoint(str(tmp / "ckpt"), P["arch"], "metric", 20,
                                       input_size=P["input_size"])
@@ -192,7 +191,7 @@ class DepthBench:
                                 f"paths.work_dir={tmp / 'work'}", "depth.preview=false"])
         self.dcfg = self.cfg["depth"]
         self.model, self.processor = load_depth_model(ckpt, float(self.dcfg["max_depth"]))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         self.stage_dtype = self.dcfg["dtype"] if self.device == "cuda" else self.dcfg["cpu_dtype"]
         self.params_m = round(sum(p.numel() for p in self.model.parameters()) / 1e6, 1)
         self.shards: dict[tuple[int, int], tuple[Path, Path]] = {}
@@ -849,6 +848,29 @@ def run_triangulate(suite: Suite, P: dict[str, Any], tmp: Path, executor: str) -
     sec["status"] = "ok"
 
 
+# ---------------------------------------------------------------------- projection
+def projection(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """RealEstate10K wall time and cost from this run's measured rates (the README's projection
+    with the assumed 50 images/s replaced): depth at the best whole-stage rate per GPU for each
+    resolution, triangulation at the measured CPU-seconds per frame spread over the node's
+    cores (shards are independent)."""
+    frames = args.re10k_clips * args.re10k_frames
+    out: dict[str, Any] = {"frames": frames, "node_cores": args.node_cores,
+                           "node_gpus": args.node_gpus, "usd_per_hour": args.node_cost_per_hour,
+                           "depth_hours": {}}
+    stage = [x for x in r.get("depth", {}).get("stage", []) if "images_per_s" in x]
+    for res in sorted({x["res"] for x in stage}):
+        ips = max(x["images_per_s"] for x in stage if x["res"] == res)
+        out["depth_hours"][res] = {"images_per_s_per_gpu": ips, "hours": round(
+            frames / (ips * args.node_gpus) / 3600, 2)}
+    runs = [x for x in r.get("triangulate", {}).get("runs", []) if "cpu_s_per_frame" in x]
+    if runs:
+        cpu = max(runs, key=lambda x: x["workers"])["cpu_s_per_frame"]
+        out["triangulate"] = {"cpu_s_per_frame": cpu, "hours": round(
+            cpu * frames / args.node_cores / 3600, 2)}
+    return out
+
+
 # ---------------------------------------------------------------------- driver
 def environment(device: str) -> dict[str, Any]:
     torch = _torch()
@@ -917,6 +939,13 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"triangulate  {tr.get('executor')} workers {row['workers']:>2}"
               f" {_v(row, 'clips_per_s'):>8} clips/s"
               f"  x{row.get('scaling_vs_1')}  CPU {row.get('cpu_s_per_frame')} s/frame")
+    pr = r.get("projection_re10k", {})
+    for res, row in pr.get("depth_hours", {}).items():
+        print(f"RealEstate10K depth at {res}: {row['images_per_s_per_gpu']} img/s/GPU ->"
+              f" {row['hours']} h on {pr['node_gpus']} GPUs")
+    if "triangulate" in pr:
+        print(f"RealEstate10K triangulation: {pr['triangulate']['hours']} h on"
+              f" {pr['node_cores']} cores")
     for name, row in r.get("depth_opts", {}).get("variants", {}).items():
         print(f"opt {name:<26} {_v(row, 'images_per_s'):>10}"
               f"  speedup {row.get('speedup')}")
@@ -933,6 +962,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tri-executor", default="auto", choices=["auto", "ray", "pool"],
                     help="auto: Ray if importable, else a process pool")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu"])
+    # the projection's assumptions, as in bench/bench_pipeline.py
+    ap.add_argument("--re10k-clips", type=int, default=66000)
+    ap.add_argument("--re10k-frames", type=int, default=150)
+    ap.add_argument("--node-cores", type=int, default=128)
+    ap.add_argument("--node-gpus", type=int, default=8)
+    ap.add_argument("--node-cost-per-hour", type=float, default=30.0,
+                    help="USD per hour for the stated node (assumption)")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
@@ -970,7 +1006,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     suite.results[name] = {"status": "skipped: budget"}
                     continue
                 t = time.perf_counter()
-                db = DepthBench(suite, P, tmp)
+                db = DepthBench(P, tmp, device)
                 suite.results["meta"]["depth_setup_s"] = round(time.perf_counter() - t, 1)
             try:
                 if name == "depth":
@@ -1001,6 +1037,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_handler)
+        suite.results["projection_re10k"] = projection(suite.results, args)
         suite.save()
         import shutil
 

@@ -140,3 +140,15 @@ def test_budget_guard_stops_a_running_section_and_keeps_the_figures(
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         _suite().main(["--quick", "--out", str(tmp_path / "x.json"), "--sections", "depht"])
+
+
+def test_projection_is_recomputed_from_the_measured_rates(quick: dict[str, Any]) -> None:
+    f = quick["_file"]
+    pr = f["projection_re10k"]
+    assert pr["frames"] == 66000 * 150 and pr["node_gpus"] == 8 and pr["node_cores"] == 128
+    for res, row in pr["depth_hours"].items():
+        ips = max(r["images_per_s"] for r in f["depth"]["stage"] if r["res"] == res)
+        assert row["images_per_s_per_gpu"] == ips
+        assert math.isclose(row["hours"], 9.9e6 / (ips * 8) / 3600, abs_tol=0.01)
+    cpu = f["triangulate"]["runs"][-1]["cpu_s_per_frame"]
+    assert math.isclose(pr["triangulate"]["hours"], cpu * 9.9e6 / 128 / 3600, abs_tol=0.01)
