@@ -787,6 +787,14 @@ def _pool_runner() -> Runner:
     return run
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def run_triangulate(suite: Suite, P: dict[str, Any], tmp: Path, executor: str) -> None:
     from pipeline.config import load_config
 
@@ -808,7 +816,7 @@ def run_triangulate(suite: Suite, P: dict[str, Any], tmp: Path, executor: str) -
         r = dict(unique[i % len(unique)])
         r["clip_id"] = f"tri_{i:03d}"  # distinct ids: distinct scratch folders
         rows.append(r)
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     workers = [n for n in P["tri_workers"] if n <= cpus] or [1]
     runner, close = None, None
     if executor in ("auto", "ray"):
