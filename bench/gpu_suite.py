@@ -79,7 +79,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "raw_repeats": 1, "stage_clips": 2, "stage_frames": 4, "obs_per_frame": 50,
         "parity_frames": 2, "parity_points": 200,
         "oom_batch": 8, "oom_headroom": 2.5,
-        "opt_batch": 4, "opt_resolution": (96, 54), "prefetch_workers": [1, 2],
+        "opt_batch": 4, "opt_resolution": (96, 54), "prefetch_workers": [2],
         "svd": [(16, 16, 4)], "svd_steps": 1,
         "builtin_steps": 1,
         "tri_clips": 2, "tri_unique": 1, "tri_frames": 4, "tri_size": (320, 180),
