@@ -816,6 +816,7 @@ def perturb_poses(
         "trans_jitter_m": np.linalg.norm(jit_pos, axis=1).tolist(),
         "drift_pos_m": np.linalg.norm(drift_pos, axis=1).tolist(),
         "drift_yaw_deg": np.degrees(drift_yaw).tolist(),
+        "time_offset_frames": float(time_offset_frames),  # exact: interpolation, no noise
         "rot_error_deg": rotation_angle_deg(R, R_n).tolist(),  # all effects, vs the truth
         "centre_error_m": np.linalg.norm(c_n - c, axis=1).tolist(),
     }
