@@ -312,6 +312,27 @@ def test_quantile_filter_exact_clips_both_rules_both_tails() -> None:
                        "c10": "scale_min_low", "c20": "scale_min_high"}
 
 
+def test_uncertainty_rule_first_and_switchable() -> None:
+    df = pd.DataFrame({"clip_id": ["a", "b", "c"], "scale_max": [1.0, 2.0, 3.0],
+                       "scale_min": [1.0, 2.0, 3.0], "scale_uncertainty": [0.01, 0.2, np.nan]})
+    cut = compute_cutoffs(df, 0.0, 0.05)
+    assert cut["max_uncertainty"] == 0.05
+    rules = {r["clip_id"]: filter_rule(r, cut) for r in df.to_dict("records")}
+    # b is too uncertain; c has no interval (bootstrap off): kept, as in the seed recipe
+    assert rules == {"a": None, "b": "uncertainty", "c": None}
+    # checked before the quantile rules: a clip breaking both is counted as "uncertainty"
+    cut_q = compute_cutoffs(pd.concat([df] * 20, ignore_index=True), 0.1, 0.05)
+    assert filter_rule({"scale_max": 3.0, "scale_min": 3.0, "scale_uncertainty": 0.2},
+                       cut_q) == "uncertainty"
+    # exactly at the limit is kept; null turns the rule off
+    assert filter_rule({"scale_max": 2.0, "scale_min": 2.0, "scale_uncertainty": 0.05},
+                       cut) is None
+    off = compute_cutoffs(df, 0.0, None)
+    assert all(filter_rule(r, off) is None for r in df.to_dict("records"))
+    with pytest.raises(ConfigError, match="max_uncertainty"):
+        compute_cutoffs(df, 0.0, -1.0)
+
+
 def test_quantile_filter_k_zero_ties_and_rank_rule() -> None:
     assert quantile_cutoffs(np.arange(49.0), 0.02) == {"n": 49, "k": 0, "low": 0.0,
                                                         "high": 48.0}

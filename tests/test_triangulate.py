@@ -282,3 +282,20 @@ def test_redkitchen_recovers_known_scale():
     factor = float(np.median(depth_ratios(row, df)))
     msg = f"recovered {factor:.4f}, true {1 / REAL_SCALE:.4f}"
     assert abs(factor * REAL_SCALE - 1.0) <= 0.03, msg
+
+
+def test_long_slow_pan_succeeds_with_defaults(tmp_path):
+    """A 300-frame slow pan (~1.5 mm per frame, the typical RealEstate10K clip): neighbours see
+    almost no parallax, so a short matching window alone triangulates too few points. The
+    defaults (frames spread over the clip, quadratic pairs) must recover the scale."""
+    from pipeline.sample_data import render_clip
+
+    row = render_clip(tmp_path / "slow", "slow", "test", seed=3003, kind="slow_pan",
+                      n_frames=300, width=200, height=150, rel_scale=0.4)
+    row.pop("metric_w2c")
+    stats: dict = {}
+    df = triangulate_clip(row, CFG, None, num_threads=THREADS, stats=stats)
+    assert stats["frames_selected"] <= CFG["frames"]["max_n"]
+    assert stats["points"] >= CFG["min_points"]
+    ratios = depth_ratios(row, df)
+    assert abs(np.median(ratios) / row["true_scale"] - 1.0) < 0.01
