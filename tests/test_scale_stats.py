@@ -9,8 +9,8 @@ import pytest
 from pipeline.scale_stats import (
     SQRT_HALF_PI,
     Z95,
-    between_frame_sigma,
     FrameRatios,
+    between_frame_sigma,
     clip_scale,
     shrink_frames,
     systematic_sigma,
