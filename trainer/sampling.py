@@ -23,6 +23,7 @@ from trainer.data import (
     load_curated,
     resize_crop,
 )
+from trainer.inference.sns import NoiseShaping
 from trainer.loop import build_backbone, build_noise_scheduler
 from trainer.plucker import plucker_embedding
 
@@ -37,11 +38,14 @@ def ddim_sample(
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     seed: int = 0,
+    shaping: NoiseShaping | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) image in [-1, 1] + (B, F, 6, H, W) Plücker -> (B, F, 3, H, W) in [-1, 1].
 
     Classifier-free guidance is on the image condition (the model was trained with it dropped
-    at ``cond_dropout.image``); the camera stays on in both branches.
+    at ``cond_dropout.image``); the camera stays on in both branches. ``shaping`` turns on
+    scene-constrained noise shaping (``trainer.inference.sns``); without it the sampler is
+    exactly the plain one (same draws, same result).
     """
     device = next(model.parameters()).device
     ddim = DDIMScheduler.from_config(build_noise_scheduler(tcfg).config)
@@ -56,12 +60,16 @@ def ddim_sample(
     z = z * ddim.init_noise_sigma
     ones = torch.ones(b, device=device)
     for t in ddim.timesteps:
+        if shaping is not None:
+            z = shaping.at_level(z, t, ddim)
         tt = model.model_timesteps(t.expand(b).to(device), ddim)
         pred = model(z, tt, cond, plucker, ones, ones)
         if guidance_scale != 1.0:
             unc = model(z, tt, cond, plucker, torch.zeros_like(ones), ones)
             pred = unc + guidance_scale * (pred - unc)
         z = ddim.step(pred, t, z, eta=eta, generator=gen if eta > 0 else None).prev_sample
+    if shaping is not None:
+        z = shaping.at_clean(z, ddim)
     return model.decode(z)
 
 
