@@ -202,6 +202,9 @@ def test_plane_translation_shifts_by_exact_disparity() -> None:
     r = render_points(pc, torch.from_numpy(c2w), torch.from_numpy(K), h, w, 1)
     torch.testing.assert_close(r.image[0], src)
     torch.testing.assert_close(r.image[1, :, :, : w - 1], src[:, :, 1:])
+    # frame chunks give the same render as one pass
+    rc = render_points(pc, torch.from_numpy(c2w), torch.from_numpy(K), h, w, 1, chunk_frames=1)
+    assert torch.equal(rc.image, r.image) and torch.equal(rc.visible, r.visible)
     # splat size 3 covers the one-pixel hole column left by the shift
     r3 = render_points(pc, torch.from_numpy(c2w[1:]), torch.from_numpy(K), h, w, 3)
     assert r3.visible.all()
@@ -308,3 +311,18 @@ def test_preview_matches_real_frames_of_the_bundled_sample() -> None:
                        spec["width"], 1)
     m2 = usable_mask(r2.visible, 3)
     assert masked_psnr(r2.image, real, m2)[1:].mean() < psnr[1:].mean() - 3.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_renderer_on_gpu_matches_cpu() -> None:
+    w, h, f = 64, 48, 50.0
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
+    rng = np.random.default_rng(2)
+    pc = point_cloud(rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                     rng.uniform(1, 4, (h, w)).astype(np.float32), K)
+    c2w = torch.from_numpy(np.stack([pose(rot_y(2 * i), [0.05 * i, 0, 0.1 * i])
+                                     for i in range(6)]))
+    cpu = render_points(pc, c2w, torch.from_numpy(K), h, w, 2)
+    gpu = render_points(pc.to("cuda"), c2w.cuda(), torch.from_numpy(K).cuda(), h, w, 2)
+    assert torch.equal(cpu.visible, gpu.visible.cpu())
+    torch.testing.assert_close(cpu.image, gpu.image.cpu())

@@ -248,8 +248,9 @@ def sample_to_mp4(
     out: dict[str, Any] = {}
     if depth is not None:
         cloud = point_cloud(rgb0, depth, K0).to(device)
+        chunk = int(s["render_chunk_frames"])
         prev = pv.render_preview(cloud, traj, K_model, *hw, int(s["splat_size"]),
-                                 int(s["sns_edge_k"]))
+                                 int(s["sns_edge_k"]), chunk)
         if shaping_on:
             shaping = prepare_shaping(model, (prev.render.image * 2 - 1)[None], prev.usable[None],
                                       float(s["sns_t_threshold"]), int(s["sns_latent_margin"]),
@@ -269,7 +270,7 @@ def sample_to_mp4(
                                     float(s["fps"])))
         if real_full is not None:
             qa_prev = pv.render_preview(cloud, traj, K0, h0, w0, int(s["splat_size"]),
-                                        int(s["sns_edge_k"]))
+                                        int(s["sns_edge_k"]), chunk)
             qa = pv.qa_against_real(qa_prev, real_full, int(s["qa_frames"]))
             report["preview"]["qa_vs_real"] = qa
             k = qa["first_frames"] - 1

@@ -40,20 +40,33 @@ def render_points(
     height: int,
     width: int,
     splat_size: int,
+    chunk_frames: int = 0,
 ) -> Render:
     """Render ``cloud`` (condition-camera frame) into cameras ``c2w`` (F, 4, 4), relative to the
     condition camera, metres) with pixel intrinsics ``K`` ((3, 3) or (F, 3, 3)) at
     ``height x width``. Deterministic: among points at exactly the same depth in one pixel the
-    highest point index wins."""
+    highest point index wins. ``chunk_frames`` > 0 renders that many frames per pass (memory
+    grows as frames x points x splat_size^2); 0 renders all frames in one pass."""
+    c2w = torch.as_tensor(c2w, dtype=torch.float64, device=cloud.xyz.device).reshape(-1, 4, 4)
+    K = torch.as_tensor(K, dtype=torch.float64, device=cloud.xyz.device)
+    K = K.expand(c2w.shape[0], 3, 3) if K.dim() == 2 else K
+    step = int(chunk_frames)
+    if 0 < step < c2w.shape[0]:
+        parts = [_render_batch(cloud, c2w[i:i + step], K[i:i + step], height, width, splat_size)
+                 for i in range(0, c2w.shape[0], step)]
+        return Render(torch.cat([p.image for p in parts]), torch.cat([p.depth for p in parts]),
+                      torch.cat([p.visible for p in parts]))
+    return _render_batch(cloud, c2w, K, height, width, splat_size)
+
+
+def _render_batch(cloud: PointCloud, c2w: torch.Tensor, K: torch.Tensor, height: int,
+                  width: int, splat_size: int) -> Render:
     s = int(splat_size)
     if s < 1:
         raise ValueError(f"splat_size must be >= 1, got {splat_size}")
     device = cloud.xyz.device
     xyz = cloud.xyz.to(torch.float64)
-    c2w = torch.as_tensor(c2w, dtype=torch.float64, device=device).reshape(-1, 4, 4)
     nf = c2w.shape[0]
-    K = torch.as_tensor(K, dtype=torch.float64, device=device)
-    K = K.expand(nf, 3, 3) if K.dim() == 2 else K
     R = c2w[:, :3, :3]
     t = c2w[:, :3, 3]
     # camera coordinates: R^T (p - t), for every frame and point: (F, P, 3)
