@@ -119,13 +119,13 @@ def test_external_image_with_preset_and_depth_file(small_sample: dict, tmp_path:
 def test_depth_anything_backend_gives_a_full_map(tmp_path: Path) -> None:
     from pipeline.depth_model import save_random_checkpoint
     from trainer.inference.preview import condition_depth
+    from trainer.sampling import scene_inputs
 
     model = save_random_checkpoint(str(tmp_path / "da2"), "tiny", "metric", 20, 70)
-    dcfg = copy.deepcopy(_default_cfg()["depth"]) if _default_cfg()["depth"]["backend"] == (
-        "da2_metric") else {}
-    dcfg.update(backend="da2_metric", model=model, max_depth=20.0, revision=None,
-                local_files_only=True, dtype="float32", cpu_dtype="float32",
-                preprocess="processor")
+    # the sample run's own depth backend stays sensor; only the condition image uses the model
+    dcfg = scene_inputs({"depth": {"backend": "sensor"},
+                         "train": {"sampling": {"depth_model": model}}})["depth_cfg"]
+    assert dcfg["backend"] == "da2_metric" and dcfg["model"] == model
     rgb = np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8)
     d, src = condition_depth(rgb, None, None, dcfg, "cpu")
     assert d.shape == (45, 60) and src.startswith("da2_metric")

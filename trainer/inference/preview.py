@@ -3,9 +3,10 @@ intrinsics come from, the trajectory to use, rendering at the model's and the cl
 resolution, and the QA numbers against real frames.
 
 Depth (in this order): an explicit depth file (``sampling.depth``, ``.npy`` in metres or a
-16-bit PNG in millimetres); for a curated clip, the dataset's own per-frame depth when the depth
-backend is ``sensor`` (the bundled sample's exact depth, RGB-D captures); otherwise the
-configured Depth Anything V2 metric checkpoint (``depth=da2_metric``, on the sampling device).
+16-bit PNG in millimetres); else Depth Anything V2 metric on the sampling device when the depth
+backend is ``da2_metric`` (or ``sampling.depth_model`` names a checkpoint); else, for a curated
+clip, the dataset's own per-frame depth (``sensor`` backend: the bundled sample's exact depth,
+RGB-D captures).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def condition_depth(
     else:
         raise DepthUnavailable(
             "no depth for the condition image: give train.sampling.depth=FILE (.npy metres) or "
-            "use depth=da2_metric (Depth Anything V2 metric)"
+            "train.sampling.depth_model=HUB_ID_OR_DIR (Depth Anything V2 metric)"
         )
     if d.shape != rgb.shape[:2]:
         raise DepthUnavailable(f"depth ({src}) is {d.shape[1]}x{d.shape[0]}, the image "
