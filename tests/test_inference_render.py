@@ -326,3 +326,13 @@ def test_renderer_on_gpu_matches_cpu() -> None:
     gpu = render_points(pc.to("cuda"), c2w.cuda(), torch.from_numpy(K).cuda(), h, w, 2)
     assert torch.equal(cpu.visible, gpu.visible.cpu())
     torch.testing.assert_close(cpu.image, gpu.image.cpu())
+
+
+def test_readme_trajectory_example_loads(tmp_path: Path) -> None:
+    """The documented example is valid: a UI author can start from it."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("**Trajectory format**", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    (tmp_path / "t.json").write_text(block)
+    tr = tj.load_trajectory(tmp_path / "t.json")
+    assert len(tr) == 16 and tr.focal_scale[-1] == pytest.approx(1.2)
+    np.testing.assert_allclose(tr.c2w[-1, :3, 3], [0.3, 0, 0.6])
