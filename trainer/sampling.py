@@ -224,7 +224,7 @@ def sample_to_mp4(
         name = row["clip_id"]
 
     shaping_on = bool(s["noise_shaping"])
-    depth, depth_src, skipped = None, None, None
+    depth, depth_src, skipped = None, None, "train.sampling.preview=false"
     if bool(s["preview"]) or shaping_on or s.get("trajectory_preset"):
         try:
             depth, depth_src = pv.condition_depth(rgb0, s.get("depth") or None, dataset_file,
