@@ -256,16 +256,18 @@ def sample_to_mp4(
                        "model_size_hw": list(hw)},
         "sns": {"noise_shaping": shaping_on, "t_threshold": float(s["sns_t_threshold"]),
                 "edge_k": int(s["sns_edge_k"]), "latent_margin": int(s["sns_latent_margin"]),
-                "splat_size": int(s["splat_size"])},
+                "splat_size": int(s["splat_size"]),
+                "render_depth_tol": float(s["render_depth_tol"])},
         "sampler": {"steps": int(s["steps"]), "eta": float(s["eta"]), "seed": int(s["seed"]),
                     "guidance_scale": float(s["guidance_scale"])},
     }
     out: dict[str, Any] = {}
     if depth is not None:
         cloud = point_cloud(rgb0, depth, K0).to(device)
-        chunk = int(s["render_chunk_frames"])
+        rkw = {"chunk_frames": int(s["render_chunk_frames"]),
+               "depth_tol": float(s["render_depth_tol"])}
         prev = pv.render_preview(cloud, traj, K_model, *hw, int(s["splat_size"]),
-                                 int(s["sns_edge_k"]), chunk)
+                                 int(s["sns_edge_k"]), **rkw)
         if shaping_on:
             shaping = prepare_shaping(model, (prev.render.image * 2 - 1)[None], prev.usable[None],
                                       float(s["sns_t_threshold"]), int(s["sns_latent_margin"]),
@@ -285,7 +287,7 @@ def sample_to_mp4(
                                     float(s["fps"])))
         if real_full is not None:
             qa_prev = pv.render_preview(cloud, traj, K0, h0, w0, int(s["splat_size"]),
-                                        int(s["sns_edge_k"]), chunk)
+                                        int(s["sns_edge_k"]), **rkw)
             qa = pv.qa_against_real(qa_prev, real_full, int(s["qa_frames"]))
             report["preview"]["qa_vs_real"] = qa
             k = qa["first_frames"] - 1

@@ -193,14 +193,14 @@ class Preview:
 
 def render_preview(
     cloud: PointCloud, traj: Trajectory, K: np.ndarray, height: int, width: int,
-    splat_size: int, edge_k: int, chunk_frames: int = 0,
+    splat_size: int, edge_k: int, chunk_frames: int = 0, depth_tol: float = 0.0,
 ) -> Preview:
     """Render ``cloud`` along ``traj`` with the condition camera's ``K`` (pixels, at this
     resolution; scaled per frame by the trajectory's focal_scale) and apply the edge rule."""
     Ks = traj.intrinsics(K)
     dev = cloud.xyz.device
     r = render_points(cloud, torch.from_numpy(traj.c2w).to(dev), torch.from_numpy(Ks).to(dev),
-                      height, width, splat_size, chunk_frames)
+                      height, width, splat_size, chunk_frames, depth_tol)
     return Preview(r, usable_mask(r.visible, edge_k), Ks)
 
 

@@ -41,26 +41,32 @@ def render_points(
     width: int,
     splat_size: int,
     chunk_frames: int = 0,
+    depth_tol: float = 0.0,
 ) -> Render:
     """Render ``cloud`` (condition-camera frame) into cameras ``c2w`` (F, 4, 4), relative to the
     condition camera, metres) with pixel intrinsics ``K`` ((3, 3) or (F, 3, 3)) at
-    ``height x width``. Deterministic: among points at exactly the same depth in one pixel the
-    highest point index wins. ``chunk_frames`` > 0 renders that many frames per pass (memory
-    grows as frames x points x splat_size^2); 0 renders all frames in one pass."""
+    ``height x width``.
+
+    ``depth_tol`` > 0 treats the points within that relative depth of a pixel's nearest one as
+    the same surface and keeps, among them, the one projecting closest to the pixel centre, so
+    overlapping splats of one surface do not shift it (0: plain z-buffer). Exact ties go to the
+    highest point index: deterministic on CPU and GPU. ``chunk_frames`` > 0 renders that many
+    frames per pass (memory grows as frames x points x splat_size^2); 0: all in one pass.
+    """
     c2w = torch.as_tensor(c2w, dtype=torch.float64, device=cloud.xyz.device).reshape(-1, 4, 4)
     K = torch.as_tensor(K, dtype=torch.float64, device=cloud.xyz.device)
     K = K.expand(c2w.shape[0], 3, 3) if K.dim() == 2 else K
     step = int(chunk_frames)
     if 0 < step < c2w.shape[0]:
-        parts = [_render_batch(cloud, c2w[i:i + step], K[i:i + step], height, width, splat_size)
-                 for i in range(0, c2w.shape[0], step)]
+        parts = [_render_batch(cloud, c2w[i:i + step], K[i:i + step], height, width, splat_size,
+                               depth_tol) for i in range(0, c2w.shape[0], step)]
         return Render(torch.cat([p.image for p in parts]), torch.cat([p.depth for p in parts]),
                       torch.cat([p.visible for p in parts]))
-    return _render_batch(cloud, c2w, K, height, width, splat_size)
+    return _render_batch(cloud, c2w, K, height, width, splat_size, depth_tol)
 
 
 def _render_batch(cloud: PointCloud, c2w: torch.Tensor, K: torch.Tensor, height: int,
-                  width: int, splat_size: int) -> Render:
+                  width: int, splat_size: int, depth_tol: float) -> Render:
     s = int(splat_size)
     if s < 1:
         raise ValueError(f"splat_size must be >= 1, got {splat_size}")
@@ -89,20 +95,33 @@ def _render_batch(cloud: PointCloud, c2w: torch.Tensor, K: torch.Tensor, height:
     fidx = torch.arange(nf, device=device).view(nf, 1, 1, 1).expand_as(cols)
     pidx = torch.arange(xyz.shape[0], device=device).view(1, -1, 1, 1).expand_as(cols)
     zz = z[..., None, None].expand_as(cols)
+    # squared distance from the projection to the centre of each covered pixel
+    dist = ((cols + 0.5 - u[..., None, None]) ** 2 + (rows + 0.5 - v[..., None, None]) ** 2)
     lin = (fidx * height + rows) * width + cols
-    lin, zk, pk = lin[keep], zz[keep], pidx[keep]
+    lin, zk, pk, dk = lin[keep], zz[keep], pidx[keep], dist[keep]
     n = nf * height * width
     zbuf = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
     zbuf.scatter_reduce_(0, lin, zk, reduce="amin", include_self=True)
-    win = zk == zbuf[lin]
+    # the front surface: points within depth_tol (relative) of the nearest one; among them the
+    # one projecting closest to the pixel centre wins (overlapping splats of one surface then
+    # do not shift it by up to a splat), exact ties to the highest point index
+    cand = zk <= zbuf[lin] * (1.0 + float(depth_tol))
+    lin, zk, pk, dk = lin[cand], zk[cand], pk[cand], dk[cand]
+    dbuf = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
+    dbuf.scatter_reduce_(0, lin, dk, reduce="amin", include_self=True)
+    win = dk == dbuf[lin]
     owner = torch.full((n,), -1, dtype=torch.long, device=device)
     owner.scatter_reduce_(0, lin[win], pk[win], reduce="amax", include_self=True)
     visible = owner >= 0
     img = torch.zeros((n, 3), dtype=cloud.rgb.dtype, device=device)
     img[visible] = cloud.rgb[owner[visible]]
+    depth = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
+    depth[visible] = z.reshape(-1)[(owner[visible] + xyz.shape[0] *
+                                    (torch.arange(n, device=device)[visible]
+                                     // (height * width)))]
     return Render(
         image=img.view(nf, height, width, 3).permute(0, 3, 1, 2).contiguous(),
-        depth=zbuf.view(nf, height, width).to(torch.float32),
+        depth=depth.view(nf, height, width).to(torch.float32),
         visible=visible.view(nf, height, width),
     )
 
