@@ -22,12 +22,12 @@ class SampleStage(Stage):
         raise RuntimeError("stage 'sample' is dataset-wide: the runner calls run(ctx)")
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        from trainer.sampling import sample_to_mp4
+        from trainer.sampling import sample_to_mp4, scene_inputs
 
         tcfg = ctx.cfg["train"]
         out_dir = Path(ctx.work_dir) / tcfg["out_subdir"]
         files = [str(p) for p in ctx.done_outputs("curate")]
-        out = sample_to_mp4(tcfg, out_dir, files, default_device())
+        out = sample_to_mp4(tcfg, out_dir, files, default_device(), **scene_inputs(ctx.cfg))
         ctx.log(f"[sample] {out['frames']} frames -> {out['mp4']}")
         return out
 

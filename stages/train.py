@@ -58,9 +58,10 @@ class TrainStage(Stage):
         ctx.log(f"[train] step {summary['step']} loss {summary['loss']:.4f} "
                 f"({summary['samples_per_s']:.2f} samples/s)")
         if tcfg["sampling"]["after_train"]:
-            from trainer.sampling import sample_to_mp4
+            from trainer.sampling import sample_to_mp4, scene_inputs
 
-            summary["sample"] = sample_to_mp4(tcfg, out_dir, files, default_device())
+            summary["sample"] = sample_to_mp4(tcfg, out_dir, files, default_device(),
+                                              **scene_inputs(ctx.cfg))
             ctx.log(f"[train] sample written: {summary['sample']['mp4']}")
         write_json_atomic(summary, out_dir / "summary.json")
         return summary

@@ -23,6 +23,7 @@ from trainer.data import (
     load_curated,
     resize_crop,
 )
+from trainer.inference.sns import NoiseShaping
 from trainer.loop import build_backbone, build_noise_scheduler
 from trainer.plucker import plucker_embedding
 
@@ -37,11 +38,14 @@ def ddim_sample(
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     seed: int = 0,
+    shaping: NoiseShaping | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) image in [-1, 1] + (B, F, 6, H, W) Plücker -> (B, F, 3, H, W) in [-1, 1].
 
     Classifier-free guidance is on the image condition (the model was trained with it dropped
-    at ``cond_dropout.image``); the camera stays on in both branches.
+    at ``cond_dropout.image``); the camera stays on in both branches. ``shaping`` turns on
+    scene-constrained noise shaping (``trainer.inference.sns``); without it the sampler is
+    exactly the plain one (same draws, same result).
     """
     device = next(model.parameters()).device
     ddim = DDIMScheduler.from_config(build_noise_scheduler(tcfg).config)
@@ -56,12 +60,16 @@ def ddim_sample(
     z = z * ddim.init_noise_sigma
     ones = torch.ones(b, device=device)
     for t in ddim.timesteps:
+        if shaping is not None:
+            z = shaping.at_level(z, t, ddim)
         tt = model.model_timesteps(t.expand(b).to(device), ddim)
         pred = model(z, tt, cond, plucker, ones, ones)
         if guidance_scale != 1.0:
             unc = model(z, tt, cond, plucker, torch.zeros_like(ones), ones)
             pred = unc + guidance_scale * (pred - unc)
         z = ddim.step(pred, t, z, eta=eta, generator=gen if eta > 0 else None).prev_sample
+    if shaping is not None:
+        z = shaping.at_clean(z, ddim)
     return model.decode(z)
 
 
@@ -100,19 +108,65 @@ def load_model(tcfg: dict[str, Any], checkpoint_path: str | Path, device: str) -
     return model.to(device).eval()
 
 
+DA2_CONF = Path(__file__).resolve().parents[1] / "conf" / "depth" / "da2_metric.yaml"
+
+
+def scene_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What ``sample_to_mp4`` needs of the rest of the run config to find the condition image's
+    depth: the depth backend section and the dataset's depth folder (if any).
+
+    ``train.sampling.depth_model`` picks a Depth Anything V2 metric checkpoint for the condition
+    image alone, with the other settings of ``conf/depth/da2_metric.yaml``: switching the run's
+    ``depth`` group instead would make the whole depth stage stale and recompute it.
+    """
+    depth_cfg = cfg.get("depth")
+    model = ((cfg.get("train") or {}).get("sampling") or {}).get("depth_model")
+    if model:
+        from omegaconf import OmegaConf
+
+        depth_cfg = OmegaConf.to_container(OmegaConf.load(DA2_CONF), resolve=True)
+        depth_cfg["model"] = str(model)
+    return {"depth_cfg": depth_cfg,
+            "depth_root": (cfg.get("dataset") or {}).get("depth_root")}
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {tmp}")
+    os.replace(tmp, path)
+    return path
+
+
 def sample_to_mp4(
     tcfg: dict[str, Any],
     out_dir: str | Path,
     data_files: list[str | Path] | None,
     device: str = "cpu",
     checkpoint_path: str | Path | None = None,
+    depth_cfg: dict[str, Any] | None = None,
+    depth_root: str | None = None,
 ) -> dict[str, Any]:
-    """Generate one clip with the latest checkpoint and write ``<out_dir>/samples/*.mp4``.
+    """Generate one clip with the latest checkpoint and write ``<out_dir>/samples/<name>.*``.
 
-    Source: ``sampling.image`` + ``sampling.trajectory`` when given, otherwise the first frame
-    and metric trajectory of a curated clip (the generated frames are written next to the real
-    ones, left and right, for a visual check).
+    Source: ``sampling.image`` with ``sampling.trajectory`` (file) or
+    ``sampling.trajectory_preset``, otherwise the first frame and metric trajectory of a curated
+    clip (the generated frames are written next to the real ones, left and right, for a visual
+    check; a trajectory file or preset replaces the clip's own). When the condition image's
+    depth is available (``trainer.inference.preview``), the preview along the trajectory and its
+    usable mask are written too, with a JSON of the trajectory, intrinsics, SNS settings and,
+    for a curated clip's own trajectory, per-frame preview PSNR and coverage against its real
+    frames (clip resolution); ``sampling.noise_shaping`` shapes the early denoising steps by
+    that preview (``trainer.inference.sns``).
     """
+    from pipeline.frames import read_frames
+    from pipeline.io import write_json_atomic
+    from trainer.data import pixel_intrinsics, relative_metric_c2w
+    from trainer.inference import preview as pv
+    from trainer.inference.scene import point_cloud, save_ply
+    from trainer.inference.sns import prepare_shaping
+    from trainer.inference.trajectory import Trajectory
+
     s = tcfg["sampling"]
     out_dir = Path(out_dir)
     checkpoint_path = checkpoint_path or ckpt.latest_checkpoint(out_dir / "checkpoints")
@@ -122,43 +176,139 @@ def sample_to_mp4(
     dcfg = tcfg["data"]
     hw = (int(dcfg["resolution"][0]), int(dcfg["resolution"][1]))
     n = int(dcfg["num_frames"])
+    all_rows = load_curated(data_files or [])
+    curated_scale = {r["clip_id"]: float(r["frame_scale"][0]) for r in all_rows}
     reference = None
+    real_full = None
+    own_traj = None
+    dataset_file = None
+    plucker = None
     if s.get("image"):
-        if not s.get("trajectory"):
-            raise ValueError("sampling.image needs sampling.trajectory (c2w per line, metres)")
+        if not (s.get("trajectory") or s.get("trajectory_preset")):
+            raise ValueError("sampling.image needs sampling.trajectory (a trajectory file) or "
+                             "sampling.trajectory_preset (dolly|orbit|pan|zoom)")
         bgr = cv2.imread(str(s["image"]), cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"cannot read image {s['image']}")
-        h0, w0 = bgr.shape[:2]
-        f = 0.5 * w0 / np.tan(np.deg2rad(float(s["fov_deg"])) / 2)
-        K = adjust_intrinsics(np.array([[f, 0, w0 / 2], [0, f, h0 / 2], [0, 0, 1]]), w0, h0, hw)
-        img = resize_crop(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), hw)
+        rgb0 = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        h0, w0 = rgb0.shape[:2]
+        K0, k_src = pv.image_intrinsics(s["image"], w0, h0, s.get("intrinsics"),
+                                        float(s["fov_deg"]))
+        img = resize_crop(rgb0, hw)
         cond = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 127.5 - 1
-        c2w = load_trajectory(s["trajectory"])[:n]
-        if len(c2w) < n:
-            raise ValueError(f"trajectory has {len(c2w)} poses, the model needs {n}")
-        plucker = plucker_embedding(torch.from_numpy(K).expand(n, 3, 3), torch.from_numpy(c2w),
-                                    *hw).float()[None]
         name = Path(str(s["image"])).stem
     else:
         rows = load_curated(data_files or [], s["split"] or None)
         if not rows:  # fall back to any split: a tiny dataset may have no test clip
-            rows = load_curated(data_files or [])
+            rows = all_rows
         if s.get("clip_id"):
             rows = [r for r in rows if r["clip_id"] == s["clip_id"]]
         ds = CuratedVideoDataset(rows, dcfg, train=False, seed=int(tcfg["seed"]))
         item = ds[0]
+        row = ds.rows[0]
+        idx = [int(i) for i in item["frame_indices"]]
+        frames = read_frames(row, idx)
+        rgb0 = frames[idx[0]]
+        h0, w0 = rgb0.shape[:2]
+        K0, k_src = pixel_intrinsics(row["intrinsics"], w0, h0), "curated clip"
+        own_traj = Trajectory(
+            relative_metric_c2w(row["w2c"], np.asarray(row["frame_scale"]), idx, 0),
+            np.ones(len(idx)),
+            source={"kind": "curated", "clip_id": row["clip_id"], "frame_indices": idx},
+        )
+        real_full = np.stack([frames[i] for i in idx])
+        dataset_file = pv.dataset_depth_path(row, idx[0], depth_root)
         cond = item["video"][:1]
         plucker = item["plucker"][None]
         reference = item["video"]
-        name = ds.rows[0]["clip_id"]
+        name = row["clip_id"]
+
+    shaping_on = bool(s["noise_shaping"])
+    depth, depth_src, skipped = None, None, "train.sampling.preview=false"
+    if bool(s["preview"]) or shaping_on or s.get("trajectory_preset"):
+        try:
+            depth, depth_src = pv.condition_depth(rgb0, s.get("depth") or None, dataset_file,
+                                                  depth_cfg, device)
+        except pv.DepthUnavailable as exc:
+            if shaping_on or s.get("trajectory_preset"):
+                raise
+            skipped = str(exc)
+    chosen = pv.choose_trajectory(s, depth, n, curated_scale)
+    if chosen is not None and own_traj is not None:  # the clip's real frames no longer apply
+        reference, real_full, plucker = None, None, None
+    traj = (chosen or own_traj).head(n)
+    if real_full is not None:
+        real_full = real_full[:n]
+    K_model = adjust_intrinsics(K0, w0, h0, hw)
+    if plucker is None:
+        plucker = plucker_embedding(torch.from_numpy(traj.intrinsics(K_model)),
+                                    torch.from_numpy(traj.c2w), *hw).float()[None]
+
+    sdir = out_dir / "samples"
+    sdir.mkdir(parents=True, exist_ok=True)
+    shaping = None
+    report: dict[str, Any] = {
+        "name": name,
+        "checkpoint": str(checkpoint_path),
+        "trajectory": traj.to_dict(),
+        "intrinsics": {"source": k_src, "condition_image": K0.tolist(),
+                       "condition_size_wh": [w0, h0], "model": K_model.tolist(),
+                       "model_size_hw": list(hw)},
+        "sns": {"noise_shaping": shaping_on, "t_threshold": float(s["sns_t_threshold"]),
+                "edge_k": int(s["sns_edge_k"]), "latent_margin": int(s["sns_latent_margin"]),
+                "splat_size": int(s["splat_size"]),
+                "render_depth_tol": float(s["render_depth_tol"])},
+        "sampler": {"steps": int(s["steps"]), "eta": float(s["eta"]), "seed": int(s["seed"]),
+                    "guidance_scale": float(s["guidance_scale"])},
+    }
+    out: dict[str, Any] = {}
+    if depth is not None:
+        cloud = point_cloud(rgb0, depth, K0).to(device)
+        rkw = {"chunk_frames": int(s["render_chunk_frames"]),
+               "depth_tol": float(s["render_depth_tol"])}
+        prev = pv.render_preview(cloud, traj, K_model, *hw, int(s["splat_size"]),
+                                 int(s["sns_edge_k"]), **rkw)
+        if shaping_on:
+            shaping = prepare_shaping(model, (prev.render.image * 2 - 1)[None], prev.usable[None],
+                                      float(s["sns_t_threshold"]), int(s["sns_latent_margin"]),
+                                      int(s["seed"]))
+            report["sns"]["latent_mask_coverage"] = [
+                round(float(x), 4) for x in shaping.mask[0, :, 0].flatten(1).mean(1).tolist()]
+        report["preview"] = {
+            "depth_source": depth_src,
+            "scene_depth_m": float(np.median(depth[np.isfinite(depth) & (depth > 0)])),
+            "points": len(cloud),
+            "mask_coverage_model": [round(float(x), 4) for x in
+                                    prev.usable.flatten(1).float().mean(1).tolist()],
+        }
+        out["preview"] = str(write_mp4(pv.to_uint8_frames(prev.render.image),
+                                       sdir / f"{name}.preview.mp4", float(s["fps"])))
+        out["mask"] = str(write_mp4(pv.mask_frames(prev.usable), sdir / f"{name}.mask.mp4",
+                                    float(s["fps"])))
+        if real_full is not None:
+            qa_prev = pv.render_preview(cloud, traj, K0, h0, w0, int(s["splat_size"]),
+                                        int(s["sns_edge_k"]), **rkw)
+            qa = pv.qa_against_real(qa_prev, real_full, int(s["qa_frames"]))
+            report["preview"]["qa_vs_real"] = qa
+            k = qa["first_frames"] - 1
+            strip = np.concatenate([real_full[k],
+                                    pv.to_uint8_frames(qa_prev.render.image[k:k + 1])[0],
+                                    pv.mask_frames(qa_prev.usable[k:k + 1])[0]], axis=1)
+            out["qa_png"] = str(_write_png(strip, sdir / f"{name}.qa.png"))
+        if bool(s["save_point_cloud"]):
+            out["ply"] = str(save_ply(cloud, sdir / f"{name}.ply"))
+    else:
+        report["preview"] = {"skipped": skipped}
     video = ddim_sample(
         model, tcfg, cond, plucker, int(s["steps"]), float(s["guidance_scale"]),
-        float(s["eta"]), int(s["seed"]),
+        float(s["eta"]), int(s["seed"]), shaping=shaping,
     )[0].cpu()
-    frames = to_uint8(video)
+    frames_u8 = to_uint8(video)
     if reference is not None:
-        frames = np.concatenate([frames, to_uint8(reference)], axis=2)
-    path = write_mp4(frames, out_dir / "samples" / f"{name}.mp4", float(s["fps"]))
-    return {"mp4": str(path), "frames": int(len(frames)), "checkpoint": str(checkpoint_path),
-            "source": name}
+        frames_u8 = np.concatenate([frames_u8, to_uint8(reference[:n])], axis=2)
+    path = write_mp4(frames_u8, sdir / f"{name}.mp4", float(s["fps"]))
+    json_path = sdir / f"{name}.json"
+    report["outputs"] = {"mp4": path.name, **{k: Path(v).name for k, v in out.items()}}
+    write_json_atomic(report, json_path)
+    return {"mp4": str(path), "frames": int(len(frames_u8)), "checkpoint": str(checkpoint_path),
+            "source": name, "json": str(json_path), **out}
