@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline import camera_eval as ce
 from pipeline import ray_utils
+from pipeline.config import ConfigError
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage
 
@@ -305,19 +306,22 @@ class EvaluateStage(Stage):
 
         cfg = ctx.cfg
         ecfg = cfg["evaluate"]
-        source = _source(ecfg)
-        depth = DepthProvider(cfg, ecfg, source)
         failures: dict[str, str] = {}
-        if source == "dataset":
-            clips = dataset_clips(ctx, ecfg, depth, failures)
-        elif source == "videos":
-            clips = video_clips(ecfg, depth, failures)
-        else:
-            clips = model_clips(ctx, ecfg, depth, failures)
+        try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
+            source = _source(ecfg)
+            depth = DepthProvider(cfg, ecfg, source)
+            if source == "dataset":
+                clips = dataset_clips(ctx, ecfg, depth, failures)
+            elif source == "videos":
+                clips = video_clips(ecfg, depth, failures)
+            else:
+                clips = model_clips(ctx, ecfg, depth, failures)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"evaluate: {exc}") from None
         if not clips:
-            raise ValueError("evaluate: no clip to evaluate"
-                             + (f" ({len(failures)} failed: {next(iter(failures.values()))})"
-                                if failures else ""))
+            raise ConfigError("evaluate: no clip to evaluate"
+                              + (f" ({len(failures)} failed, e.g. "
+                                 f"{next(iter(failures.items()))})" if failures else ""))
         trials = int(ecfg["trials"])
         threads = int(ecfg["num_cpus"])
         scratch = None if ecfg.get("scratch_dir") in (None, "auto") else ecfg["scratch_dir"]
