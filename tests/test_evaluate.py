@@ -166,3 +166,18 @@ def test_real_re10k_clip_recovers_official_cameras(tmp_path, ray_cluster):
     per = pd.read_parquet(tmp_path / "work" / "evaluate" / "per_clip.parquet")
     assert per["metric_reason"].str.contains("no metric depth").all()
     assert json.loads((tmp_path / "work" / "evaluate" / "metrics.json").read_text())["clips"] == 1
+
+
+def test_user_errors_are_one_line(tmp_path):
+    from pipeline.config import ConfigError
+    from stages.evaluate import STAGE
+
+    cfg = load_config(["progress=false"])
+    with pytest.raises(ConfigError, match="no curated shard is done"):
+        STAGE.run(_Ctx(cfg, tmp_path, []))
+    cfg["evaluate"].update(videos=str(tmp_path / "nope"), trajectories=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"evaluate.videos: .*nope is not a directory"):
+        STAGE.run(_Ctx(cfg, tmp_path, []))
+    cfg["evaluate"].update(videos=None, source="bogus")
+    with pytest.raises(ConfigError, match="model|dataset|videos"):
+        STAGE.run(_Ctx(cfg, tmp_path, []))
