@@ -28,7 +28,7 @@ from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import ShardResult, ShardTask, Stage, StageNotImplemented
 
 #: every stage, in data-flow order (``stage=all`` runs the first five)
-STAGE_ORDER = ("ingest", "triangulate", "depth", "align", "curate", "train", "sample")
+STAGE_ORDER = ("ingest", "triangulate", "depth", "align", "curate", "train", "sample", "evaluate")
 ALL = ("ingest", "triangulate", "depth", "align", "curate")
 
 

@@ -1,0 +1,311 @@
+"""Camera-control evaluation of videos: SfM trials, metric scale of each trial, aggregation.
+
+One *trial* = one seeded SfM run on a clip's frames (``pipeline.sfm``), then, for the metric
+variants, the project's own alignment applied to the SfM trajectory: points triangulated with
+the SfM poses held fixed (``stages.triangulate.triangulate_clip``), metric depth sampled at their
+observations, and the clip factor = median over frames of the per-frame median of
+depth / z_cam (``stages.align.frame_factors``), exactly what the pipeline does to a
+RealEstate10K clip. The factor turns the SfM trajectory into metres. A trial runs in a Ray task
+(``run_trial``: SfM + triangulation, the CPU-heavy part); depth sampling and the metrics run on
+the driver (``score_trial``), where the clip's depth maps are loaded once for all trials.
+
+Nothing is made up: a trial SfM could not finish is recorded as failed with its reason; metric
+figures are NaN, with the reason, where no metric depth or no metric ground truth exists.
+Aggregation follows the protocol: a clip's metric is the mean over its successful trials, the
+reported figure the mean over clips; the SfM success rate is successful trials / all trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import camera_metrics as cm
+from pipeline.depth_model import bilinear_sample, finalize_samples, sample_sensor
+from pipeline.sfm import SfmFailure, estimate_poses, write_frames
+from pipeline.stage import ClipError
+
+#: metric names, in report order
+RELATIVE = ("RotErr", "TransErr_rel", "CamMC_rel")
+METRIC = ("TransErr_metric", "CamMC_metric")
+ALL_METRICS = RELATIVE + METRIC
+
+
+@dataclass
+class EvalClip:
+    """Everything a clip's trials need: frames at the evaluation resolution and the truth."""
+
+    clip_id: str
+    frames: np.ndarray  # (N, h, w, 3) uint8 RGB
+    K: np.ndarray  # (3, 3) pixel intrinsics at (w, h)
+    gt_c2w: np.ndarray  # (N, 4, 4) camera-to-world the video should follow (any world frame)
+    gt_metric: bool  # True when gt_c2w translations are metres
+
+
+@dataclass
+class DepthMaps:
+    """Metric depth of a clip's frames: per frame a map, and the factor from the evaluation
+    resolution's pixel positions to the map's (sensor maps keep their own resolution)."""
+
+    maps: list[np.ndarray]
+    uv_scale: tuple[float, float]
+    interpolation: str  # "sensor-bilinear" | "sensor-nearest" | "model" (continuous map)
+    max_depth: float
+
+
+def trial_seed(base: int, trial: int) -> int:
+    """Seed of trial ``trial``: distinct per trial, the same for every clip (reproducible)."""
+    return int(base) + int(trial)
+
+
+def triangulation_config(tcfg: dict[str, Any], num_threads: int) -> dict[str, Any]:
+    """The pipeline's triangulation settings, adapted to frames already at the evaluation
+    resolution: no further shrinking, every frame, the trial's thread count."""
+    out = copy.deepcopy(tcfg)
+    out["image"]["max_long_side"] = 0
+    out["frames"] = {**out["frames"], "mode": "all"}
+    out["num_cpus"] = int(num_threads)
+    return out
+
+
+def _manifest_row(clip: str, frame_paths: list[str], K: np.ndarray, w2c: np.ndarray,
+                  size: tuple[int, int]) -> dict[str, Any]:
+    """A manifest-like row so ``triangulate_clip`` sees the SfM poses as a clip's poses."""
+    w, h = size
+    return {
+        "clip_id": clip, "source_type": "images", "video_path": None,
+        "frame_paths": frame_paths, "num_frames": len(frame_paths), "width": w, "height": h,
+        "intrinsics": [K[0, 0] / w, K[1, 1] / h, K[0, 2] / w, K[1, 2] / h],
+        "w2c": [m.reshape(12).tolist() for m in w2c],
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ClipError):
+        return exc.reason
+    if isinstance(exc, SfmFailure):
+        return str(exc)
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_trial(
+    clip_id: str, frames: np.ndarray, K: np.ndarray, trial: int, seed: int,
+    sfm_cfg: dict[str, Any], tri_cfg: dict[str, Any] | None, scratch: str | None,
+    num_threads: int = 1,
+) -> dict[str, Any]:
+    """One SfM trial (+ triangulation with its poses when ``tri_cfg``); never raises.
+
+    Returns the SfM w2c and, when triangulation ran, the observations (frame, u, v at the
+    evaluation resolution, z_cam in SfM units); failures come back as reasons.
+    """
+    import pycolmap
+
+    from pipeline import colmap_scene as cs
+    from stages.triangulate import triangulate_clip
+
+    pycolmap.logging.minloglevel = int(sfm_cfg["log_level"])
+    out: dict[str, Any] = {"clip_id": clip_id, "trial": int(trial), "seed": int(seed)}
+    t0 = time.perf_counter()
+    try:
+        res = estimate_poses(list(frames), K, sfm_cfg, seed, scratch, num_threads)
+    except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
+        out.update(success=False, reason=_reason(exc), t_sfm=time.perf_counter() - t0)
+        return out
+    out.update(success=True, reason=None, w2c=res.w2c, sfm_points=res.num_points,
+               t_sfm=time.perf_counter() - t0)
+    if tri_cfg is None:
+        return out
+    t1 = time.perf_counter()
+    try:
+        with cs.scratch_dir(cs.scratch_root(scratch), "evaltri_") as work:
+            names = write_frames(list(frames), work)
+            paths = [str(work / n) for n in names]
+            h, w = frames.shape[1:3]
+            row = _manifest_row(clip_id, paths, K, res.w2c, (w, h))
+            obs = triangulate_clip(row, tri_cfg, scratch, num_threads=num_threads)
+        out["obs"] = {k: obs[k].to_numpy() for k in ("frame_idx", "u", "v", "z_cam")}
+    except Exception as exc:  # noqa: BLE001 - only the metric variant is lost
+        out["scale_reason"] = f"triangulation with the SfM poses failed: {_reason(exc)}"
+    out["t_triangulate"] = time.perf_counter() - t1
+    return out
+
+
+def sample_depth(dm: DepthMaps, frame_idx: np.ndarray, u: np.ndarray,
+                 v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Metric depth at observations (pixel positions at the evaluation resolution)."""
+    depth = np.full(len(u), np.nan, np.float32)
+    valid = np.zeros(len(u), bool)
+    su, sv = dm.uv_scale
+    for f in np.unique(frame_idx):
+        sel = frame_idx == f
+        m = dm.maps[int(f)]
+        uu, vv = np.asarray(u[sel], np.float64) * su, np.asarray(v[sel], np.float64) * sv
+        if dm.interpolation.startswith("sensor-"):
+            depth[sel], valid[sel] = sample_sensor(m, uu, vv, dm.interpolation.split("-", 1)[1],
+                                                   dm.max_depth)
+        else:
+            depth[sel], valid[sel] = finalize_samples(bilinear_sample(m, uu, vv), dm.max_depth)
+    return depth, valid
+
+
+def metric_scale(clip_id: str, num_frames: int, obs: dict[str, np.ndarray], dm: DepthMaps,
+                 acfg: dict[str, Any]) -> float:
+    """Metres per SfM unit: the align stage's clip factor on this trial's observations."""
+    from stages.align import frame_factors
+
+    depth, valid = sample_depth(dm, obs["frame_idx"], obs["u"], obs["v"])
+    out = frame_factors(clip_id, num_frames, obs["frame_idx"], obs["z_cam"], depth, valid,
+                        int(acfg["min_obs_per_frame"]), int(acfg["min_measured_frames"]))
+    return float(out["scale_median"])
+
+
+def score_trial(clip: EvalClip, result: dict[str, Any], depth: DepthMaps | None,
+                no_metric_reason: str | None, acfg: dict[str, Any]) -> dict[str, Any]:
+    """One per_clip.parquet row: the trial's metrics (NaN + reason where unavailable)."""
+    row: dict[str, Any] = {
+        "clip_id": clip.clip_id, "trial": result["trial"], "seed": result["seed"],
+        "success": bool(result["success"]), "reason": result.get("reason"),
+        "num_frames": int(len(clip.frames)), "sfm_points": int(result.get("sfm_points", 0)),
+        "scale_factor": math.nan, "metric_reason": None,
+        "t_sfm_s": float(result.get("t_sfm", math.nan)),
+        **{k: math.nan for k in ALL_METRICS},
+    }
+    if not result["success"]:
+        row["metric_reason"] = "SfM failed"
+        return row
+    gen = cm.c2w_from_w2c34(result["w2c"])
+    try:
+        row.update(cm.relative_metrics(gen, clip.gt_c2w))
+    except ValueError as exc:
+        row.update(success=False, reason=str(exc), metric_reason="SfM failed")
+        return row
+    reason = no_metric_reason
+    if reason is None and result.get("scale_reason"):
+        reason = result["scale_reason"]
+    if reason is None and "obs" not in result:
+        reason = "no triangulation for this trial"
+    if reason is None:
+        try:
+            factor = metric_scale(clip.clip_id, len(clip.frames), result["obs"], depth, acfg)
+        except ClipError as exc:
+            reason = f"no metric scale: {exc.reason}"
+        else:
+            row["scale_factor"] = factor
+            gen_m = cm.relative_to_first(gen)
+            gen_m[:, :3, 3] *= factor
+            row.update(cm.metric_metrics(gen_m, clip.gt_c2w))
+    row["metric_reason"] = reason
+    return row
+
+
+def aggregate(rows: Sequence[dict[str, Any]], clip_ids: Sequence[str]) -> dict[str, Any]:
+    """metrics.json: per metric, the mean over clips of each clip's mean over its successful
+    trials; NaN metric values (unavailable) are left out and counted, never imputed."""
+    per_clip: dict[str, dict[str, Any]] = {}
+    for clip in clip_ids:
+        ok = [r for r in rows if r["clip_id"] == clip and r["success"]]
+        entry: dict[str, Any] = {"trials": sum(r["clip_id"] == clip for r in rows),
+                                 "successful": len(ok)}
+        for k in ALL_METRICS:
+            vals = [r[k] for r in ok if not math.isnan(r[k])]
+            entry[k] = float(np.mean(vals)) if vals else math.nan
+        per_clip[clip] = entry
+    out: dict[str, Any] = {}
+    for k in ALL_METRICS:
+        vals = [e[k] for e in per_clip.values() if not math.isnan(e[k])]
+        out[k] = float(np.mean(vals)) if vals else None
+    n_trials = len(rows)
+    n_ok = sum(bool(r["success"]) for r in rows)
+    out["sfm_success_rate"] = n_ok / n_trials if n_trials else None
+    out["clips"] = len(clip_ids)
+    out["clips_with_sfm"] = sum(e["successful"] > 0 for e in per_clip.values())
+    out["clips_with_metric"] = sum(not math.isnan(e["TransErr_metric"])
+                                   for e in per_clip.values())
+    out["trials"] = n_trials
+    reasons = sorted({r["metric_reason"] for r in rows
+                      if r["success"] and r.get("metric_reason")})
+    out["metric_unavailable"] = reasons or None
+    out["per_clip"] = per_clip
+    return out
+
+
+def format_table(metrics: dict[str, Any], title: str) -> str:
+    """The table printed at the end of a run: one line per clip, then the mean."""
+    def f(x: Any) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+    head = f"{'clip':<22}{'ok':>6}" + "".join(f"{k:>17}" for k in ALL_METRICS)
+    lines = [title, head]
+    for clip, e in sorted(metrics["per_clip"].items()):
+        lines.append(f"{clip[:21]:<22}{e['successful']:>3}/{e['trials']:<2}"
+                     + "".join(f"{f(e[k]):>17}" for k in ALL_METRICS))
+    rate = metrics["sfm_success_rate"]
+    lines.append(f"{'mean':<22}{f(rate) if rate is not None else 'n/a':>6}"
+                 + "".join(f"{f(metrics[k]):>17}" for k in ALL_METRICS))
+    if metrics.get("metric_unavailable"):
+        lines.append("metric variants unavailable: " + "; ".join(metrics["metric_unavailable"]))
+    return "\n".join(lines)
+
+
+def run_trials(
+    clips: Sequence[EvalClip],
+    submit: Callable[[EvalClip, int, int], Any],
+    wait: Callable[[list[Any]], tuple[list[Any], list[Any]]],
+    get: Callable[[Any], dict[str, Any]],
+    trials: int,
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Submit every (clip, trial) and collect results by clip (the Ray calls are injected so
+    this stays engine-free and testable in-process)."""
+    pending: dict[Any, str] = {}
+    for clip in clips:
+        for t in range(trials):
+            pending[submit(clip, t, trial_seed(seed, t))] = clip.clip_id
+    results: dict[str, list[dict[str, Any]]] = {c.clip_id: [] for c in clips}
+    refs = list(pending)
+    while refs:
+        ready, refs = wait(refs)
+        for ref in ready:
+            results[pending[ref]].append(get(ref))
+    for rs in results.values():
+        rs.sort(key=lambda r: r["trial"])
+    return results
+
+
+def read_trajectory(path: str | Path) -> np.ndarray:
+    """Lines of 16 numbers (row-major camera-to-world 4x4, metres) -> (N, 4, 4); the format
+    ``trainer.sampling`` reads and ``stage=evaluate`` writes beside each generated video."""
+    try:
+        vals = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read trajectory {path}: {exc}") from None
+    if vals.shape[1] != 16:
+        raise ValueError(f"trajectory {path}: expected 16 numbers per line (c2w 4x4), "
+                         f"got {vals.shape[1]}")
+    mats = vals.reshape(-1, 4, 4)
+    if not np.all(np.isfinite(mats)):
+        raise ValueError(f"trajectory {path}: non-finite values")
+    return mats
+
+
+def write_trajectory(c2w: np.ndarray, path: str | Path) -> None:
+    """(N, 4, 4) camera-to-world in metres -> lines of 16 numbers (see ``read_trajectory``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.asarray(c2w, np.float64).reshape(-1, 16), fmt="%.9g")
+
+
+def fov_intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """Square-pixel pinhole K with the principal point at the image centre and the given
+    horizontal field of view (the sampler's rule for external images)."""
+    f = 0.5 * width / math.tan(math.radians(float(fov_deg)) / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])

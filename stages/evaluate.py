@@ -1,0 +1,361 @@
+"""Stage ``evaluate``: how well videos follow their cameras (RotErr, TransErr, CamMC).
+
+Dataset-wide (the runner calls ``run(ctx)``). It gathers the clips to score from one of three
+sources, runs ``evaluate.trials`` seeded SfM trials per clip as Ray tasks, and writes
+``<work>/evaluate/per_clip.parquet`` (one row per clip and trial) and ``metrics.json`` (the
+protocol's means), then prints a table. The logic lives in ``pipeline.camera_eval`` (trials,
+metric scale, aggregation), ``pipeline.sfm`` and ``pipeline.camera_metrics``; this module only
+collects inputs and writes outputs.
+
+Sources (``evaluate.source``):
+- ``model``: the latest train checkpoint samples each curated test clip from its first frame and
+  metric trajectory (``trainer.sampling``); videos and trajectories are kept under
+  ``<work>/evaluate/generated/`` (re-scorable with ``source=videos``).
+- ``dataset``: the clips' own frames against their own poses, the ground-truth row of every
+  paper (what SfM itself recovers from real footage).
+- ``videos``: ``evaluate.videos=DIR evaluate.trajectories=DIR``, one mp4 and one trajectory file
+  per clip with the same name, from any model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import camera_eval as ce
+from pipeline import ray_utils
+from pipeline.config import ConfigError
+from pipeline.io import write_json_atomic, write_parquet_atomic
+from pipeline.stage import ClipError, ShardResult, ShardTask, Stage
+
+ROW_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("trial", pa.int32()), ("seed", pa.int64()),
+    ("success", pa.bool_()), ("reason", pa.string()), ("num_frames", pa.int32()),
+    ("sfm_points", pa.int64()), ("scale_factor", pa.float64()), ("metric_reason", pa.string()),
+    ("t_sfm_s", pa.float64()),
+    *[(k, pa.float64()) for k in ce.ALL_METRICS],
+])
+
+
+def _source(ecfg: dict[str, Any]) -> str:
+    if ecfg.get("videos") or ecfg.get("trajectories"):
+        if not (ecfg.get("videos") and ecfg.get("trajectories")):
+            raise ValueError("evaluate.videos and evaluate.trajectories must be given together")
+        return "videos"
+    src = str(ecfg["source"])
+    if src not in ("model", "dataset", "videos"):
+        raise ValueError(f"evaluate.source must be model|dataset|videos, got {src!r}")
+    if src == "videos":
+        raise ValueError("evaluate.source=videos needs evaluate.videos=DIR "
+                         "evaluate.trajectories=DIR")
+    return src
+
+
+def _limit(items: list[Any], ecfg: dict[str, Any]) -> list[Any]:
+    n = ecfg.get("num_clips")
+    return items if n is None else items[: int(n)]
+
+
+def _resize_all(frames: list[np.ndarray], max_long_side: int) -> tuple[list[np.ndarray], float,
+                                                                       float]:
+    """Frames shrunk to the evaluation size; returns (frames, sx, sy) with new = old * s."""
+    import cv2
+
+    from stages.triangulate import working_size
+
+    h, w = frames[0].shape[:2]
+    nw, nh = working_size(w, h, int(max_long_side))
+    if (nw, nh) == (w, h):
+        return frames, 1.0, 1.0
+    out = [cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA) for f in frames]
+    return out, nw / w, nh / h
+
+
+# ---------------------------------------------------------------------------- depth
+class DepthProvider:
+    """Metric depth maps per clip, or the reason there are none (never a made-up value)."""
+
+    def __init__(self, cfg: dict[str, Any], ecfg: dict[str, Any], source: str):
+        self.cfg = cfg
+        self.mode = str(ecfg["metric_depth"])
+        if self.mode not in ("auto", "sensor", "model", "none"):
+            raise ValueError(f"evaluate.metric_depth must be auto|sensor|model|none, "
+                             f"got {self.mode!r}")
+        self.source = source
+        self._predictor: Any = None
+        self._model_reason: str | None = None
+
+    def _sensor_settings(self) -> dict[str, Any]:
+        """Interpolation and range of sensor depth: the `depth` group's sensor file (one place
+        for those defaults), whichever backend the run uses."""
+        if self.cfg["depth"].get("backend") == "sensor":
+            return self.cfg["depth"]
+        from omegaconf import OmegaConf
+
+        from pipeline.config import CONF_DIR
+
+        return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "depth" / "sensor.yaml"))
+
+    def _model(self) -> tuple[Any, str | None]:
+        if self._predictor is None and self._model_reason is None:
+            dcfg = self.cfg["depth"]
+            if dcfg.get("backend") != "da2_metric":
+                self._model_reason = (
+                    f"no metric depth: no depth model configured (depth backend is "
+                    f"'{dcfg.get('backend')}'; use depth=da2_metric depth.model=HUB_ID_OR_DIR)")
+            else:
+                from stages.depth import _local_device, build_predictor
+
+                try:
+                    self._predictor = build_predictor(dcfg, _local_device(dcfg))
+                except Exception as exc:  # noqa: BLE001 - offline hub, missing dir, not metric
+                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    self._model_reason = (
+                        f"no metric depth: Depth Anything V2 '{dcfg['model']}' cannot be loaded "
+                        f"(no model weights available offline?): {line}")
+        return self._predictor, self._model_reason
+
+    def maps(self, frames: np.ndarray, row: dict[str, Any] | None,
+             indices: list[int] | None) -> tuple[ce.DepthMaps | None, str | None]:
+        """(depth maps, None) or (None, reason)."""
+        if self.mode == "none":
+            return None, "metric depth disabled (evaluate.metric_depth=none)"
+        has_files = row is not None and len(row.get("depth_paths") or []) > 0
+        use_sensor = self.mode == "sensor" or (self.mode == "auto" and has_files)
+        if use_sensor:
+            if not has_files:
+                return None, "no metric depth: the clip has no depth files"
+            from pipeline.frames import read_depth
+
+            s = self._sensor_settings()
+            maps = [read_depth(row, i) for i in indices]
+            h, w = frames.shape[1:3]
+            H, W = maps[0].shape
+            return ce.DepthMaps(maps, (W / w, H / h), f"sensor-{s['interpolation']}",
+                                float(s["max_depth"])), None
+        predictor, reason = self._model()
+        if predictor is None:
+            return None, reason
+        from pipeline.depth_model import Item
+
+        empty = np.zeros(0, np.float32)
+        items = [Item(key=i, pixel_values=predictor.preprocess(f), size=f.shape[:2], u=empty,
+                      v=empty, want_map=True) for i, f in enumerate(frames)]
+        out = predictor.run(items)
+        maps = [np.asarray(m, np.float32) for _, m in out]
+        return ce.DepthMaps(maps, (1.0, 1.0), "model", float(self.cfg["depth"]["max_depth"])), None
+
+
+# ---------------------------------------------------------------------------- sources
+def dataset_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
+                  failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
+    """The dataset's own frames (``evaluate.num_frames`` spread over each clip) and poses."""
+    from pipeline import frames as frame_io
+    from stages.triangulate import pixel_K, select_frames, working_size
+
+    rows: list[dict[str, Any]] = []
+    for p in ctx.done_outputs("ingest"):
+        rows.extend(pq.read_table(p).to_pylist())
+    if ecfg.get("split"):
+        rows = [r for r in rows if r.get("split") == ecfg["split"]]
+    rows = _limit(sorted(rows, key=lambda r: r["clip_id"]), ecfg)
+    out = []
+    for row in rows:
+        clip = row["clip_id"]
+        try:
+            idx = select_frames(int(row["num_frames"]),
+                                {"mode": "max_n", "max_n": int(ecfg["num_frames"])})
+            w, h = working_size(int(row["width"]), int(row["height"]),
+                                int(ecfg["image"]["max_long_side"]))
+            frames = np.stack([f for _, f in frame_io.iter_frames(row, idx, (w, h))])
+            w2c = np.asarray(row["w2c"], np.float64).reshape(-1, 3, 4)[idx]
+            gt = ce.cm.c2w_from_w2c34(w2c)
+            metric = row.get("true_scale") is not None
+            if metric:
+                gt[:, :3, 3] *= float(row["true_scale"])
+            ec = ce.EvalClip(clip, frames, pixel_K(row["intrinsics"], w, h), gt, metric)
+            dm, reason = depth.maps(frames, row, idx)
+            if reason is None and not metric:
+                reason = "ground-truth poses have no metric scale (relative poses only)"
+        except ClipError as exc:
+            failures[clip] = exc.reason
+            continue
+        out.append((ec, dm, reason))
+    return out
+
+
+def video_clips(ecfg: dict[str, Any], depth: DepthProvider,
+                failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
+    """``evaluate.videos`` / ``evaluate.trajectories``: one mp4 and one .txt per clip."""
+    import cv2
+
+    vdir, tdir = Path(ecfg["videos"]), Path(ecfg["trajectories"])
+    for d, what in ((vdir, "videos"), (tdir, "trajectories")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"evaluate.{what}: {d} is not a directory")
+    videos = _limit(sorted(vdir.glob("*.mp4")), ecfg)
+    if not videos:
+        raise FileNotFoundError(f"evaluate.videos: no .mp4 file in {vdir}")
+    out = []
+    for path in videos:
+        clip = path.stem
+        traj = tdir / f"{clip}.txt"
+        if not traj.is_file():
+            failures[clip] = f"no trajectory file {traj} for video {path}"
+            continue
+        try:
+            c2w = ce.read_trajectory(traj)
+        except ValueError as exc:
+            failures[clip] = str(exc)
+            continue
+        cap = cv2.VideoCapture(str(path))
+        frames = []
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        finally:
+            cap.release()
+        if len(frames) != len(c2w):
+            failures[clip] = (f"video {path} has {len(frames)} frames, trajectory {traj} has "
+                              f"{len(c2w)} poses")
+            continue
+        frames, _, _ = _resize_all(frames, int(ecfg["image"]["max_long_side"]))
+        h, w = frames[0].shape[:2]
+        K = ce.fov_intrinsics(w, h, float(ecfg["fov_deg"]))
+        stack = np.stack(frames)
+        dm, reason = depth.maps(stack, None, None)
+        out.append((ce.EvalClip(clip, stack, K, c2w, True), dm, reason))
+    return out
+
+
+def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
+                failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
+    """Sample the latest checkpoint on curated test clips; keep the mp4s and trajectories."""
+    import torch
+
+    from stages.train import curated_files, default_device
+    from trainer import checkpoint as ckpt
+    from trainer.data import CuratedVideoDataset, load_curated
+    from trainer.sampling import ddim_sample, load_model, to_uint8, write_mp4
+
+    tcfg = ctx.cfg["train"]
+    files = curated_files(ctx)
+    ckpt_dir = Path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
+    path = ckpt.latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt_dir}: run stage=train first "
+                                "(or evaluate.source=dataset / evaluate.videos=DIR)")
+    rows = load_curated(files, ecfg.get("split") or None)
+    if not rows:
+        raise ValueError(f"no curated clip in split '{ecfg.get('split')}' (evaluate.split)")
+    ds = CuratedVideoDataset(_limit(rows, ecfg), tcfg["data"], train=False,
+                             seed=int(tcfg["seed"]))
+    failures.update(ds.skipped)
+    device = default_device()
+    model = load_model(tcfg, path, device)
+    s = tcfg["sampling"]
+    gen_dir = Path(ctx.work_dir) / "evaluate" / "generated"
+    out = []
+    for i in range(len(ds)):
+        clip = ds.rows[i]["clip_id"]
+        item = ds[i]
+        with torch.no_grad():
+            video = ddim_sample(model, tcfg, item["video"][:1], item["plucker"][None],
+                                int(s["steps"]), float(s["guidance_scale"]), float(s["eta"]),
+                                int(s["seed"]))[0].cpu()
+        frames = to_uint8(video)
+        c2w = item["c2w"].double().numpy()
+        write_mp4(frames, gen_dir / "videos" / f"{clip}.mp4", float(s["fps"]))
+        ce.write_trajectory(c2w, gen_dir / "trajectories" / f"{clip}.txt")
+        dm, reason = depth.maps(frames, None, None)
+        out.append((ce.EvalClip(clip, frames, item["K"].double().numpy(), c2w, True), dm,
+                    reason))
+    ctx.log(f"[evaluate] sampled {len(out)} clips with {path.name} -> {gen_dir}")
+    return out
+
+
+# ---------------------------------------------------------------------------- stage
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    upstream = ("ingest",)
+    config_keys = ("evaluate",)
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        raise RuntimeError("stage 'evaluate' is dataset-wide: the runner calls run(ctx)")
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import ray
+
+        cfg = ctx.cfg
+        ecfg = cfg["evaluate"]
+        failures: dict[str, str] = {}
+        try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
+            source = _source(ecfg)
+            depth = DepthProvider(cfg, ecfg, source)
+            if source == "dataset":
+                clips = dataset_clips(ctx, ecfg, depth, failures)
+            elif source == "videos":
+                clips = video_clips(ecfg, depth, failures)
+            else:
+                clips = model_clips(ctx, ecfg, depth, failures)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"evaluate: {exc}") from None
+        if not clips:
+            raise ConfigError("evaluate: no clip to evaluate"
+                              + (f" ({len(failures)} failed, e.g. "
+                                 f"{next(iter(failures.items()))})" if failures else ""))
+        trials = int(ecfg["trials"])
+        threads = int(ecfg["num_cpus"])
+        scratch = None if ecfg.get("scratch_dir") in (None, "auto") else ecfg["scratch_dir"]
+        tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
+        remote = ray.remote(ce.run_trial).options(
+            num_cpus=threads, max_retries=0, name="evaluate-trial",
+            **ray_utils.task_options(cfg))
+        by_id = {c.clip_id: (c, dm, why) for c, dm, why in clips}
+        refs = {c.clip_id: ray.put(c.frames) for c, _, _ in clips}
+        ctx.log(f"[evaluate] source={source}: {len(clips)} clips x {trials} SfM trials")
+
+        def submit(clip: ce.EvalClip, trial: int, seed: int) -> Any:
+            need_scale = by_id[clip.clip_id][2] is None
+            return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
+                                 ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
+
+        results = ce.run_trials(
+            [c for c, _, _ in clips], submit,
+            lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]))
+        rows = []
+        for clip_id, res in results.items():
+            clip, dm, why = by_id[clip_id]
+            rows.extend(ce.score_trial(clip, r, dm, why, cfg["align"]) for r in res)
+        metrics = ce.aggregate(rows, [c.clip_id for c, _, _ in clips])
+        metrics.update(source=source, failed_clips=failures)
+        out_dir = Path(ctx.work_dir) / "evaluate"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=ROW_SCHEMA),
+                             out_dir / "per_clip.parquet")
+        write_json_atomic(_json_safe(metrics), out_dir / "metrics.json")
+        ctx.log(ce.format_table(metrics, f"[evaluate] source={source} -> {out_dir}"))
+        for clip, why in sorted(failures.items()):
+            ctx.log(f"[evaluate] clip {clip} not evaluated: {why}")
+        return {k: metrics[k] for k in (*ce.ALL_METRICS, "sfm_success_rate", "clips")}
+
+
+STAGE = EvaluateStage()
