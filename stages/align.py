@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_parquet_atomic
+from pipeline.registry import register
 from pipeline.schema import ALIGN
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
@@ -203,4 +204,4 @@ class AlignStage(Stage):
         )
 
 
-STAGE = AlignStage()
+STAGE = register(AlignStage())

@@ -42,6 +42,7 @@ import pycolmap
 from pipeline import colmap_scene as cs
 from pipeline import frames as frame_io
 from pipeline.io import write_parquet_atomic
+from pipeline.registry import register
 from pipeline.schema import OBSERVATIONS
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
@@ -452,7 +453,7 @@ class TriangulateStage(Stage):
                            failures=failures, stats=stats)
 
 
-STAGE = TriangulateStage()
+STAGE = register(TriangulateStage())
 
 __all__ = ["STAGE", "TriangulateStage", "triangulate_clip", "select_frames", "working_size",
            "pixel_K", "max_triangulation_angle"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ def train(
     batches = iter(loader)
     ckpt_every = int(tcfg["checkpoint_every"])
     bar = tqdm(total=end, initial=step, desc="train", unit="step",
-               disable=not progress or dist.rank != 0)
+               disable=not progress or dist.rank != 0 or not sys.stderr.isatty())
     last: dict[str, Any] = {}
     t_start = time.perf_counter()
     start_step = step

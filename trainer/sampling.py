@@ -8,6 +8,7 @@ frame, the same convention the dataset trains on, so a trajectory measured in th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ def ddim_sample(
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     seed: int = 0,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) image in [-1, 1] + (B, F, 6, H, W) Plücker -> (B, F, 3, H, W) in [-1, 1].
 
     Classifier-free guidance is on the image condition (the model was trained with it dropped
-    at ``cond_dropout.image``); the camera stays on in both branches.
+    at ``cond_dropout.image``); the camera stays on in both branches. ``on_step(i, n)`` is
+    called after each of the ``n`` denoising steps (progress for a render that takes a while).
     """
     device = next(model.parameters()).device
     ddim = DDIMScheduler.from_config(build_noise_scheduler(tcfg).config)
@@ -55,13 +58,16 @@ def ddim_sample(
     z = torch.randn((b, *model.latent_shape(f, h, w)), generator=gen).to(device)
     z = z * ddim.init_noise_sigma
     ones = torch.ones(b, device=device)
-    for t in ddim.timesteps:
+    n_steps = len(ddim.timesteps)
+    for i, t in enumerate(ddim.timesteps):
         tt = model.model_timesteps(t.expand(b).to(device), ddim)
         pred = model(z, tt, cond, plucker, ones, ones)
         if guidance_scale != 1.0:
             unc = model(z, tt, cond, plucker, torch.zeros_like(ones), ones)
             pred = unc + guidance_scale * (pred - unc)
         z = ddim.step(pred, t, z, eta=eta, generator=gen if eta > 0 else None).prev_sample
+        if on_step is not None:
+            on_step(i, n_steps)
     return model.decode(z)
 
 
@@ -106,6 +112,7 @@ def sample_to_mp4(
     data_files: list[str | Path] | None,
     device: str = "cpu",
     checkpoint_path: str | Path | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Generate one clip with the latest checkpoint and write ``<out_dir>/samples/*.mp4``.
 
@@ -154,7 +161,7 @@ def sample_to_mp4(
         name = ds.rows[0]["clip_id"]
     video = ddim_sample(
         model, tcfg, cond, plucker, int(s["steps"]), float(s["guidance_scale"]),
-        float(s["eta"]), int(s["seed"]),
+        float(s["eta"]), int(s["seed"]), on_step,
     )[0].cpu()
     frames = to_uint8(video)
     if reference is not None:
