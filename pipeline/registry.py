@@ -17,6 +17,7 @@ from pipeline.stage import Stage
 S = TypeVar("S", bound=Stage)
 
 _STAGES: dict[str, Stage] = {}
+_DISCOVERED: list[bool] = []  # non-empty once the stages package was imported
 #: the package whose modules are imported to find stages (tests may add their own modules)
 STAGE_PACKAGE = "stages"
 
@@ -44,10 +45,11 @@ def discover() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"{STAGE_PACKAGE}.{mod.name}")
+    _DISCOVERED.append(True)
 
 
 def stages() -> dict[str, Stage]:
-    if not _STAGES:
+    if not _DISCOVERED:
         discover()
     return _STAGES
 

@@ -299,7 +299,17 @@ def _node_id() -> str:
 
 # ---------------------------------------------------------------------- reporting
 _SIZE = re.compile(r"\b\d+x\d+\b")
-_PATH = re.compile(r"(?:file://)?[^\s'\"(),;]*/[^\s'\"(),;]*")
+_SLASHED = re.compile(r"[^\s'\"(),;]*/[^\s'\"(),;]*")
+_EXT = re.compile(r"\.\w{1,5}$")
+
+
+def _path_or_word(m: re.Match) -> str:
+    """A token with a slash is a path when it looks like one (absolute or relative start, two
+    or more slashes, or a file extension); ``depth/point`` stays a word."""
+    tok = m.group(0)
+    looks = (tok.startswith(("/", "./", "../", "~/", "file:")) or tok.count("/") >= 2
+             or _EXT.search(tok.rstrip("/:")) is not None)
+    return "<path>" if looks else tok
 _NUMBER = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
 
 
@@ -310,6 +320,6 @@ def reason_key(reason: str, clip_id: str | None = None) -> str:
     text = reason
     if clip_id:
         text = text.replace(clip_id, "<clip>")
-    text = _PATH.sub("<path>", text)
+    text = _SLASHED.sub(_path_or_word, text)
     text = _SIZE.sub("#x#", text)
     return _NUMBER.sub("#", text)

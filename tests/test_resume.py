@@ -77,7 +77,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path, ray_cluster):
     pd.testing.assert_frame_equal(_table(work), _table(ref_work))
     assert len(_table(work)) == N_CLIPS
     # spreading over the 2-node cluster joined by address actually used both nodes
-    nodes = {Ledger(ref_work, "ingest").get(s).stats["_node"] for s in _done(ref_work)}
+    nodes = {Ledger(ref_work, "ingest").get(s).node for s in _done(ref_work)}
     assert len(nodes) == 2, nodes
 
 
