@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
+from pipeline.io import write_bytes_atomic
 from trainer import checkpoint as ckpt
 from trainer.data import CuratedVideoDataset, load_curated, make_loader
 
@@ -141,9 +141,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_bytes_atomic("".join(ln + "\n" for ln in keep).encode(), path)
 
 
 def train(

@@ -7,7 +7,6 @@ frame, the same convention the dataset trains on, so a trajectory measured in th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from pipeline.io import atomic_path
 from trainer import checkpoint as ckpt
 from trainer.data import (
     CuratedVideoDataset,
@@ -79,18 +79,16 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     """RGB uint8 (F, H, W, 3) -> mp4 (mp4v), atomically (temp name then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
     h, w = frames.shape[1:3]
-    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    if not vw.isOpened():
-        raise OSError(f"cannot open a video writer for {tmp}")
-    try:
-        for fr in frames:
-            vw.write(cv2.cvtColor(np.ascontiguousarray(fr), cv2.COLOR_RGB2BGR))
-    finally:
-        vw.release()
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".mp4") as tmp:  # the encoder picks the container by name
+        vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        if not vw.isOpened():
+            raise OSError(f"cannot open a video writer for {tmp}")
+        try:
+            for fr in frames:
+                vw.write(cv2.cvtColor(np.ascontiguousarray(fr), cv2.COLOR_RGB2BGR))
+        finally:
+            vw.release()
     return path
 
 
