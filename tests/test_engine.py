@@ -263,7 +263,7 @@ def test_config_errors_are_one_line_before_any_output(tmp_path):
 def test_redirected_output_has_no_cursor_escapes_and_short_floats(toy, ray_cluster, capsys):
     """Bug 5: tqdm wrote cursor escapes into redirected logs; floats printed with 16 digits."""
     from pipeline.log import PlainProgress, progress
-    from pipeline.runner import _fmt
+    from pipeline.summary import _fmt
 
     assert isinstance(progress(10, "x", "clips", True, 30.0), PlainProgress)  # not a TTY here
     cfg, _work = toy
