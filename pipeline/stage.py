@@ -116,6 +116,11 @@ class ShardResult:
         if kinds:
             self.failure_kinds = {**kinds, **self.failure_kinds}
         self.failures = dict(self.failures)
+        # the earlier spelling, magic keys in stats: still understood, moved to their fields
+        if "filtered" in self.stats and not self.filtered:
+            self.filtered = dict(self.stats.pop("filtered") or {})
+        if "inputs_digest" in self.stats and self.inputs_digest is None:
+            self.inputs_digest = self.stats.pop("inputs_digest")
 
     @property
     def metrics(self) -> dict[str, Any]:
