@@ -68,6 +68,11 @@ class Log:
 
 
 @dataclass
+class Models:
+    hub_timeout_s: POS_FLOAT
+
+
+@dataclass
 class Ray:
     num_cpus: POS_INT | None
     num_gpus: NONNEG_INT | None
@@ -140,7 +145,6 @@ class DepthModel:
     prefetch_batches: POS_INT
     startup_timeout_s: POS_FLOAT
     max_restarts: NONNEG_INT
-    hub_timeout_s: POS_FLOAT
 
 
 @dataclass
@@ -179,6 +183,7 @@ def section_schemas(cfg: dict[str, Any]) -> dict[str, type]:
         "shards": Shards,
         "retry": Retry,
         "log": Log,
+        "models": Models,
         "ray": Ray,
         "dataset": RgbdDataset if ds.get("layout") == "rgbd" else Dataset,
         "ingest": Ingest,

@@ -469,7 +469,7 @@ class DepthStage(Stage):
             return
         problem = model_source_problem(
             str(dcfg["model"]), dcfg.get("revision"), bool(dcfg.get("local_files_only")),
-            float(dcfg["hub_timeout_s"]),
+            float(cfg["models"]["hub_timeout_s"]),
         )
         if problem:
             from pipeline.config import ConfigError

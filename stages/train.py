@@ -64,6 +64,27 @@ class TrainStage(Stage):
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return train_out_dir(cfg)
 
+    def check_ready(self, cfg: dict[str, Any]) -> None:
+        """The SVD backbone's weights must be loadable before the data stages run."""
+        tcfg = cfg["train"]
+        if tcfg["backbone"] != "svd":
+            return
+        from pipeline.depth_model import model_source_problem
+
+        svd = tcfg["svd"]
+        offline = bool(svd["local_files_only"])
+        problem = model_source_problem(str(svd["pretrained"]), None, offline,
+                                       float(cfg["models"]["hub_timeout_s"]),
+                                       marker="model_index.json")
+        if problem:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(
+                f"train.svd.pretrained: {problem}; download it on a connected machine "
+                f"(huggingface-cli download {svd['pretrained']} --local-dir DIR) and pass "
+                "train.svd.pretrained=DIR"
+            )
+
     def process_shard(self, task: ShardTask) -> ShardResult:
         cfg = task.cfg
         tcfg = cfg["train"]

@@ -274,3 +274,16 @@ def test_redirected_output_has_no_cursor_escapes_and_short_floats(toy, ray_clust
     text = capsys.readouterr()
     assert "\r" not in text.out + text.err and "\x1b[" not in text.out + text.err
     assert _fmt(0.1 + 0.2) == "0.3"
+
+
+def test_train_weights_are_checked_before_the_run(tmp_path):
+    """The SVD backbone's weights are looked for before any stage runs, like depth.model."""
+    from stages.train import STAGE as TRAIN
+
+    (tmp_path / "svd").mkdir()
+    cfg = load_config(["train=svd_320x512", f"train.svd.pretrained={tmp_path / 'svd'}"])
+    with pytest.raises(ConfigError, match="without model_index.json"):
+        TRAIN.check_ready(cfg)
+    (tmp_path / "svd" / "model_index.json").write_text("{}")
+    TRAIN.check_ready(cfg)  # a local diffusers folder: ready
+    TRAIN.check_ready(load_config([]))  # built-in backbone: nothing to load
