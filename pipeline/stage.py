@@ -304,6 +304,7 @@ def _node_id() -> str:
 
 # ---------------------------------------------------------------------- reporting
 _SIZE = re.compile(r"\b\d+x\d+\b")
+_HEX = re.compile(r"\b0x[0-9a-fA-F]+\b")
 _SLASHED = re.compile(r"[^\s'\"(),;]*/[^\s'\"(),;]*")
 _EXT = re.compile(r"\.\w{1,5}$")
 
@@ -326,5 +327,5 @@ def reason_key(reason: str, clip_id: str | None = None) -> str:
     if clip_id:
         text = text.replace(clip_id, "<clip>")
     text = _SLASHED.sub(_path_or_word, text)
-    text = _SIZE.sub("#x#", text)
+    text = _HEX.sub("#", _SIZE.sub("#x#", text))
     return _NUMBER.sub("#", text)

@@ -173,8 +173,11 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
         rows: dict[str, Any] = {"done": 0, "errors": 0, "failed": 0, "pending": 0, "to_run": 0,
                                 "clip_failures": {}, "shard_errors": {}}
         plan = {GLOBAL_SHARD: []} if stage.kind == GLOBAL else shards
-        if stage.kind != GLOBAL and stage.finalize_output and led.path(GLOBAL_SHARD).exists():
-            plan = {**shards, GLOBAL_SHARD: []}
+        if stage.kind != GLOBAL and stage.finalize_output:
+            # the dataset-wide step is reported on its own line, not counted as a shard
+            st = led.state(led.get(GLOBAL_SHARD), [], cap)
+            rows["dataset_step"] = st.label + (f" ({st.why})" if st.why else "")
+            rows["to_run"] += st.todo
         for shard in sorted(plan):
             e = led.get(shard)
             st = led.state(e, plan[shard], cap)
@@ -199,6 +202,8 @@ def format_status(st: dict[str, Any]) -> str:
             f"{r['to_run']:>8}{len(r['clip_failures']):>15}"
         )
     for name, r in st.items():
+        if "dataset_step" in r:
+            lines.append(f"  [{name}] dataset-wide step: {r['dataset_step']}")
         for shard, err in sorted(r["shard_errors"].items()):
             lines.append(f"  [{name}] shard {shard}: {err}")
         for clip, why in sorted(r["clip_failures"].items()):

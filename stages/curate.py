@@ -129,6 +129,11 @@ def curated_row(man: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _g(v: float | None) -> str:
+    """A cut-off for people: 6 significant digits (the exact value is in _dataset.json)."""
+    return "none" if v is None else f"{v:.6g}"
+
+
 def _read_many(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
     tables = [pq.read_table(p, columns=columns) for p in sorted(paths)]
     if not tables:
@@ -201,7 +206,7 @@ class CurateStage(Stage):
         ctx.log(
             f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
             + ", ".join(
-                f"{c} in [{cut[c]['low']}, {cut[c]['high']}] (k={cut[c]['k']})"
+                f"{c} in [{_g(cut[c]['low'])}, {_g(cut[c]['high'])}] (k={cut[c]['k']})"
                 for c in FILTER_COLUMNS
             )
         )

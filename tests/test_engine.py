@@ -198,7 +198,7 @@ def test_failure_reasons_aggregate():
         "u2": "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xfe in position 9",
     }
     keys = {reason_key(r, c) for c, r in reasons.items()}
-    assert len(keys) == 4, keys
+    assert len(keys) == 3, keys
     assert "frame # is #x#, manifest says #x#" in keys
     assert any("utf-8" in k for k in keys) and not any("mp#" in k or "utf#" in k for k in keys)
 
