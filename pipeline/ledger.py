@@ -139,9 +139,19 @@ class Ledger:
             return None
         try:
             data = read_json(p)
-            return Entry(**{k: v for k, v in data.items() if k in _FIELDS})
+            entry = Entry(**{k: v for k, v in data.items() if k in _FIELDS})
         except (ValueError, TypeError):
             return None  # unreadable entry: treat as never run (it is rewritten on completion)
+        # entries written before typed results kept these in stats under magic keys
+        stats = entry.stats
+        if entry.inputs_digest is None and "inputs_digest" in stats:
+            entry.inputs_digest = stats["inputs_digest"]
+        if not entry.filtered and isinstance(stats.get("filtered"), dict):
+            entry.filtered = stats["filtered"]
+        for key in ("cpu_s", "peak_rss_mb", "node"):
+            if getattr(entry, key) is None and f"_{key}" in stats:
+                setattr(entry, key, stats[f"_{key}"])
+        return entry
 
     def put(self, entry: Entry) -> None:
         write_json_atomic(asdict(entry), self.path(entry.shard_id))

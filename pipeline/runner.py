@@ -187,6 +187,7 @@ class Runner:
         self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str, clips: list[str],
         inputs: dict[str, str], digests: dict[str, Any], extra: dict[str, Any],
         blocked: str | None, force: bool, inputs_all: dict[str, list[str]] | None = None,
+        task_extra: dict[str, Any] | None = None,
     ) -> tuple[Entry, ShardTask] | str:
         """The task for one shard, or why it does not run (``fresh``, ``blocked``, ``gave_up``)."""
         fp = self._fingerprint(stage, clips, digests, extra)
@@ -206,7 +207,8 @@ class Runner:
         task = ShardTask(
             stage=stage.name, shard_id=shard, clip_ids=clips, inputs=inputs,
             output=str(self.work_dir / rel_out), cfg=self.cfg, work_dir=str(self.work_dir),
-            extra=extra, inputs_all=inputs_all or {}, fingerprint=fp, restart=not same,
+            extra={**extra, **(task_extra or {})}, inputs_all=inputs_all or {}, fingerprint=fp,
+            restart=not same,
         )
         return entry, task
 
@@ -258,9 +260,12 @@ class Runner:
                     clips: list[str], extra_all: dict[str, Any], force: bool) -> Any:
         inputs, digests, blocked = self._upstream_of_shard(stage, shard)
         shard_extra = stage.shard_extra(ctx, shard, clips)
-        digests["_extra"] = stable_hash(shard_extra) if shard_extra else None
+        # per-shard values enter the fingerprint as digests (for ingest exactly as before the
+        # stage contract existed: work dirs made then stay fresh)
+        for key, value in shard_extra.items():
+            digests[key] = stable_hash(value)
         return self._plan_task(stage, ctx, ledger, shard, clips, inputs, digests,
-                               {**extra_all, **shard_extra}, blocked, force)
+                               extra_all, blocked, force, task_extra=shard_extra)
 
     def _global_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger,
                      extra_all: dict[str, Any], force: bool) -> Any:

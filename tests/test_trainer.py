@@ -526,9 +526,12 @@ def test_ddim_sampler_recovers_known_clean_latent() -> None:
     for pred_type in ("epsilon", "v_prediction"):
         cfg = train_cfg(prediction_type=pred_type)
         oracle = Oracle(x0, build_noise_scheduler(cfg), pred_type)
+        calls: list[tuple[int, int]] = []  # progress of the render, one call per step
         out = ddim_sample(oracle, cfg, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 6, 4, 4),
-                          steps=10, guidance_scale=1.0)
+                          steps=10, guidance_scale=1.0,
+                          on_step=lambda i, n, calls=calls: calls.append((i, n)))
         torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+        assert calls == [(i, 10) for i in range(10)]
 
 
 # ------------------------------------------------------------------------------ SVD path
