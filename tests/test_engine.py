@@ -287,3 +287,19 @@ def test_train_weights_are_checked_before_the_run(tmp_path):
     (tmp_path / "svd" / "model_index.json").write_text("{}")
     TRAIN.check_ready(cfg)  # a local diffusers folder: ready
     TRAIN.check_ready(load_config([]))  # built-in backbone: nothing to load
+
+
+def test_ledger_reads_entries_written_before_the_contract(tmp_path):
+    """An upgrade must not recompute a dataset: entries that kept the inputs digest, filtered
+    clips and timings under magic stats keys are read into the typed fields (downstream
+    fingerprints chain ``inputs_digest``)."""
+    from pipeline.io import write_json_atomic
+
+    led = Ledger(tmp_path, "ingest")
+    write_json_atomic({"stage": "ingest", "shard_id": "s", "status": "done", "clip_ids": ["a"],
+                       "fingerprint": "f", "output": "ingest/s.parquet", "attempts": 1,
+                       "stats": {"inputs_digest": "d0", "filtered": {"a": "r"}, "_cpu_s": 1.5,
+                                 "_node": "n1", "frames": 3}}, led.path("s"))
+    e = led.get("s")
+    assert (e.inputs_digest, e.filtered, e.cpu_s, e.node) == ("d0", {"a": "r"}, 1.5, "n1")
+    assert e.failure_kinds == {} and e.errors == {}
