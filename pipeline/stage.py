@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
+from pipeline import ray_utils
+
 log = logging.getLogger(__name__)
 
 #: failure kinds: bad data (cached) / anything unexpected (retried)
@@ -286,20 +288,8 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutc
     out.wall_s = time.perf_counter() - t0
     out.cpu_s = time.process_time() - c0
     out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    out.node = _node_id()
+    out.node = ray_utils.node_id()
     return out
-
-
-def _node_id() -> str:
-    """The Ray node a task ran on: shows how work spread over a cluster."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - informational only
-        pass
-    return "driver"
 
 
 # ---------------------------------------------------------------------- reporting
