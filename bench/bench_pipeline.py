@@ -27,7 +27,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
 from pipeline.ledger import DONE, Ledger  # noqa: E402
-from pipeline.runner import ALL, Runner  # noqa: E402
+from pipeline.registry import default_chain  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
 
 KINDS = ("forward", "pan", "orbit")
 
@@ -91,16 +92,16 @@ def main() -> None:
     n_frames_all = args.re10k_clips * args.re10k_frames
     shard_ids = sorted(read_json(work / "plan.json")["shards"])
     projection = []
-    for name in ALL:
+    for name in default_chain():
         st = runner.report["stages"].get(name, {})
         entries = [
             e for e in Ledger(work, name).entries(shard_ids).values()
             if e is not None and e.status == DONE
         ]
         wall = st.get("wall_s") or 1e-9
-        cpu = sum(e.stats.get("_cpu_s", 0.0) for e in entries)
+        cpu = sum(e.cpu_s or 0.0 for e in entries)
         gpu = sum(e.stats.get("gpu_s", 0.0) for e in entries)
-        peak = max((e.stats.get("_peak_rss_mb", 0.0) for e in entries), default=0.0)
+        peak = max((e.peak_rss_mb or 0.0 for e in entries), default=0.0)
         cpu_pf, gpu_pf = cpu / frames_total, gpu / frames_total
         print(f"{name:<12}{wall:>8.1f}{args.clips / wall:>9.2f}{frames_total / wall:>10.1f}"
               f"{cpu_pf:>13.4f}{(f'{gpu_pf:.4f}' if gpu else '-'):>13}{peak:>16.0f}")

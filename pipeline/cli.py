@@ -1,7 +1,8 @@
 """Command line: ``python -m pipeline run [stage=NAME] [hydra overrides...]`` and ``status``.
 
-User mistakes (unknown stage or option, missing value, empty dataset) print one line and exit 2;
-only genuine bugs show a traceback.
+User mistakes (unknown stage, key or option, a value out of range, missing model weights, an
+empty dataset) print one line and exit 2 before any stage runs; only genuine bugs show a
+traceback. Exit codes are listed in ``EPILOG``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,29 @@ from pipeline.config import ConfigError, load_config
 from pipeline.stage import StageNotImplemented
 
 EPILOG = """\
-overrides (Hydra syntax, key=value):
-  stage=<all|ingest|triangulate|depth|align|curate|train|sample>   (default: all = through curate)
+overrides (Hydra syntax, key=value; checked before any work starts):
+  stage=<all|{stages}>   (default: all = {default_chain})
   dataset=<sample|re10k|rgbd>   dataset.root=PATH   dataset.relative_scale=F (rgbd)
   depth=<da2_metric|sensor>     depth.model=HUB_ID_OR_DIR
   paths.work_dir=PATH           shards.size=N       force=true
+  retry.max_attempts=N          log.level=INFO      progress=false
   ray.address=auto|HOST:PORT    ray.num_cpus=N
+
+failures:
+  input   bad data for one clip (unreadable frame, bad pose file...): recorded with a reason,
+          kept in the ledger, not retried; the clip's good neighbours carry on
+  error   anything unexpected for one clip or a whole shard (a bug, I/O, out of memory): the
+          good clips are kept, the shard is retried on the next run up to retry.max_attempts
+          times (force=true starts over)
+
+exit codes (run):
+  0  everything done; clips may have failed for input reasons (see the summary)
+  1  clips hit unexpected errors, shards failed or are pending, or no clip survived
+  2  configuration or usage error (one line, nothing was computed)
+  130  interrupted: re-run the same command to resume
+
+logs: <work_dir>/logs/run.log (the driver), <work_dir>/logs/<stage>/<shard>.log (each task,
+with full tracebacks); progress bars only on a terminal, periodic lines otherwise.
 
 examples:
   python -m pipeline run                                   # bundled sample, whole pipeline
@@ -28,20 +46,29 @@ examples:
 """
 
 
+def _epilog() -> str:
+    from pipeline import registry
+
+    return EPILOG.format(stages="|".join(registry.names()),
+                         default_chain=" -> ".join(registry.default_chain()))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    epilog = _epilog()
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="metric-align: metric-scale camera poses for RealEstate10K-style clips.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+        epilog=epilog,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status}")
     for name, text in (
         ("run", "run a stage and every upstream shard that is missing, failed or stale"),
-        ("status", "per stage: shards done / failed / pending and the failure reasons"),
+        ("status", "per stage: shards done / with errors / failed / pending, what `run` would "
+                   "compute, and every failure reason"),
     ):
         p = sub.add_parser(
-            name, help=text, description=text, epilog=EPILOG,
+            name, help=text, description=text, epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
@@ -58,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             print(runner.format_status(runner.status(cfg)))
             return 0
         summary = runner.Runner(cfg).run(cfg["stage"]["name"])
-        return 0 if not summary["pending"] else 1
+        if summary["exit_code"]:
+            print(f"run incomplete: {'; '.join(summary['problems'])}: see "
+                  f"`python -m pipeline status paths.work_dir={cfg['paths']['work_dir']}` and "
+                  f"{cfg['paths']['work_dir']}/logs/", file=sys.stderr)
+        return int(summary["exit_code"])
     except (ConfigError, StageNotImplemented) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,14 +1,22 @@
-"""Configuration: Hydra's compose API over ``conf/`` (no output dirs, no chdir).
+"""Configuration: Hydra's compose API over ``conf/`` (no output dirs, no chdir), validated here,
+before any work starts.
 
 ``@hydra.main`` cannot take the positional sub-command, so the CLI parses ``run``/``status`` with
 argparse and hands the remaining ``key=value`` words here. Depth defaults per dataset: a real
 dataset wants Depth Anything, the bundled sample its exact ground truth; Hydra cannot make one
 group's default depend on another's choice, so we compose once to learn the dataset's
 ``default_depth`` and again with it, unless the user named ``depth=`` themselves.
+
+Checks, each one line naming the key: unknown keys (with the closest existing key), values whose
+type differs from the default's (``shards.size=abc``), the typed schemas of
+``pipeline.settings`` (choices and ranges: ``curate.quantile=0.7``, ``shards.max_factor=0``) and
+the stage name. A stage's settings file ``conf/<section>/default.yaml`` is picked up without
+being listed in ``conf/config.yaml``.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -20,57 +28,194 @@ from omegaconf import OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
+#: extra config folders (os.pathsep-separated), searched after conf/: plug-in stages' settings
+CONF_PATH_ENV = "METRIC_ALIGN_CONF_PATH"
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem: printed as one line, no traceback."""
 
 
-def _compose(overrides: list[str]) -> Any:
+def _extra_dirs(conf_dirs: list[str | Path] | None) -> list[Path]:
+    dirs = [Path(d) for d in (conf_dirs or [])]
+    env = os.environ.get(CONF_PATH_ENV)
+    if env:
+        dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    return [d.resolve() for d in dirs]
+
+
+def _auto_groups(extra: list[Path]) -> list[str]:
+    """``+<group>=default`` for every settings folder not named in config.yaml's defaults."""
+    listed = set()
+    for item in OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", []):
+        if isinstance(item, str):
+            listed.add(item)
+        else:
+            listed.update(str(k) for k in item)
+    out = []
+    for base in [CONF_DIR, *extra]:
+        for d in sorted(p for p in base.iterdir() if p.is_dir()):
+            if d.name not in listed and (d / "default.yaml").is_file():
+                out.append(f"+{d.name}=default")
+                listed.add(d.name)
+    return out
+
+
+def _compose(overrides: list[str], extra: list[Path]) -> Any:
     GlobalHydra.instance().clear()
+    search = []
+    if extra:
+        search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config",
+                       overrides=[*search, *_auto_groups(extra), *overrides])
 
 
-def _first_line(exc: BaseException) -> str:
-    """One informative line: Hydra's first line, plus the choices for an unknown group option
-    and the full key for a missing value."""
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.append(key)
+            out += _flat_keys(v, key)
+    return out
+
+
+def _is_group(key: str, extra: list[Path]) -> bool:
+    return any((base / key).is_dir() for base in [CONF_DIR, *extra])
+
+
+def _first_line(exc: BaseException, overrides: list[str], extra: list[Path]) -> str:
+    """One informative line: Hydra's first line, plus the choices for an unknown group option,
+    the full key for a missing value and the closest key for an unknown one."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     missing = re.search(r"Could not find '([\w-]+)/([\w-]+)'", line)
-    if missing and (CONF_DIR / missing.group(1)).is_dir():
+    if missing:
         group = missing.group(1)
-        names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        line = f"unknown {group} '{missing.group(2)}' (choose from: {', '.join(names)})"
+        names = sorted({p.stem for base in [CONF_DIR, *extra] if (base / group).is_dir()
+                        for p in (base / group).glob("*.yaml")})
+        return f"unknown {group} '{missing.group(2)}' (choose from: {', '.join(names)})"
+    unknown = re.search(r"Could not override '([^']+)'", line) or re.search(
+        r"Key '([^']+)' is not in struct", " ".join(text))
+    if unknown:
+        key = unknown.group(1)
+        groups = [o for o in overrides if "=" in o and _is_group(o.split("=", 1)[0], extra)]
+        try:
+            known = _flat_keys(OmegaConf.to_container(_compose(groups, extra)))
+        except Exception:  # noqa: BLE001 - the suggestion is a courtesy
+            known = []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     full_key = getattr(exc, "full_key", None)
     if full_key and "Missing mandatory value" in line:
-        line = f"missing required value '{full_key}': set it with {full_key}=..."
+        return f"missing required value '{full_key}': set it with {full_key}=..."
     return line
 
 
-def load_config(overrides: list[str] | None = None, strict: bool = True) -> dict[str, Any]:
+def _split_stage(overrides: list[str]) -> tuple[list[str], str | None]:
+    """``stage=NAME`` is a plain choice checked against the stage registry, not a Hydra group:
+    a new stage needs no file under conf/ to be selectable."""
+    rest, stage = [], None
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key.lstrip("+~") in ("stage", "stage.name"):
+            stage = value
+        else:
+            rest.append(ov)
+    return rest, stage
+
+
+def load_config(
+    overrides: list[str] | None = None, strict: bool = True,
+    conf_dirs: list[str | Path] | None = None,
+) -> dict[str, Any]:
     """Compose, resolve and validate the config; returns plain containers with absolute paths.
 
-    ``strict=False`` returns only ``paths.work_dir`` and tolerates missing mandatory values:
-    ``status`` reads the ledger and must work without the dataset's settings.
+    ``strict=False`` returns only ``paths.work_dir`` and ``retry`` and tolerates missing
+    mandatory values: ``status`` reads the ledger and must work without the dataset's settings.
+    ``conf_dirs`` adds config folders after ``conf/`` (as ``METRIC_ALIGN_CONF_PATH`` does).
     """
     overrides = list(overrides or [])
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form key=value")
+    overrides, stage = _split_stage(overrides)
+    extra = _extra_dirs(conf_dirs)
     try:
-        cfg = _compose(overrides)
+        cfg = _compose(overrides, extra)
         user_depth = any(o.split("=", 1)[0].lstrip("+~") == "depth" for o in overrides)
         wanted = cfg.dataset.get("default_depth")
         if not user_depth and wanted and wanted != cfg.depth.get("backend"):
-            cfg = _compose([*overrides, f"depth={wanted}"])
+            overrides = [*overrides, f"depth={wanted}"]
+            cfg = _compose(overrides, extra)
+        if stage is not None:
+            cfg.stage.name = stage
         if not strict:
             work_dir = OmegaConf.select(cfg, "paths.work_dir")
-            return {"paths": {"work_dir": str(Path(os.getcwd(), work_dir).resolve())}}
+            return {"paths": {"work_dir": str(Path(os.getcwd(), work_dir).resolve())},
+                    "retry": OmegaConf.to_container(cfg.retry, resolve=True)}
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        groups = [o for o in overrides if _is_group(o.split("=", 1)[0].lstrip("+~"), extra)]
+        defaults = OmegaConf.to_container(_compose(groups, extra), resolve=False)
     except Exception as exc:  # Hydra/OmegaConf raise many types; all are user errors here
-        raise ConfigError(_first_line(exc)) from None
+        raise ConfigError(_first_line(exc, overrides, extra)) from None
+    check(resolved, defaults)
     return _absolutise(resolved)
+
+
+# ---------------------------------------------------------------------- validation
+def _type_name(v: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a group of settings"}.get(type(v), type(v).__name__)
+
+
+def _same_type(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True  # null defaults take anything; a null value is checked by the schemas
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) == isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, str):
+        return isinstance(value, str) or (isinstance(default, str) and "${" in default)
+    return isinstance(value, type(default))
+
+
+def _check_types(value: Any, default: Any, prefix: str) -> None:
+    if isinstance(default, dict) and isinstance(value, dict):
+        for k, v in value.items():
+            if k in default:
+                _check_types(v, default[k], f"{prefix}.{k}" if prefix else str(k))
+        return
+    if not _same_type(default, value):
+        raise ConfigError(f"{prefix} must be {_type_name(default)} (like its default "
+                          f"{default!r}), got {value!r}")
+
+
+def check(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Every check that needs no file system: types, schemas, the stage name."""
+    from pipeline import registry, settings
+
+    if defaults is not None:
+        _check_types(cfg, defaults, "")
+    schemas = settings.section_schemas(cfg)
+    for stage in registry.stages().values():
+        schemas.update(stage.settings)
+    try:
+        for key, schema in schemas.items():
+            if key in cfg:
+                settings.validate(cfg[key], schema, key)
+    except settings.SettingError as exc:
+        raise ConfigError(str(exc)) from None
+    name = cfg["stage"]["name"]
+    choices = ["all", *registry.names()]
+    if name not in choices:
+        close = difflib.get_close_matches(str(name), choices, n=1)
+        raise ConfigError(f"unknown stage '{name}' (choose from: {', '.join(choices)})"
+                          + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
 def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -162,6 +162,43 @@ def check_metric_head(model: Any, max_depth: float) -> None:
         raise NotMetricError(f"depth head max_depth {head.max_depth} != configured {max_depth}")
 
 
+def model_source_problem(
+    source: str, revision: str | None = None, local_files_only: bool = False,
+    timeout_s: float = 10.0, marker: str = "config.json",
+) -> str | None:
+    """Why ``source`` (hub id or local directory) cannot be loaded here, or None if it can.
+
+    Cheap and offline-first: a local directory needs its ``marker`` file (``config.json`` for a
+    transformers checkpoint, ``model_index.json`` for a diffusers pipeline); a hub id is fine
+    when that file is in the local Hugging Face cache, else the hub must answer within
+    ``timeout_s`` (unless ``local_files_only`` or ``HF_HUB_OFFLINE`` forbid asking it).
+    """
+    import os
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / marker).is_file():
+            return f"{source} is a directory without {marker} (not a checkpoint of that kind)"
+        return None
+    if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
+        return f"{source} is not a local directory and not a hub id (org/name)"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, marker, revision=revision)
+    if isinstance(cached, str):
+        return None
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return f"{source} is not in the local Hugging Face cache and hub access is off"
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(source, revision=revision, timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - any failure means: cannot download it now
+        return (f"{source} is not in the local Hugging Face cache and the hub did not answer "
+                f"({type(exc).__name__})")
+    return None
+
+
 def load_depth_model(
     source: str,
     max_depth: float,

@@ -15,6 +15,35 @@ import numpy as np
 
 from pipeline.stage import ClipError
 
+#: how an image file ends when it was written completely (after trailing padding is stripped)
+_END_MARKERS = {b"\xff\xd8": (b"\xff\xd9", "JPEG end-of-image marker"),
+                b"\x89PNG": (b"IEND\xaeB`\x82", "PNG IEND chunk")}
+
+
+def truncation_problem(data: bytes) -> str | None:
+    """Why an encoded JPEG/PNG is cut short, or None. Decoders fill a truncated JPEG's missing
+    rows with grey and only warn on stderr, so the file's end marker is checked explicitly."""
+    for magic, (end, what) in _END_MARKERS.items():
+        if data.startswith(magic) and not data.rstrip(b"\x00\r\n ").endswith(end):
+            return f"truncated image (no {what})"
+    return None
+
+
+def decode_image_checked(path: str) -> np.ndarray | str:
+    """The stored image (no EXIF rotation) or a one-line reason it cannot be trusted."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return f"unreadable frame {path}: {exc.strerror or exc}"
+    problem = truncation_problem(data)
+    if problem:
+        return f"{problem}: {path}"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return f"unreadable frame {path}"
+    return img
+
 
 def video_frame_count(path: str) -> int:
     """Number of decodable frames (counted by decoding: container metadata can lie)."""

@@ -13,6 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def pixel_K(intrinsics: list[float] | np.ndarray, w: int, h: int) -> np.ndarray:
+    """Pixel K at (w, h) from normalised [fx/W, fy/H, cx/W, cy/H] (exact for any resize in the
+    pixel-centre-at-+0.5 convention). The one copy: triangulation and the trainer use it."""
+    fx, fy, cx, cy = (float(x) for x in intrinsics)
+    return np.array([[fx * w, 0.0, cx * w], [0.0, fy * h, cy * h], [0.0, 0.0, 1.0]])
+
+
 def w2c_to_mat44(w2c: np.ndarray) -> np.ndarray:
     """(N, 12) or (N, 3, 4) row-major world-to-camera -> (N, 4, 4) homogeneous matrices."""
     w2c = np.asarray(w2c, dtype=np.float64)

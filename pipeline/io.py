@@ -5,10 +5,12 @@ Temp files start with ``.`` so Parquet dataset readers (pyarrow, pandas, Ray) ig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _tmp_path(path: Path) -> Path:
+def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -39,25 +41,29 @@ def _commit(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` via a same-directory temp file and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path beside ``path`` for any writer (Parquet, torch.save, a video encoder);
+    on success it is fsynced and renamed onto ``path``, on error removed. The one atomic-write
+    helper of the project. ``suffix``: for writers that pick the format from the name."""
     path = Path(path)
-    tmp = _tmp_path(path)
+    tmp = _tmp_path(path, suffix)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        yield tmp
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` to ``path`` via a same-directory temp file and ``os.replace``."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:

@@ -2,18 +2,19 @@
 
 One small JSON file per (stage, shard), written atomically by the driver only, so concurrent
 shards never contend for a file and a killed driver leaves every entry either old or new.
-A shard is reusable only when its entry says ``done``, its fingerprint (upstream output digests
-+ stage config) matches the current one, and its output file still exists.
+``shard_state`` is the one freshness rule: ``run`` uses it to decide what to compute, ``status``
+to report what ``run`` would do.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.io import read_json, write_json_atomic
+from pipeline.stage import ERROR
 
 DONE, FAILED, RUNNING, BLOCKED = "done", "failed", "running", "blocked"
 
@@ -30,12 +31,84 @@ class Entry:
     n_clips: int = 0
     n_ok: int = 0
     failures: dict[str, str] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
+    #: clip -> "input" | "error" (missing: input)
+    failure_kinds: dict[str, str] = field(default_factory=dict)
+    filtered: dict[str, str] = field(default_factory=dict)
+    inputs_digest: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the stage's metrics
     error: str | None = None  # why the whole shard failed (crash, lost worker, blocked)
+    #: attempts with the current fingerprint (reset when it changes or with force)
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     duration_s: float | None = None
+    cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    node: str | None = None
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Clip failures of kind ``error`` (unexpected: the shard retries)."""
+        return {c: r for c, r in self.failures.items() if self.failure_kinds.get(c) == ERROR}
+
+
+_FIELDS = {f.name for f in fields(Entry)}
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """What ``run`` does with a shard: ``todo`` (compute it) and a label for ``status``:
+    ``done``, ``errors`` (done, some clips hit unexpected errors), ``failed``, ``pending``."""
+
+    todo: bool
+    label: str
+    why: str = ""
+
+
+def shard_state(
+    entry: Entry | None,
+    clip_ids: list[str],
+    output_exists: bool,
+    max_attempts: int,
+    fingerprint: str | None = None,
+) -> ShardState:
+    """The one freshness rule. ``fingerprint=None`` (``status`` without a full config) skips the
+    fingerprint comparison; everything else is decided exactly as ``run`` decides it."""
+    if entry is None:
+        return ShardState(True, "pending", "never run")
+    if entry.status == RUNNING:
+        return ShardState(True, "pending", "interrupted while running")
+    if entry.status == BLOCKED:
+        return ShardState(True, "pending", _last_line(entry.error) or "blocked by upstream")
+    if list(entry.clip_ids) != list(clip_ids):
+        return ShardState(True, "pending", "stale: its clips differ from the current plan (re-run)")
+    if fingerprint is not None and entry.fingerprint != fingerprint:
+        return ShardState(True, "pending", "stale: inputs or settings changed")
+    retry = entry.attempts < max_attempts
+    if entry.status == FAILED:
+        why = _last_line(entry.error)
+        if retry:
+            return ShardState(True, "failed", f"crashed, retried on the next run: {why}")
+        return ShardState(False, "failed",
+                          f"crashed {entry.attempts} times, not retried (force=true retries): "
+                          f"{why}")
+    if not output_exists:
+        return ShardState(True, "pending", "stale: output missing")
+    errors = entry.errors
+    if errors:
+        if retry:
+            return ShardState(True, "errors",
+                              f"{len(errors)} clip(s) hit unexpected errors, retried on the "
+                              "next run")
+        return ShardState(False, "errors",
+                          f"{len(errors)} clip(s) hit unexpected errors {entry.attempts} times, "
+                          "not retried (force=true retries)")
+    return ShardState(False, "done")
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 class Ledger:
@@ -65,9 +138,20 @@ class Ledger:
         if not p.exists():
             return None
         try:
-            return Entry(**read_json(p))
+            data = read_json(p)
+            entry = Entry(**{k: v for k, v in data.items() if k in _FIELDS})
         except (ValueError, TypeError):
             return None  # unreadable entry: treat as never run (it is rewritten on completion)
+        # entries written before typed results kept these in stats under magic keys
+        stats = entry.stats
+        if entry.inputs_digest is None and "inputs_digest" in stats:
+            entry.inputs_digest = stats["inputs_digest"]
+        if not entry.filtered and isinstance(stats.get("filtered"), dict):
+            entry.filtered = stats["filtered"]
+        for key in ("cpu_s", "peak_rss_mb", "node"):
+            if getattr(entry, key) is None and f"_{key}" in stats:
+                setattr(entry, key, stats[f"_{key}"])
+        return entry
 
     def put(self, entry: Entry) -> None:
         write_json_atomic(asdict(entry), self.path(entry.shard_id))
@@ -75,12 +159,18 @@ class Ledger:
     def entries(self, shard_ids: list[str]) -> dict[str, Entry | None]:
         return {s: self.get(s) for s in shard_ids}
 
+    def state(
+        self, entry: Entry | None, clip_ids: list[str], max_attempts: int,
+        fingerprint: str | None = None,
+    ) -> ShardState:
+        out = entry is not None and self.output_path(entry).exists()
+        return shard_state(entry, clip_ids, out, max_attempts, fingerprint)
+
     def is_fresh(self, entry: Entry | None, fingerprint: str) -> bool:
-        return (
-            entry is not None
-            and entry.fingerprint == fingerprint
-            and self.done_path(entry) is not None
-        )
+        """Done with this fingerprint, output on disk, no retry owed (``max_attempts`` 1)."""
+        if entry is None:
+            return False
+        return not self.state(entry, list(entry.clip_ids), 1, fingerprint).todo
 
     def mark_running(self, entry: Entry) -> None:
         entry.status = RUNNING

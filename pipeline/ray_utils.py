@@ -58,6 +58,8 @@ def node_id() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():
+            return "local"
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informational only
         return "?"

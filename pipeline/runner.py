@@ -1,89 +1,82 @@
-"""The shard runner: plans shards, decides what is missing/failed/stale, runs it on Ray, records
-everything in the ledger and prints a summary.
+"""The runner: plans shards, decides with the ledger what is missing, failed or stale, runs it,
+records everything and prints a summary. It names no stage: stages come from the registry and
+are driven only through the declared contract of ``pipeline.stage``.
 
-Resume is the default: a shard whose ledger entry is ``done`` with the current fingerprint and an
-existing output is never recomputed. A fingerprint chains the digests of the upstream outputs of
-the same shard with the stage's own config section, so an upstream change or a config edit makes
-exactly the affected shards stale. Outputs are written by the workers atomically; ledger entries
-by the driver, after the output exists, so a crash anywhere leaves a consistent state.
+Resume is the default: a shard whose ledger entry is ``done`` with the current fingerprint, an
+existing output and no unexpected clip errors is never recomputed. A fingerprint chains the
+digests of the upstream outputs of the same shard (all of them for a global stage) with the
+stage's own config sections, so an upstream change or a config edit makes exactly the affected
+shards stale. Outputs are written by the workers atomically; ledger entries by the driver, after
+the output exists, so a crash anywhere leaves a consistent state.
+
+Exit status of ``run`` (``Summary["exit_code"]``): 0 when every shard is done and no clip hit an
+unexpected error; 1 when shards failed or are pending, clips hit unexpected errors, or no clip
+survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import resource
 import time
-import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from pipeline import ray_utils
+from pipeline import log as plog
+from pipeline import ray_utils, registry
 from pipeline.config import ConfigError, stage_config_view
 from pipeline.io import file_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
-from pipeline.stage import ShardResult, ShardTask, Stage, StageNotImplemented
+from pipeline.stage import (
+    GLOBAL,
+    GLOBAL_SHARD,
+    ShardTask,
+    Stage,
+    StageNotImplemented,
+    TaskOutcome,
+    execute,
+)
+from pipeline.summary import (  # noqa: F401 - status/format_status: public here too
+    build_summary,
+    format_status,
+    max_attempts,
+    print_summary,
+    status,
+)
 
-#: every stage, in data-flow order (``stage=all`` runs the first five)
-STAGE_ORDER = ("ingest", "triangulate", "depth", "align", "curate", "train", "sample", "evaluate")
-ALL = ("ingest", "triangulate", "depth", "align", "curate")
-
-
-class _Declared(Stage):
-    """Placeholder for a stage whose module has not been written yet."""
-
-    implemented = False
-
-    def __init__(self, name: str):
-        self.name = name
+log = plog.log
 
 
 def load_stage(name: str) -> Stage:
-    if name not in STAGE_ORDER:
-        raise ConfigError(f"unknown stage '{name}' (choose from: all, {', '.join(STAGE_ORDER)})")
+    """A registered stage by name, or a one-line ``ConfigError`` listing the choices."""
     try:
-        module = importlib.import_module(f"stages.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"stages.{name}":
-            return _Declared(name)
-        raise
-    return module.STAGE
+        return registry.get(name)
+    except registry.UnknownStage:
+        raise ConfigError(
+            f"unknown stage '{name}' (choose from: all, {', '.join(registry.names())})"
+        ) from None
 
 
 def stage_chain(target: str) -> list[str]:
     """``target`` and everything upstream of it, in data-flow order."""
-    if target == "all":
-        return list(ALL)
-    needed: set[str] = set()
-    todo = [target]
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        todo.extend(load_stage(name).upstream)
-    return [s for s in STAGE_ORDER if s in needed]
-
-
-def output_dir_name(stage: Stage) -> str:
-    return getattr(stage, "output_dir", None) or stage.name
+    if target != "all":
+        load_stage(target)
+    return registry.chain(target)
 
 
 class RunContext:
-    """What dataset-wide stage hooks (prepare/finalize/run) see of the current run."""
+    """What stage hooks on the driver (prepare/finalize/shard_extra) see of the current run."""
 
-    def __init__(self, cfg: dict[str, Any], shards: dict[str, list[str]]):
+    def __init__(self, cfg: dict[str, Any], shards: dict[str, list[str]],
+                 sources: dict[str, Any] | None = None):
         self.cfg = cfg
         self.work_dir = Path(cfg["paths"]["work_dir"])
         self.shards = shards
         self.shard_ids = sorted(shards)
+        self.sources = sources or {}
         self.progress = bool(cfg.get("progress", True))
 
     def output_path(self, stage: str, shard_id: str) -> Path:
-        return self.work_dir / output_dir_name(load_stage(stage)) / f"{shard_id}.parquet"
+        return self.work_dir / load_stage(stage).output_file(self.cfg, shard_id)
 
     def entries(self, stage: str) -> dict[str, Entry | None]:
         return Ledger(self.work_dir, stage).entries(self.shard_ids)
@@ -96,53 +89,41 @@ class RunContext:
     def clip_failures(self, stage: str) -> dict[str, str]:
         out: dict[str, str] = {}
         for e in self.entries(stage).values():
-            if e is not None:
+            if e is not None and e.status == DONE:
                 out.update(e.failures)
         return out
 
     def log(self, msg: str) -> None:
-        tqdm.write(msg)
+        log.info(msg)
 
 
-def _execute_shard(stage_name: str, task: ShardTask) -> dict[str, Any]:
-    """Body of one Ray task: run a shard, never raise (errors travel back as text)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        result = load_stage(stage_name).process_shard(task)
-        payload: dict[str, Any] = {"ok": True, "result": asdict(result)}
-    except Exception:  # noqa: BLE001 - reported to the driver and the ledger
-        payload = {"ok": False, "error": traceback.format_exc(limit=8)}
-    payload["wall_s"] = time.perf_counter() - t0
-    payload["cpu_s"] = time.process_time() - c0
-    payload["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    payload["node"] = ray_utils.node_id()
-    return payload
+def _remote_execute(stage: Stage, task: ShardTask) -> TaskOutcome:
+    """Body of one Ray task (the stage object travels with it: toy stages work too)."""
+    return execute(stage.process_shard, task)
 
 
 class Runner:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
         self.work_dir = Path(cfg["paths"]["work_dir"])
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.force = bool(cfg.get("force", False))
         self.report: dict[str, Any] = {"stages": {}}
 
     # ------------------------------------------------------------------ planning
-    def plan(self) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
-        """Discover clips (ingest's job) and cut them into fixed shards of sorted clip ids."""
-        ingest = load_stage("ingest")
-        sources = ingest.discover(self.cfg)
+    def plan(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
+        """Discover clips (the source stage's job) and cut them into shards of sorted ids."""
+        sources = registry.source().discover(self.cfg)
         if not sources:
             ds = self.cfg["dataset"]
             raise ConfigError(f"dataset '{ds['name']}' at {ds.get('root')} has no clips")
         ids = sorted(sources)
         limit = self.cfg["dataset"].get("limit")
         if limit is not None:
-            limit = _int_setting("dataset.limit", limit, minimum=1)
-            ids = ids[:limit]
+            ids = ids[: int(limit)]
             sources = {c: sources[c] for c in ids}
-        size = _int_setting("shards.size", self.cfg["shards"]["size"], minimum=1)
-        shards = cut_shards(ids, size, int(self.cfg["shards"]["max_factor"]))
+        shards = cut_shards(ids, int(self.cfg["shards"]["size"]),
+                            int(self.cfg["shards"]["max_factor"]))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             {"dataset": self.cfg["dataset"].get("name"), "shards": shards},
             self.work_dir / "plan.json",
@@ -159,8 +140,12 @@ class Runner:
                     f"stage '{name}' is declared but not implemented yet "
                     f"(needed for stage={target})"
                 )
+        for name in chain:  # weights, devices...: fail before any stage writes anything
+            load_stage(name).check_ready(self.cfg)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_work_dir(self.work_dir)
         try:
+            plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
             return self._run_locked(target, chain)
         finally:
             lock.close()  # releases the lock (the OS does the same if the driver is killed)
@@ -169,32 +154,28 @@ class Runner:
         ray_utils.init_ray(self.cfg)
         t_start = time.time()
         shards, sources = self.plan()
-        ctx = RunContext(self.cfg, shards)
+        ctx = RunContext(self.cfg, shards, sources)
         n_clips = sum(len(v) for v in shards.values())
         ctx.log(f"[plan] {n_clips} clips in {len(shards)} shards -> {self.work_dir}")
-        self.report["clips_in"] = n_clips
         for name in chain:
             stage = load_stage(name)
             force = self.force and (target == "all" or name == target)
-            if hasattr(stage, "run"):
-                t0 = time.time()
-                out = stage.run(ctx)
-                self.report["stages"][name] = {"summary": out, "wall_s": time.time() - t0}
-                continue
-            self._run_stage(stage, ctx, sources, force)
+            t0 = time.time()
+            stats = self._run_stage(stage, ctx, force)
+            stats["wall_s"] = round(time.time() - t0, 3)
+            self.report["stages"][name] = stats
         self.report["wall_s"] = time.time() - t_start
         summary = build_summary(ctx, chain, self.report)
         write_json_atomic(summary, self.work_dir / "summary.json")
         print_summary(summary)
         return summary
 
-    def _fingerprint(
-        self, stage: Stage, shard: str, clips: list[str], upstream: dict[str, str], extra: Any
-    ) -> str:
+    def _fingerprint(self, stage: Stage, clips: list[str], upstream: dict[str, Any],
+                     extra: Any) -> str:
         return stable_hash(
             {
                 "stage": stage.name,
-                "version": getattr(stage, "version", 1),
+                "version": stage.version,
                 "config": stage_config_view(self.cfg, stage.config_keys),
                 "clips": clips,
                 "upstream": upstream,
@@ -202,73 +183,159 @@ class Runner:
             }
         )
 
-    def _run_stage(
-        self, stage: Stage, ctx: RunContext, sources: dict[str, Any], force: bool
-    ) -> None:
+    def _plan_task(
+        self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str, clips: list[str],
+        inputs: dict[str, str], digests: dict[str, Any], extra: dict[str, Any],
+        blocked: str | None, force: bool, inputs_all: dict[str, list[str]] | None = None,
+        task_extra: dict[str, Any] | None = None,
+    ) -> tuple[Entry, ShardTask] | str:
+        """The task for one shard, or why it does not run (``fresh``, ``blocked``, ``gave_up``)."""
+        fp = self._fingerprint(stage, clips, digests, extra)
+        rel_out = stage.output_file(self.cfg, shard)
+        prev = ledger.get(shard)
+        if blocked is not None:
+            ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked,
+                             attempts=prev.attempts if prev else 0))
+            return "blocked"
+        st = ledger.state(prev, clips, max_attempts(self.cfg), fp)
+        if not force and not st.todo:
+            return "fresh" if st.label in ("done", "errors") and prev and prev.status == DONE \
+                else "gave_up"
+        same = prev is not None and prev.fingerprint == fp and not force
+        entry = Entry(stage.name, shard, RUNNING, clips, fp, rel_out,
+                      attempts=prev.attempts if same and prev else 0)
+        task = ShardTask(
+            stage=stage.name, shard_id=shard, clip_ids=clips, inputs=inputs,
+            output=str(self.work_dir / rel_out), cfg=self.cfg, work_dir=str(self.work_dir),
+            extra={**extra, **(task_extra or {})}, inputs_all=inputs_all or {}, fingerprint=fp,
+            restart=not same,
+        )
+        return entry, task
+
+    def _run_stage(self, stage: Stage, ctx: RunContext, force: bool) -> dict[str, Any]:
         ledger = Ledger(self.work_dir, stage.name)
         extra_all = stage.prepare(ctx)
         todo: list[tuple[Entry, ShardTask]] = []
-        n_fresh = n_blocked = 0
-        for shard, clips in ctx.shards.items():
-            out = ctx.output_path(stage.name, shard)
-            inputs: dict[str, str] = {}
-            digests: dict[str, Any] = {}
-            blocked = None
-            for up in stage.upstream:
-                up_ledger = Ledger(self.work_dir, up)
-                e = up_ledger.get(shard)
-                up_out = up_ledger.done_path(e)
-                if e is None or up_out is None:
-                    blocked = f"upstream {up} shard {shard} is not done" + (
-                        f" ({e.status}: {_last_line(e.error)})" if e else ""
-                    )
-                    break
-                inputs[up] = str(up_out)
-                digests[up] = _chained_digest(e)
-            extra = dict(extra_all)
-            if stage.name == "ingest":
-                extra["sources"] = {c: sources[c] for c in clips}
-                digests["sources"] = stable_hash(extra["sources"])
-            fp = self._fingerprint(stage, shard, clips, digests, extra_all)
-            rel_out = str(out.relative_to(self.work_dir))
-            if blocked is not None:
-                ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked))
-                n_blocked += 1
-                continue
-            prev = ledger.get(shard)
-            if not force and ledger.is_fresh(prev, fp):
-                n_fresh += 1
-                continue
-            entry = Entry(
-                stage.name, shard, RUNNING, clips, fp, rel_out,
-                attempts=prev.attempts if prev else 0,
-            )
-            task = ShardTask(
-                stage=stage.name, shard_id=shard, clip_ids=clips, inputs=inputs,
-                output=str(out), cfg=self.cfg, work_dir=str(self.work_dir), extra=extra,
-            )
-            todo.append((entry, task))
+        counts = {"fresh": 0, "blocked": 0, "gave_up": 0}
+        if stage.kind == GLOBAL:
+            plans = [self._global_plan(stage, ctx, ledger, extra_all, force)]
+        else:
+            plans = [self._shard_plan(stage, ctx, ledger, shard, clips, extra_all, force)
+                     for shard, clips in ctx.shards.items()]
+        for p in plans:
+            if isinstance(p, str):
+                counts[p] += 1
+            else:
+                todo.append(p)
+        what = "task" if stage.kind == GLOBAL else "shards"
         ctx.log(
-            f"[{stage.name}] {len(todo)} shards to run, {n_fresh} done and fresh"
-            + (f", {n_blocked} blocked by upstream failures" if n_blocked else "")
+            f"[{stage.name}] {len(todo)} {what} to run, {counts['fresh']} done and fresh"
+            + (f", {counts['blocked']} blocked by upstream failures" if counts["blocked"] else "")
+            + (f", {counts['gave_up']} given up after {max_attempts(self.cfg)} attempts"
+               if counts["gave_up"] else "")
         )
-        stats = {"run": len(todo), "fresh": n_fresh, "blocked": n_blocked}
-        t0 = time.time()
+        stats: dict[str, Any] = {"run": len(todo), **counts}
         if todo:
             self._execute(stage, ledger, todo, ctx)
-        stats["wall_s"] = time.time() - t0
-        stage.finalize(ctx)
-        self.report["stages"][stage.name] = stats
+        if stage.kind != GLOBAL and stage.finalize_output:
+            stats["finalize"] = self._run_finalize(stage, ctx, ledger, force)
+        return stats
+
+    def _upstream_of_shard(self, stage: Stage, shard: str) -> tuple[dict, dict, str | None]:
+        inputs: dict[str, str] = {}
+        digests: dict[str, Any] = {}
+        for up in stage.upstream:
+            up_ledger = Ledger(self.work_dir, up)
+            e = up_ledger.get(shard)
+            up_out = up_ledger.done_path(e)
+            if e is None or up_out is None:
+                why = f" ({e.status}: {_last_line(e.error)})" if e and e.error else (
+                    f" ({e.status})" if e else "")
+                return inputs, digests, f"upstream {up} shard {shard} is not done{why}"
+            inputs[up] = str(up_out)
+            digests[up] = _chained_digest(e)
+        return inputs, digests, None
+
+    def _shard_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str,
+                    clips: list[str], extra_all: dict[str, Any], force: bool) -> Any:
+        inputs, digests, blocked = self._upstream_of_shard(stage, shard)
+        shard_extra = stage.shard_extra(ctx, shard, clips)
+        # per-shard values enter the fingerprint as digests (for ingest exactly as before the
+        # stage contract existed: work dirs made then stay fresh)
+        for key, value in shard_extra.items():
+            digests[key] = stable_hash(value)
+        return self._plan_task(stage, ctx, ledger, shard, clips, inputs, digests,
+                               extra_all, blocked, force, task_extra=shard_extra)
+
+    def _global_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger,
+                     extra_all: dict[str, Any], force: bool) -> Any:
+        """One task over every done upstream shard; its fingerprint chains all of them, so
+        changed upstream data (e.g. the curated set for train) starts a new run."""
+        inputs_all: dict[str, list[str]] = {}
+        digests: dict[str, Any] = {}
+        blocked = None
+        for up in stage.upstream:
+            up_stage = load_stage(up)
+            up_ledger = Ledger(self.work_dir, up)
+            ids = [GLOBAL_SHARD] if up_stage.kind == GLOBAL else ctx.shard_ids
+            done = {s: e for s, e in up_ledger.entries(ids).items()
+                    if up_ledger.done_path(e) is not None}
+            if not done:
+                blocked = f"upstream {up} has no done output"
+            inputs_all[up] = [str(up_ledger.output_path(e)) for e in done.values()]
+            digests[up] = {s: _chained_digest(e) for s, e in done.items()}
+        inputs = {up: str(self.work_dir / load_stage(up).out_dir_name(self.cfg))
+                  for up in stage.upstream}
+        return self._plan_task(stage, ctx, ledger, GLOBAL_SHARD, [], inputs, digests,
+                               extra_all, blocked, force, inputs_all)
+
+    def _run_finalize(self, stage: Stage, ctx: RunContext, ledger: Ledger,
+                      force: bool) -> str:
+        """A sharded stage's dataset-wide step, under the ledger like a global stage: it re-runs
+        only when one of the stage's shard entries (or the config) changed."""
+        entries = ctx.entries(stage.name)
+        digests = {s: [e.status, e.fingerprint, e.output_digest] if e else None
+                   for s, e in entries.items()}
+        fp = self._fingerprint(stage, [], {"shards": digests}, "finalize")
+        rel_out = f"{stage.out_dir_name(self.cfg)}/{stage.finalize_output}"
+        prev = ledger.get(GLOBAL_SHARD)
+        st = ledger.state(prev, [], max_attempts(self.cfg), fp)
+        if not force and not st.todo:
+            return "fresh"
+        same = prev is not None and prev.fingerprint == fp and not force
+        entry = Entry(stage.name, GLOBAL_SHARD, RUNNING, [], fp, rel_out,
+                      attempts=prev.attempts if same and prev else 0)
+        ledger.mark_running(entry)
+        task = ShardTask(stage=stage.name, shard_id=GLOBAL_SHARD, clip_ids=[], inputs={},
+                         output=str(self.work_dir / rel_out), cfg=self.cfg,
+                         work_dir=str(self.work_dir), fingerprint=fp, restart=not same)
+
+        def fin(_task: ShardTask) -> Any:
+            from pipeline.stage import ShardResult
+
+            metrics = stage.finalize(ctx) or {}
+            return ShardResult(n_clips=0, n_ok=0, stats=metrics)
+
+        self._record(ledger, entry, execute(fin, task))
+        if entry.status != DONE:
+            ctx.log(f"[{stage.name}] dataset-wide step FAILED: {_last_line(entry.error)}")
+        return entry.status
 
     def _execute(
         self, stage: Stage, ledger: Ledger, todo: list[tuple[Entry, ShardTask]], ctx: RunContext
     ) -> None:
+        if stage.kind == GLOBAL:  # in the driver: it may start its own Ray work (Ray Train)
+            for entry, task in todo:
+                ledger.mark_running(entry)
+                self._record(ledger, entry, execute(stage.process_shard, task))
+                self._report_entry(stage, entry, ctx)
+            return
         import ray
 
         executor = stage.make_executor(self.cfg)
         remote = None
         if executor is None:
-            remote = ray.remote(_execute_shard).options(
+            remote = ray.remote(_remote_execute).options(
                 **stage.resources(self.cfg),
                 **ray_utils.task_options(self.cfg),
                 max_retries=0,
@@ -276,11 +343,10 @@ class Runner:
             )
         max_in_flight = ray_utils.max_in_flight(self.cfg)
         pending = list(todo)
-        in_flight: dict[Any, tuple[Entry, ShardTask, float]] = {}
+        in_flight: dict[Any, tuple[Entry, ShardTask]] = {}
         n_clips = sum(len(t.clip_ids) for _, t in todo)
-        disable = not ctx.progress
-        bar = tqdm(total=len(todo), desc=f"{stage.name} shards", unit="shard", disable=disable)
-        cbar = tqdm(total=n_clips, desc=f"{stage.name} clips", unit="clip", disable=disable)
+        every = float(self.cfg["log"]["progress_every_s"])
+        bar = plog.progress(n_clips, f"{stage.name} clips", "clips", ctx.progress, every)
         ok = failed = 0
         try:
             while pending or in_flight:
@@ -290,33 +356,40 @@ class Runner:
                     if executor is not None:
                         ref = executor.submit(task)
                     else:
-                        ref = remote.remote(stage.name, task)
-                    in_flight[ref] = (entry, task, time.time())
+                        ref = remote.remote(stage, task)
+                    in_flight[ref] = (entry, task)
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
-                    entry, task, t_sub = in_flight.pop(ref)
-                    payload = _collect(ref, t_sub)
-                    self._record(ledger, entry, payload)
+                    entry, task = in_flight.pop(ref)
+                    self._record(ledger, entry, _collect(ref))
                     if entry.status == DONE:
                         ok += entry.n_ok
                         failed += entry.n_clips - entry.n_ok
-                    else:
-                        ctx.log(f"[{stage.name}] shard {entry.shard_id} FAILED: "
-                                f"{_last_line(entry.error)}")
-                    bar.update(1)
-                    cbar.update(len(task.clip_ids))
-                    cbar.set_postfix(ok=ok, failed=failed)
+                    self._report_entry(stage, entry, ctx)
+                    bar.set_postfix(ok=ok, failed=failed)
+                    bar.update(len(task.clip_ids))
         finally:
             bar.close()
-            cbar.close()
             if executor is not None:
                 executor.close()
 
-    def _record(self, ledger: Ledger, entry: Entry, payload: dict[str, Any]) -> None:
+    def _report_entry(self, stage: Stage, entry: Entry, ctx: RunContext) -> None:
+        log_path = Path("logs") / stage.name / f"{entry.shard_id}.log"
+        if entry.status != DONE:
+            ctx.log(f"[{stage.name}] shard {entry.shard_id} FAILED: {_last_line(entry.error)} "
+                    f"(log: {log_path})")
+        elif entry.errors:
+            ctx.log(f"[{stage.name}] shard {entry.shard_id}: {len(entry.errors)} clip(s) hit "
+                    f"unexpected errors, retried on the next run (log: {log_path})")
+
+    def _record(self, ledger: Ledger, entry: Entry, outcome: TaskOutcome) -> None:
         entry.finished_at = time.time()
-        entry.duration_s = payload.get("wall_s")
-        if payload.get("ok"):
-            res = payload["result"]
+        entry.duration_s = round(outcome.wall_s, 3)
+        entry.cpu_s = round(outcome.cpu_s, 3)
+        entry.peak_rss_mb = round(outcome.peak_rss_mb, 1)
+        entry.node = outcome.node
+        res = outcome.result
+        if outcome.ok and res is not None:
             out = ledger.output_path(entry)
             if not out.exists():
                 entry.status = FAILED
@@ -325,29 +398,30 @@ class Runner:
                 entry.status = DONE
                 entry.output_digest = file_digest(out)
                 entry.error = None
-            entry.n_clips = res["n_clips"]
-            entry.n_ok = res["n_ok"]
-            entry.failures = res["failures"]
-            entry.stats = dict(res.get("stats") or {})
+            entry.n_clips = res.n_clips
+            entry.n_ok = res.n_ok
+            entry.failures = dict(res.failures)
+            entry.failure_kinds = {c: res.kind_of(c) for c in res.failures}
+            entry.filtered = dict(res.filtered)
+            entry.inputs_digest = res.inputs_digest
+            entry.stats = dict(res.stats)
         else:
             entry.status = FAILED
-            entry.error = payload.get("error")
-        for key in ("cpu_s", "peak_rss_mb", "node", "wall_s"):
-            if key in payload:
-                entry.stats[f"_{key}"] = payload[key]
+            entry.error = outcome.error or "task returned no result"
         ledger.put(entry)
 
 
-def _collect(ref: Any, t_submit: float) -> dict[str, Any]:
-    """Resolve one shard's result; a lost worker or an executor's exception is a shard failure."""
+def _collect(ref: Any) -> TaskOutcome:
+    """Resolve one task; a lost worker or actor is a shard failure like any exception."""
     import ray
 
     try:
         value = ray.get(ref)
-    except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    if isinstance(value, ShardResult):  # executors (actor pools) return the bare result
-        return {"ok": True, "result": asdict(value), "wall_s": time.time() - t_submit}
+    except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ActorDied...
+        return TaskOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+    if not isinstance(value, TaskOutcome):
+        return TaskOutcome(ok=False, error=f"executor returned {type(value).__name__}, "
+                                           "expected TaskOutcome (run tasks through execute)")
     return value
 
 
@@ -383,10 +457,10 @@ def _shard_name(first_clip: str) -> str:
 
 def _chained_digest(e: Entry) -> str | None:
     """What a downstream fingerprint chains on: the upstream output's digest, plus the digest of
-    inputs the output only names by path (``stats["inputs_digest"]``, reported by ingest).
+    inputs the output only names by path (``ShardResult.inputs_digest``, reported by ingest).
     Frames or depth files replaced at the same path leave the manifest byte-identical, yet
     triangulate/depth must be redone on them."""
-    extra = (e.stats or {}).get("inputs_digest")
+    extra = e.inputs_digest
     return e.output_digest if extra is None else stable_hash([e.output_digest, extra])
 
 
@@ -408,178 +482,6 @@ def _lock_work_dir(work_dir: Path) -> Any:
     return fh
 
 
-def _int_setting(key: str, value: Any, minimum: int) -> int:
-    """An integer setting checked on the driver: ``int(-1)`` would silently slice off the last
-    clip (``dataset.limit=-1``) and ``int('abc')`` would end in a traceback."""
-    try:
-        out = int(value)
-        ok = out == value or str(out) == str(value).strip()
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or out < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return out
-
-
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else ""
-
-
-# ---------------------------------------------------------------------- summary
-def build_summary(ctx: RunContext, chain: list[str], report: dict[str, Any]) -> dict[str, Any]:
-    """Clips in = kept + filtered + failed (+ pending, when shards crashed or were blocked)."""
-    clip_ids = [c for s in ctx.shard_ids for c in ctx.shards[s]]
-    failed: dict[str, dict[str, str]] = {}
-    pending: dict[str, str] = {}
-    stage_rows = []
-    per_stage_done: dict[str, set[str]] = {}
-    filtered: dict[str, str] = {}
-    for name in chain:
-        stage = load_stage(name)
-        if hasattr(stage, "run"):
-            continue
-        entries = ctx.entries(name)
-        counts = {DONE: 0, FAILED: 0, BLOCKED: 0, RUNNING: 0, "missing": 0}
-        done_clips: set[str] = set()
-        for shard, e in entries.items():
-            if e is None:
-                counts["missing"] += 1
-                continue
-            counts[e.status] = counts.get(e.status, 0) + 1
-            if e.status == DONE:
-                done_clips.update(c for c in e.clip_ids if c not in e.failures)
-                for c, why in e.failures.items():
-                    failed.setdefault(c, {"stage": name, "reason": why})
-                filtered.update(e.stats.get("filtered", {}) or {})
-            else:
-                for c in e.clip_ids:
-                    pending.setdefault(c, f"{name} shard {shard} {e.status}")
-        per_stage_done[name] = done_clips
-        cpu = sum((e.stats.get("_cpu_s") or 0.0) for e in entries.values() if e is not None)
-        stage_rows.append(
-            {
-                "stage": name,
-                "shards": counts,
-                "clips_ok": sum(e.n_ok for e in entries.values() if e and e.status == DONE),
-                "clips_failed": sum(
-                    len(e.failures) for e in entries.values() if e and e.status == DONE
-                ),
-                "cpu_s": cpu,
-                **report["stages"].get(name, {}),
-            }
-        )
-    last = [n for n in chain if n in per_stage_done]
-    kept = per_stage_done[last[-1]] if last else set()
-    kept = {c for c in kept if c not in filtered and c not in failed}
-    pending = {c: why for c, why in pending.items() if c not in failed}
-    return {
-        "clips_in": len(clip_ids),
-        "kept": len(kept),
-        "filtered": filtered,
-        "failed": failed,
-        "pending": pending,
-        "stages": stage_rows,
-        "last_stage": last[-1] if last else None,
-        "dataset_stages": {k: v for k, v in report["stages"].items() if "summary" in v},
-        "wall_s": report.get("wall_s"),
-    }
-
-
-def print_summary(summary: dict[str, Any], max_lines: int = 20) -> None:
-    w = tqdm.write
-    w("")
-    w("=" * 72)
-    w(f"{'stage':<12}{'shards done/failed/blocked':>28}{'clips ok':>10}{'failed':>8}{'cpu s':>10}")
-    for row in summary["stages"]:
-        s = row["shards"]
-        w(
-            f"{row['stage']:<12}{s[DONE]:>16}/{s[FAILED]}/{s[BLOCKED]:<9}"
-            f"{row['clips_ok']:>10}{row['clips_failed']:>8}{row['cpu_s']:>10.1f}"
-        )
-    rules: dict[str, int] = {}
-    for rule in summary["filtered"].values():
-        rules[rule] = rules.get(rule, 0) + 1
-    w("-" * 72)
-    w(
-        f"clips in: {summary['clips_in']}   kept after {summary['last_stage']}: {summary['kept']}"
-        f"   filtered: {len(summary['filtered'])}   failed: {len(summary['failed'])}"
-        + (f"   pending: {len(summary['pending'])}" if summary["pending"] else "")
-    )
-    for rule, n in sorted(rules.items()):
-        w(f"  filtered by {rule}: {n}")
-    for i, (clip, f) in enumerate(sorted(summary["failed"].items())):
-        if i == max_lines:
-            more = len(summary["failed"]) - max_lines
-            w(f"  ... and {more} more (see `python -m pipeline status`)")
-            break
-        w(f"  failed [{f['stage']}] {clip}: {f['reason']}")
-    for clip, why in list(sorted(summary["pending"].items()))[:max_lines]:
-        w(f"  pending {clip}: {why} (re-run to retry)")
-    for name, info in summary.get("dataset_stages", {}).items():
-        brief = ", ".join(
-            f"{k}={v}" for k, v in (info.get("summary") or {}).items()
-            if isinstance(v, (int, float, str)) and len(str(v)) < 80
-        )
-        w(f"{name} ({info.get('wall_s', 0.0):.1f} s): {brief}")
-    if summary.get("wall_s") is not None:
-        w(f"wall time: {summary['wall_s']:.1f} s")
-    w("=" * 72)
-
-
-def status(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Per stage: shards done / failed / pending, and every failure reason (reads files only)."""
-    from pipeline.io import read_json
-
-    work_dir = Path(cfg["paths"]["work_dir"])
-    plan_path = work_dir / "plan.json"
-    if not plan_path.exists():
-        raise ConfigError(f"nothing has run in {work_dir} yet (no plan.json)")
-    shards = read_json(plan_path)["shards"]
-    out: dict[str, Any] = {}
-    for name in STAGE_ORDER:
-        led = Ledger(work_dir, name)
-        if not led.dir.exists():
-            continue
-        rows: dict[str, Any] = {DONE: 0, FAILED: 0, "pending": 0, "clip_failures": {},
-                                "shard_errors": {}}
-        for shard, e in led.entries(sorted(shards)).items():
-            lost = led.done_path(e) is None
-            if e is not None and e.status == DONE and (
-                list(e.clip_ids) != list(shards[shard]) or lost
-            ):
-                # an entry of an earlier plan (other shards.size / dataset) or a lost output:
-                # `run` recomputes it, so it is not done for the current plan
-                rows["pending"] += 1
-                rows["shard_errors"][shard] = (
-                    "stale: output missing" if lost
-                    else "stale: its clips differ from the current plan (re-run)"
-                )
-                continue
-            if e is None or e.status in (RUNNING, BLOCKED):
-                rows["pending"] += 1
-                if e is not None and e.error:
-                    rows["shard_errors"][shard] = _last_line(e.error)
-            elif e.status == DONE:
-                rows[DONE] += 1
-                rows["clip_failures"].update(e.failures)
-            else:
-                rows[FAILED] += 1
-                rows["shard_errors"][shard] = _last_line(e.error)
-        out[name] = rows
-    return out
-
-
-def format_status(st: dict[str, Any]) -> str:
-    lines = [f"{'stage':<12}{'done':>6}{'failed':>8}{'pending':>9}{'clip failures':>15}"]
-    for name, r in st.items():
-        lines.append(
-            f"{name:<12}{r[DONE]:>6}{r[FAILED]:>8}{r['pending']:>9}{len(r['clip_failures']):>15}"
-        )
-    for name, r in st.items():
-        for shard, err in sorted(r["shard_errors"].items()):
-            lines.append(f"  [{name}] shard {shard}: {err}")
-        for clip, why in sorted(r["clip_failures"].items()):
-            lines.append(f"  [{name}] clip {clip}: {why}")
-    return "\n".join(lines)
-

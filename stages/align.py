@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_parquet_atomic
+from pipeline.registry import register
 from pipeline.scale_stats import (
     Z95,
     FrameRatios,
@@ -294,4 +295,4 @@ class AlignStage(Stage):
         )
 
 
-STAGE = AlignStage()
+STAGE = register(AlignStage())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import registry
 from pipeline.config import ConfigError
 from pipeline.geometry import metric_relative_c2w
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from pipeline.registry import register
 from pipeline.schema import CURATED, SCHEMA_VERSION
-from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.stage import (
+    ClipError,
+    ShardResult,
+    ShardTask,
+    Stage,
+    for_each_clip,
+    reason_key,
+)
 
 FILTER_COLUMNS = ("scale_max", "scale_min")
 UNCERTAINTY_RULE = "uncertainty"
-UPSTREAM_STAGES = ("ingest", "triangulate", "depth", "align", "curate")
 #: a fixed zip timestamp keeps the export byte-identical across runs (resume must not differ)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -145,6 +152,11 @@ def curated_row(man: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _g(v: float | None) -> str:
+    """A cut-off for people: 6 significant digits (the exact value is in _dataset.json)."""
+    return "none" if v is None else f"{v:.6g}"
+
+
 def _read_many(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
     tables = [pq.read_table(p, columns=columns) for p in sorted(paths)]
     if not tables:
@@ -152,9 +164,9 @@ def _read_many(paths: list[Path], columns: list[str] | None = None) -> pd.DataFr
     return pa.concat_tables(tables).to_pandas()
 
 
-def _norm_reason(reason: str) -> str:
-    """Group failure reasons that differ only in their numbers."""
-    return re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", reason)
+def _norm_reason(reason: str, clip_id: str | None = None) -> str:
+    """Group failure reasons that differ only in clip ids, paths and numbers."""
+    return reason_key(reason, clip_id)
 
 
 def _distribution(values: np.ndarray, qs: list[float], bins: int) -> dict[str, Any]:
@@ -206,6 +218,7 @@ def _side_dir(name: str) -> str:
 class CurateStage(Stage):
     name = "curate"
     output_dir = "curated"
+    finalize_output = "_dataset.json"  # the dataset-wide step runs under the ledger
     upstream = ("ingest", "align")
     config_keys = ("curate",)
     version = 1
@@ -217,7 +230,7 @@ class CurateStage(Stage):
         ctx.log(
             f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
             + ", ".join(
-                f"{c} in [{cut[c]['low']}, {cut[c]['high']}] (k={cut[c]['k']})"
+                f"{c} in [{_g(cut[c]['low'])}, {_g(cut[c]['high'])}] (k={cut[c]['k']})"
                 for c in FILTER_COLUMNS
             )
         )
@@ -248,11 +261,11 @@ class CurateStage(Stage):
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=CURATED), task.output)
         return ShardResult(
             n_clips=len(aligned), n_ok=len(rows), failures=failures,
-            stats={"filtered": filtered, "kept": len(rows)},
+            stats={"kept": len(rows)}, filtered=filtered,
         )
 
     # -------------------------------------------------------------------------- finalize
-    def finalize(self, ctx: Any) -> None:
+    def finalize(self, ctx: Any) -> dict[str, Any]:
         ccfg = ctx.cfg["curate"]
         out_dir = Path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +279,7 @@ class CurateStage(Stage):
         manifest = _read_many(ctx.done_outputs("ingest"), ["clip_id", "split", "true_scale"])
 
         failed: dict[str, dict[str, str]] = {}
-        for stage in UPSTREAM_STAGES:
+        for stage in registry.chain(self.name):
             for clip, reason in sorted(ctx.clip_failures(stage).items()):
                 failed.setdefault(clip, {"stage": stage, "reason": reason})
         shards = getattr(ctx, "shards", None)
@@ -288,9 +301,9 @@ class CurateStage(Stage):
             by_rule[rule] += 1
         by_stage: dict[str, int] = {}
         by_reason: dict[str, int] = {}
-        for f in failed.values():
+        for clip, f in failed.items():
             by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
-            key = f"{f['stage']}: {_norm_reason(f['reason'])}"
+            key = f"{f['stage']}: {_norm_reason(f['reason'], clip)}"
             by_reason[key] = by_reason.get(key, 0) + 1
         counts = {
             "in": len(clips_in),
@@ -352,6 +365,8 @@ class CurateStage(Stage):
             f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(filtered)} "
             f"{by_rule}, failed {len(failed)}, pending {len(pending)} -> {out_dir}"
         )
+        return {"in": counts["in"], "kept": counts["kept"], "filtered": len(filtered),
+                "failed": len(failed), "pending": len(pending)}
 
     def _remove_stale_shards(self, ctx: Any, out_dir: Path) -> None:
         """The curated directory is read as one table by plain Parquet readers, so it must hold
@@ -425,4 +440,4 @@ class CurateStage(Stage):
                                cdir / f"valid_clips_{split}.txt")
 
 
-STAGE = CurateStage()
+STAGE = register(CurateStage())

@@ -39,12 +39,25 @@ from pipeline.depth_model import (
     Item,
     finalize_samples,
     load_depth_model,
+    model_source_problem,
     preview_map,
     sample_sensor,
 )
 from pipeline.io import write_bytes_atomic, write_parquet_atomic
+from pipeline.registry import register
 from pipeline.schema import DEPTH_SAMPLES
-from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.stage import (
+    ERROR,
+    ClipError,
+    Failures,
+    ShardResult,
+    ShardTask,
+    Stage,
+    TaskOutcome,
+    error_reason,
+    execute,
+    for_each_clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +127,12 @@ def write_preview(task: ShardTask, clip_id: str, frame_idx: int, small: np.ndarr
     write_bytes_atomic(buf.getvalue(), Path(task.output).parent / "_preview" / f"{clip_id}.npz")
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> tuple[str, str]:
+    """(reason, kind): a ``ClipError`` is the data's fault, anything else is unexpected."""
     if isinstance(exc, ClipError):
-        return exc.reason
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+        return exc.reason, exc.kind
+    log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))
+    return error_reason(exc), ERROR
 
 
 # ---------------------------------------------------------------------- sensor backend
@@ -199,7 +212,7 @@ def _producer(
                 first = False
             put(("done", clip_id, None))
         except Exception as exc:  # noqa: BLE001 - becomes this clip's failure reason
-            put(("done", clip_id, _reason(exc)))
+            put(("done", clip_id, _reason(exc)))  # (reason, kind)
     put((_DONE, None, None))
 
 
@@ -207,7 +220,7 @@ def run_model_shard(
     task: ShardTask, predictor: DepthPredictor, dcfg: dict[str, Any]
 ) -> ShardResult:
     """Predict and sample every frame with observations; decoding overlaps inference."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     inp = ShardInputs(task)
     n = len(inp.clip)
     depth = np.full(n, np.nan, np.float32)
@@ -226,7 +239,7 @@ def run_model_shard(
         )
         for i in range(n_workers)
     ]
-    failures: dict[str, str] = {}
+    failures = Failures()
     buckets: dict[tuple[int, ...], list[Item]] = defaultdict(list)
     previews: dict[str, tuple[int, np.ndarray]] = {}
     n_frames = 0
@@ -275,7 +288,7 @@ def run_model_shard(
                 finished += 1
             elif kind == "done":
                 if b is not None:
-                    failures[a] = b
+                    failures.add(a, *b)
             else:
                 shape = a.pixel_values.shape
                 buckets[shape].append(a)
@@ -301,8 +314,6 @@ def run_model_shard(
             "images_per_s": n_frames / wall if wall > 0 else None,
             "model_s": round(t_model, 3), "device": str(predictor.device),
             "batch_size": predictor.batch_size, "oom_halvings": predictor.n_oom,
-            # actor results bypass the runner's task wrapper, which measures this for tasks
-            "_cpu_s": time.process_time() - c0,
         },
     )
 
@@ -318,11 +329,9 @@ def build_predictor(dcfg: dict[str, Any], device: str) -> DepthPredictor:
 
 
 def _local_device(dcfg: dict[str, Any]) -> str:
-    import torch
+    from pipeline.device import choose_device
 
-    if dcfg.get("device") == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return "cuda"
+    return choose_device(dcfg.get("device") or "auto")
 
 
 _LOCAL: dict[str, DepthPredictor] = {}
@@ -353,8 +362,12 @@ class DepthWorker:
     def ready(self) -> str:
         return str(self.predictor.device)
 
-    def process(self, task: ShardTask) -> ShardResult:
+    def _run(self, task: ShardTask) -> ShardResult:
         return run_model_shard(task, self.predictor, self.dcfg)
+
+    def process(self, task: ShardTask) -> TaskOutcome:
+        """Through the engine's one task wrapper (timings, shard log file, crash capture)."""
+        return execute(self._run, task)
 
 
 def _announce(msg: str) -> None:
@@ -449,6 +462,24 @@ class DepthStage(Stage):
         dcfg = cfg["depth"]
         return {"num_cpus": int(dcfg.get("cpus_per_task") or dcfg.get("cpus_per_actor") or 1)}
 
+    def check_ready(self, cfg: dict[str, Any]) -> None:
+        """The model must be loadable before the first stage runs, not after triangulation."""
+        dcfg = cfg["depth"]
+        if dcfg["backend"] != "da2_metric":
+            return
+        problem = model_source_problem(
+            str(dcfg["model"]), dcfg.get("revision"), bool(dcfg.get("local_files_only")),
+            float(cfg["models"]["hub_timeout_s"]),
+        )
+        if problem:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(
+                f"depth.model: {problem}; download it on a connected machine "
+                f"(huggingface-cli download {dcfg['model']} --local-dir DIR) and pass "
+                "depth.model=DIR, or use depth=sensor for datasets with their own depth"
+            )
+
     def make_executor(self, cfg: dict[str, Any]) -> DepthActorPool | None:
         if cfg["depth"]["backend"] == "sensor":
             return None
@@ -464,4 +495,4 @@ class DepthStage(Stage):
         raise ValueError(f"unknown depth backend '{backend}' (da2_metric | sensor)")
 
 
-STAGE = DepthStage()
+STAGE = register(DepthStage())

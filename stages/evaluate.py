@@ -31,7 +31,9 @@ from pipeline import camera_eval as ce
 from pipeline import ray_utils
 from pipeline.config import ConfigError
 from pipeline.io import write_json_atomic, write_parquet_atomic
-from pipeline.stage import ClipError, ShardResult, ShardTask, Stage
+from pipeline.log import log
+from pipeline.registry import register
+from pipeline.stage import GLOBAL, ClipError, ShardResult, ShardTask, Stage
 
 ROW_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("trial", pa.int32()), ("seed", pa.int64()),
@@ -293,13 +295,38 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+class _TaskView:
+    """What the evaluation helpers read of a run, from the global task the runner hands over
+    (config, work dir, done upstream outputs, the log)."""
+
+    def __init__(self, task: ShardTask):
+        self.cfg = task.cfg
+        self.work_dir = Path(task.work_dir)
+        self._inputs = task.inputs_all
+
+    def done_outputs(self, stage: str) -> list[Path]:
+        return [Path(p) for p in sorted(self._inputs.get(stage, []))]
+
+    @staticmethod
+    def log(msg: str) -> None:
+        log.info(msg)
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
+    kind = GLOBAL
+    in_all = False
     upstream = ("ingest",)
     config_keys = ("evaluate",)
+    output_name = "metrics.json"
+
+    def out_dir_name(self, cfg: dict[str, Any]) -> str:
+        return "evaluate"
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        raise RuntimeError("stage 'evaluate' is dataset-wide: the runner calls run(ctx)")
+        out = self.run(_TaskView(task))
+        return ShardResult(n_clips=int(out.get("clips") or 0), n_ok=int(out.get("clips") or 0),
+                           stats={k: v for k, v in out.items() if k != "clips"})
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import ray
@@ -358,4 +385,4 @@ class EvaluateStage(Stage):
         return {k: metrics[k] for k in (*ce.ALL_METRICS, "sfm_success_rate", "clips")}
 
 
-STAGE = EvaluateStage()
+STAGE = register(EvaluateStage())

@@ -20,6 +20,7 @@ from pipeline import frames as frame_io
 from pipeline import rgbd_format
 from pipeline.io import read_json, stable_hash, write_parquet_atomic
 from pipeline.re10k_format import check_rotation, parse_pose_file
+from pipeline.registry import register
 from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
@@ -159,6 +160,7 @@ def _discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
 class IngestStage(Stage):
     name = "ingest"
     upstream = ()
+    is_source = True
     config_keys = ("dataset", "ingest")
 
     def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -171,6 +173,10 @@ class IngestStage(Stage):
         if ds["layout"] == "rgbd":
             return _discover_rgbd(cfg)
         return _discover_re10k(cfg)
+
+    def shard_extra(self, ctx: Any, shard_id: str, clip_ids: list[str]) -> dict[str, Any]:
+        """Each clip's discovered inputs (paths, sizes, mtimes): they fingerprint the shard."""
+        return {"sources": {c: ctx.sources[c] for c in clip_ids}}
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         sources = task.extra["sources"]
@@ -192,12 +198,10 @@ class IngestStage(Stage):
             n_clips=len(task.clip_ids),
             n_ok=len(rows),
             failures=failures,
-            stats={
-                "frames": int(sum(r["num_frames"] for r in rows)),
-                # frame/depth files are referenced by path in the manifest: their size/mtime
-                # must reach downstream fingerprints (see runner._chained_digest)
-                "inputs_digest": stable_hash({c: sources[c] for c in task.clip_ids}),
-            },
+            stats={"frames": int(sum(r["num_frames"] for r in rows))},
+            # frame/depth files are referenced by path in the manifest: their size/mtime
+            # must reach downstream fingerprints
+            inputs_digest=stable_hash({c: sources[c] for c in task.clip_ids}),
         )
 
 
@@ -233,9 +237,9 @@ def _image_size_checked(
     check = paths if verify == "all" else [paths[0], paths[-1]]
     size = None
     for p in check:
-        img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ClipError(clip_id, f"unreadable frame {p}")
+        img = frame_io.decode_image_checked(p)
+        if isinstance(img, str):
+            raise ClipError(clip_id, img)
         hw = img.shape[:2]
         if size is None:
             size = hw
@@ -396,4 +400,4 @@ def _rgbd_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[st
     }
 
 
-STAGE = IngestStage()
+STAGE = register(IngestStage())

@@ -1,35 +1,44 @@
-"""Stage ``sample``: DDIM generation from the latest train checkpoint to mp4 (dataset-wide).
+"""Stage ``sample``: DDIM generation from the latest train checkpoint to mp4 (a global stage).
 
 ``python -m pipeline run stage=sample`` uses a curated clip's first frame and metric
-trajectory; ``train.sampling.image=PATH train.sampling.trajectory=PATH`` uses your own.
+trajectory; ``train.sampling.image=PATH train.sampling.trajectory=PATH`` uses your own. It runs
+after ``train`` and chains its output, so a new training run makes the sample stale.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pipeline.stage import ShardResult, ShardTask, Stage
-from stages.train import default_device
+from pipeline.io import write_json_atomic
+from pipeline.log import log
+from pipeline.registry import register
+from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
+from stages.train import default_device, sample_progress, train_out_dir
 
 
 class SampleStage(Stage):
     name = "sample"
-    upstream = ("curate",)
+    kind = GLOBAL
+    in_all = False
+    upstream = ("curate", "train")
     config_keys = ("train",)
+    output_name = "sample.json"
+
+    def out_dir_name(self, cfg: dict) -> str:
+        return f"{train_out_dir(cfg)}/samples"
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        raise RuntimeError("stage 'sample' is dataset-wide: the runner calls run(ctx)")
-
-    def run(self, ctx: Any) -> dict[str, Any]:
         from trainer.sampling import sample_to_mp4, scene_inputs
 
-        tcfg = ctx.cfg["train"]
-        out_dir = Path(ctx.work_dir) / tcfg["out_subdir"]
-        files = [str(p) for p in ctx.done_outputs("curate")]
-        out = sample_to_mp4(tcfg, out_dir, files, default_device(), **scene_inputs(ctx.cfg))
-        ctx.log(f"[sample] {out['frames']} frames -> {out['mp4']}")
-        return out
+        tcfg = task.cfg["train"]
+        out_dir = Path(task.output).parents[1]
+        files = sorted(task.inputs_all.get("curate", []))
+        out = sample_to_mp4(tcfg, out_dir, files, default_device(),
+                            on_step=sample_progress(task.cfg, "sample"),
+                            **scene_inputs(task.cfg))
+        log.info(f"[sample] {out['frames']} frames -> {out['mp4']}")
+        write_json_atomic(out, task.output)
+        return ShardResult(n_clips=1, n_ok=1, stats={"frames": out["frames"]})
 
 
-STAGE = SampleStage()
+STAGE = register(SampleStage())

@@ -1,70 +1,135 @@
-"""Stage ``train``: dataset-wide, so the runner calls ``run(ctx)`` instead of shard tasks.
+"""Stage ``train``: a global stage (one task for the whole dataset, on the driver).
 
 Trains on every curated shard that is done (``trainer.loop``, or Ray Train with
-``train.distributed.backend=ray``), resumes from ``<work_dir>/train/checkpoints`` automatically,
-and with ``train.sampling.after_train`` writes one DDIM sample as mp4.
+``train.distributed.backend=ray``) and with ``train.sampling.after_train`` writes one DDIM sample
+as mp4. Its fingerprint chains the digests of the curated shards and the ``train`` settings:
+the same data and settings resume from ``<work_dir>/<train.out_subdir>/checkpoints`` after a
+crash; changed curated data, changed settings or ``force=true`` start a new run (the earlier
+run's checkpoints and metrics are removed first, never silently continued).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.device import choose_device
 from pipeline.io import write_json_atomic
-from pipeline.stage import ShardResult, ShardTask, Stage
+from pipeline.log import log, progress
+from pipeline.registry import register
+from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
+
+#: what a run leaves under out_dir that a later run would resume from
+RESUMABLE = ("checkpoints", "ray", "metrics.jsonl", "summary.json")
 
 
 def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_device("auto")
 
 
-def curated_files(ctx: Any) -> list[str]:
-    files = [str(p) for p in ctx.done_outputs("curate")]
+def curated_files(task: ShardTask) -> list[str]:
+    files = sorted(task.inputs_all.get("curate", []))
     if not files:
         raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
-    return sorted(files)
+    return files
+
+
+def train_out_dir(cfg: dict[str, Any]) -> str:
+    return str(cfg["train"]["out_subdir"])
+
+
+def sample_progress(cfg: dict[str, Any], desc: str) -> Any:
+    """A DDIM progress callback: a bar on a terminal, periodic lines otherwise."""
+    steps = int(cfg["train"]["sampling"]["steps"])
+    bar = progress(steps, desc, "steps", bool(cfg.get("progress", True)),
+                   float(cfg["log"]["progress_every_s"]))
+
+    def on_step(i: int, n: int) -> None:
+        bar.update(1)
+        if i + 1 >= n:
+            bar.close()
+
+    return on_step
 
 
 class TrainStage(Stage):
     name = "train"
+    kind = GLOBAL
+    in_all = False
     upstream = ("curate",)
     config_keys = ("train",)
+    output_name = "summary.json"
+
+    def out_dir_name(self, cfg: dict[str, Any]) -> str:
+        return train_out_dir(cfg)
+
+    def check_ready(self, cfg: dict[str, Any]) -> None:
+        """The SVD backbone's weights must be loadable before the data stages run."""
+        tcfg = cfg["train"]
+        if tcfg["backbone"] != "svd":
+            return
+        from pipeline.depth_model import model_source_problem
+
+        svd = tcfg["svd"]
+        offline = bool(svd["local_files_only"])
+        problem = model_source_problem(str(svd["pretrained"]), None, offline,
+                                       float(cfg["models"]["hub_timeout_s"]),
+                                       marker="model_index.json")
+        if problem:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(
+                f"train.svd.pretrained: {problem}; download it on a connected machine "
+                f"(huggingface-cli download {svd['pretrained']} --local-dir DIR) and pass "
+                "train.svd.pretrained=DIR"
+            )
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        raise RuntimeError("stage 'train' is dataset-wide: the runner calls run(ctx)")
-
-    def run(self, ctx: Any) -> dict[str, Any]:
-        tcfg = ctx.cfg["train"]
-        files = curated_files(ctx)
-        out_dir = Path(ctx.work_dir) / tcfg["out_subdir"]
+        cfg = task.cfg
+        tcfg = cfg["train"]
+        files = curated_files(task)
+        out_dir = Path(task.output).parent
+        if task.restart:
+            for name in RESUMABLE:
+                p = out_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         backend = tcfg["distributed"]["backend"]
-        progress = bool(ctx.cfg.get("progress", True)) and bool(tcfg["progress"])
-        ctx.log(f"[train] {len(files)} curated shards, backend={backend} -> {out_dir}")
+        show = bool(cfg.get("progress", True)) and bool(tcfg["progress"])
+        log.info(f"[train] {len(files)} curated shards, backend={backend} -> {out_dir}"
+                 + ("" if task.restart else " (resuming)"))
         if backend == "ray":
             from trainer.ray_train import fit
 
             summary = fit(tcfg, files, out_dir)
-        elif backend == "local":
+        else:
             from trainer.loop import DistInfo, train
 
             summary = train(tcfg, files, out_dir, DistInfo(device=default_device()),
-                            progress=progress)
-        else:
-            raise ValueError(f"train.distributed.backend must be local or ray, got {backend}")
+                            progress=show)
         for clip, why in sorted(summary.get("skipped_clips", {}).items()):
-            ctx.log(f"[train] skipped clip {clip}: {why}")
-        ctx.log(f"[train] step {summary['step']} loss {summary['loss']:.4f} "
-                f"({summary['samples_per_s']:.2f} samples/s)")
+            log.info(f"[train] skipped clip {clip}: {why}")
+        if summary.get("steps_run", 1):
+            log.info(f"[train] step {summary['step']} loss {summary['loss']:.4f} "
+                     f"({summary['samples_per_s']:.2f} samples/s)")
+        else:
+            log.info(f"[train] already at step {summary['step']}: nothing left to train")
         if tcfg["sampling"]["after_train"]:
             from trainer.sampling import sample_to_mp4, scene_inputs
 
             summary["sample"] = sample_to_mp4(tcfg, out_dir, files, default_device(),
-                                              **scene_inputs(ctx.cfg))
-            ctx.log(f"[train] sample written: {summary['sample']['mp4']}")
-        write_json_atomic(summary, out_dir / "summary.json")
-        return summary
+                                              on_step=sample_progress(cfg, "sample"),
+                                              **scene_inputs(cfg))
+            log.info(f"[train] sample written: {summary['sample']['mp4']}")
+        write_json_atomic(summary, task.output)
+        return ShardResult(
+            n_clips=int(summary.get("n_clips", 0)), n_ok=int(summary.get("n_clips", 0)),
+            stats={k: v for k, v in summary.items()
+                   if k in ("step", "steps_run", "loss", "samples_per_s", "wall_s")},
+        )
 
 
-STAGE = TrainStage()
+STAGE = register(TrainStage())

@@ -41,7 +41,9 @@ import pycolmap
 
 from pipeline import colmap_scene as cs
 from pipeline import frames as frame_io
+from pipeline.geometry import pixel_K
 from pipeline.io import write_parquet_atomic
+from pipeline.registry import register
 from pipeline.schema import OBSERVATIONS
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
@@ -83,13 +85,6 @@ def working_size(width: int, height: int, max_long_side: int) -> tuple[int, int]
         return int(width), int(height)
     s = max_long_side / long_side
     return max(1, int(round(width * s))), max(1, int(round(height * s)))
-
-
-def pixel_K(intrinsics: list[float], w: int, h: int) -> np.ndarray:
-    """Pixel K at (w, h) from normalised [fx/W, fy/H, cx/W, cy/H] (exact for any resize in the
-    pixel-centre-at-+0.5 convention)."""
-    fx, fy, cx, cy = (float(x) for x in intrinsics)
-    return np.array([[fx * w, 0.0, cx * w], [0.0, fy * h, cy * h], [0.0, 0.0, 1.0]])
 
 
 def max_triangulation_angle(centres: np.ndarray, xyz: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -469,7 +464,7 @@ class TriangulateStage(Stage):
                            failures=failures, stats=stats)
 
 
-STAGE = TriangulateStage()
+STAGE = register(TriangulateStage())
 
 __all__ = ["STAGE", "TriangulateStage", "triangulate_clip", "select_frames", "working_size",
            "pixel_K", "max_triangulation_angle"]

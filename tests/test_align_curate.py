@@ -409,7 +409,7 @@ def run_curate(tmp_path: Path, cfg: dict[str, Any]
                           "align": str(ctx.output_path("align", shard))},
                          str(ctx.output_path("curate", shard)), cfg, str(tmp_path), extra)
         results[shard] = res = CURATE_STAGE.process_shard(task)
-        filtered.update(res.stats["filtered"])
+        filtered.update(res.filtered)
     CURATE_STAGE.finalize(ctx)
     return ctx, truth, metric, {"extra": extra, "filtered": filtered, "results": results}
 

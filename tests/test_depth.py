@@ -307,9 +307,11 @@ def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
     try:
         assert pool.device == "cpu" and len(pool.actors) == 1
         assert "no GPU in the Ray cluster" in capsys.readouterr().err
-        res = ray.get(pool.submit(task), timeout=120)
+        outcome = ray.get(pool.submit(task), timeout=120)
     finally:
         pool.close()
+    assert outcome.ok, outcome.error
+    res = outcome.result
     assert res.n_ok == 1 and res.stats["device"] == "cpu"
     depth_stage.run_model_shard(ref_task, predictor, cfg["depth"])
     np.testing.assert_allclose(

@@ -77,7 +77,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path, ray_cluster):
     pd.testing.assert_frame_equal(_table(work), _table(ref_work))
     assert len(_table(work)) == N_CLIPS
     # spreading over the 2-node cluster joined by address actually used both nodes
-    nodes = {Ledger(ref_work, "ingest").get(s).stats["_node"] for s in _done(ref_work)}
+    nodes = {Ledger(ref_work, "ingest").get(s).node for s in _done(ref_work)}
     assert len(nodes) == 2, nodes
 
 
@@ -207,4 +207,8 @@ def test_shard_boundaries_survive_added_and_removed_clips():
     assert sum(base[s] != grown.get(s) for s in base) == 1
     shrunk = cut_shards([c for c in ids if c != "clip01500"], 8, 4)
     assert sum(base[s] != shrunk.get(s) for s in base) == 1
-    assert cut_shards(ids[:5], 1, 4) == {k: [v[0]] for k, v in cut_shards(ids[:5], 1, 4).items()}
+    # size 1: every id hash is 0 mod 1, so every clip is its own shard, in id order
+    assert list(cut_shards(ids[:5], 1, 4).values()) == [[c] for c in ids[:5]]
+    # max_factor caps a shard whatever the hashes say
+    assert max(len(v) for v in cut_shards(ids, 1000, 1).values()) <= 1000
+    assert all(len(v) <= 8 for v in cut_shards(ids, 4, 2).values())

@@ -422,39 +422,39 @@ def test_ray_train_two_cpu_workers_and_resume(ray_cluster: str, curated: list[st
     assert out2["step"] == 5
     steps = [s for s, _ in _losses(tmp_path / "ray" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5]
-    # both ranks trained on disjoint samples: 2 workers x batch 2 per step
+    # every step consumed 2 ranks x batch 2 = 4 global samples: the loop ran with world 2
+    # (that the ranks' samples are disjoint is checked in test_multiworker_loader_no_duplicates)
     rows = [json.loads(x) for x in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["samples_per_s"] > 0
+    assert all(round(r["samples_per_s"] * r["step_s"], 6) == 4 for r in rows)
 
 
 # ------------------------------------------------------------------------------ stage + sampling
-class FakeCtx:
-    def __init__(self, cfg: dict[str, Any], work_dir: Path, curated: list[str]):
-        self.cfg, self.work_dir, self._curated = cfg, work_dir, curated
-        self.lines: list[str] = []
+def _global_task(stage: Any, cfg: dict[str, Any], work_dir: Path, curated: list[str],
+                 restart: bool = False) -> Any:
+    """The task the runner gives a global stage: every done curated shard in ``inputs_all``."""
+    from pipeline.stage import GLOBAL_SHARD, ShardTask
 
-    def done_outputs(self, stage: str) -> list[Path]:
-        assert stage == "curate"
-        return [Path(p) for p in self._curated]
-
-    def log(self, msg: str) -> None:
-        self.lines.append(msg)
+    return ShardTask(
+        stage=stage.name, shard_id=GLOBAL_SHARD, clip_ids=[], inputs={},
+        output=str(work_dir / stage.output_file(cfg, GLOBAL_SHARD)), cfg=cfg,
+        work_dir=str(work_dir), inputs_all={"curate": list(curated)}, restart=restart,
+    )
 
 
 def test_train_stage_leaves_checkpoint_and_mp4(curated: list[str], tmp_path: Path) -> None:
     from stages.sample import STAGE as SAMPLE
     from stages.train import STAGE as TRAIN
 
-    assert TRAIN.name == "train" and TRAIN.upstream == ("curate",) and hasattr(TRAIN, "run")
+    assert TRAIN.name == "train" and TRAIN.upstream == ("curate",) and TRAIN.kind == "global"
     cfg = copy.deepcopy(_default_cfg())
     cfg["progress"] = False
     cfg["train"] = train_cfg(max_steps=2)
     cfg["train"]["sampling"].update(steps=3, guidance_scale=2.0)
-    ctx = FakeCtx(cfg, tmp_path, curated)
-    out = TRAIN.run(ctx)
+    res = TRAIN.process_shard(_global_task(TRAIN, cfg, tmp_path, curated))
+    out = json.loads((tmp_path / "train" / "summary.json").read_text())
+    assert res.stats["step"] == 2 and res.n_clips == 4
     assert out["step"] == 2 and out["n_clips"] == 4 and out["skipped_clips"] == {}
     assert (tmp_path / "train" / "checkpoints" / "step-00000002.pt").exists()
-    assert json.loads((tmp_path / "train" / "summary.json").read_text())["step"] == 2
     mp4 = Path(out["sample"]["mp4"])
     assert mp4.name == "c_test.mp4"  # first clip of the test split
     cap = cv2.VideoCapture(str(mp4))
@@ -474,8 +474,18 @@ def test_train_stage_leaves_checkpoint_and_mp4(curated: list[str], tmp_path: Pat
     poses = metric_c2w_trajectory(5, 0)
     np.savetxt(traj, poses.reshape(5, 16))
     cfg["train"]["sampling"].update(image=str(img), trajectory=str(traj))
-    out = SAMPLE.run(ctx)
+    SAMPLE.process_shard(_global_task(SAMPLE, cfg, tmp_path, curated))
+    out = json.loads((tmp_path / "train" / "samples" / "sample.json").read_text())
     assert Path(out["mp4"]).name == "img.mp4" and out["frames"] == 4
+    # a restart (changed curated data, force) removes the old run instead of resuming it
+    cfg["train"]["sampling"]["after_train"] = False
+    again = TRAIN.process_shard(_global_task(TRAIN, cfg, tmp_path, curated))
+    assert again.stats["steps_run"] == 0  # same task: resumes the finished run, trains nothing
+    again = TRAIN.process_shard(_global_task(TRAIN, cfg, tmp_path, curated, restart=True))
+    assert again.stats["steps_run"] == 2  # restart: trained from step 0 again
+    steps = [json.loads(x)["step"] for x in
+             (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 class Oracle(torch.nn.Module):
@@ -516,9 +526,12 @@ def test_ddim_sampler_recovers_known_clean_latent() -> None:
     for pred_type in ("epsilon", "v_prediction"):
         cfg = train_cfg(prediction_type=pred_type)
         oracle = Oracle(x0, build_noise_scheduler(cfg), pred_type)
+        calls: list[tuple[int, int]] = []  # progress of the render, one call per step
         out = ddim_sample(oracle, cfg, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 6, 4, 4),
-                          steps=10, guidance_scale=1.0)
+                          steps=10, guidance_scale=1.0,
+                          on_step=lambda i, n, calls=calls: calls.append((i, n)))
         torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+        assert calls == [(i, 10) for i in range(10)]
 
 
 # ------------------------------------------------------------------------------ SVD path

@@ -8,7 +8,6 @@ crash leaves either the previous checkpoint or the new one, never half a file.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.io import atomic_path
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -61,12 +62,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:  # on disk before the rename: a power loss leaves old or new
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # fsynced before the rename: a power loss leaves old or new
+        torch.save(state, tmp)
     return path
 
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.frames import iter_frames
+from pipeline.geometry import metric_relative_c2w, pixel_K
 from trainer.plucker import plucker_embedding
 
 _ROW_KEYS = (
@@ -67,13 +68,8 @@ def relative_metric_c2w(
     ``w2c_rel`` is (N, 12) row-major 3x4 in the clip's relative scale; the translation of every
     relative pose is scaled by the condition frame's own factor.
     """
-    w2c = np.asarray(w2c_rel, dtype=np.float64).reshape(-1, 3, 4)[list(indices)]
-    m = np.tile(np.eye(4), (len(w2c), 1, 1))
-    m[:, :3, :4] = w2c
-    c2w = np.linalg.inv(m)
-    rel = np.linalg.inv(c2w[cond])[None] @ c2w
-    rel[:, :3, 3] *= float(frame_scale[indices[cond]])
-    return rel
+    w2c = np.asarray(w2c_rel, dtype=np.float64).reshape(-1, 12)[list(indices)]
+    return metric_relative_c2w(w2c, float(frame_scale[indices[cond]]), ref=cond)
 
 
 def resize_crop_geometry(
@@ -111,8 +107,7 @@ def resize_crop(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 
 def pixel_intrinsics(intr: Sequence[float], width: int, height: int) -> np.ndarray:
-    fx, fy, cx, cy = (float(x) for x in intr)
-    return np.array([[fx * width, 0, cx * width], [0, fy * height, cy * height], [0, 0, 1.0]])
+    return pixel_K(intr, width, height)
 
 
 class CuratedVideoDataset(Dataset):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
+from pipeline.io import write_bytes_atomic
 from trainer import checkpoint as ckpt
 from trainer.data import CuratedVideoDataset, load_curated, make_loader
 
@@ -140,9 +141,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_bytes_atomic("".join(ln + "\n" for ln in keep).encode(), path)
 
 
 def train(
@@ -215,7 +214,7 @@ def train(
     batches = iter(loader)
     ckpt_every = int(tcfg["checkpoint_every"])
     bar = tqdm(total=end, initial=step, desc="train", unit="step",
-               disable=not progress or dist.rank != 0)
+               disable=not progress or dist.rank != 0 or not sys.stderr.isatty())
     last: dict[str, Any] = {}
     t_start = time.perf_counter()
     start_step = step

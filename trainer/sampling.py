@@ -7,7 +7,7 @@ frame, the same convention the dataset trains on, so a trajectory measured in th
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from pipeline.io import atomic_path
 from trainer import checkpoint as ckpt
 from trainer.data import (
     CuratedVideoDataset,
@@ -39,13 +40,15 @@ def ddim_sample(
     eta: float = 0.0,
     seed: int = 0,
     shaping: NoiseShaping | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) image in [-1, 1] + (B, F, 6, H, W) Plücker -> (B, F, 3, H, W) in [-1, 1].
 
     Classifier-free guidance is on the image condition (the model was trained with it dropped
     at ``cond_dropout.image``); the camera stays on in both branches. ``shaping`` turns on
     scene-constrained noise shaping (``trainer.inference.sns``); without it the sampler is
-    exactly the plain one (same draws, same result).
+    exactly the plain one (same draws, same result). ``on_step(i, n)`` is called after each of
+    the ``n`` denoising steps (progress for a render that takes a while).
     """
     device = next(model.parameters()).device
     ddim = DDIMScheduler.from_config(build_noise_scheduler(tcfg).config)
@@ -59,7 +62,8 @@ def ddim_sample(
     z = torch.randn((b, *model.latent_shape(f, h, w)), generator=gen).to(device)
     z = z * ddim.init_noise_sigma
     ones = torch.ones(b, device=device)
-    for t in ddim.timesteps:
+    n_steps = len(ddim.timesteps)
+    for i, t in enumerate(ddim.timesteps):
         if shaping is not None:
             z = shaping.at_level(z, t, ddim)
         tt = model.model_timesteps(t.expand(b).to(device), ddim)
@@ -68,6 +72,8 @@ def ddim_sample(
             unc = model(z, tt, cond, plucker, torch.zeros_like(ones), ones)
             pred = unc + guidance_scale * (pred - unc)
         z = ddim.step(pred, t, z, eta=eta, generator=gen if eta > 0 else None).prev_sample
+        if on_step is not None:
+            on_step(i, n_steps)
     if shaping is not None:
         z = shaping.at_clean(z, ddim)
     return model.decode(z)
@@ -81,18 +87,16 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     """RGB uint8 (F, H, W, 3) -> mp4 (mp4v), atomically (temp name then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
     h, w = frames.shape[1:3]
-    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    if not vw.isOpened():
-        raise OSError(f"cannot open a video writer for {tmp}")
-    try:
-        for fr in frames:
-            vw.write(cv2.cvtColor(np.ascontiguousarray(fr), cv2.COLOR_RGB2BGR))
-    finally:
-        vw.release()
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".mp4") as tmp:  # the encoder picks the container by name
+        vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        if not vw.isOpened():
+            raise OSError(f"cannot open a video writer for {tmp}")
+        try:
+            for fr in frames:
+                vw.write(cv2.cvtColor(np.ascontiguousarray(fr), cv2.COLOR_RGB2BGR))
+        finally:
+            vw.release()
     return path
 
 
@@ -131,10 +135,9 @@ def scene_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {tmp}")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # the encoder picks the format by name
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {tmp}")
     return path
 
 
@@ -146,6 +149,7 @@ def sample_to_mp4(
     checkpoint_path: str | Path | None = None,
     depth_cfg: dict[str, Any] | None = None,
     depth_root: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Generate one clip with the latest checkpoint and write ``<out_dir>/samples/<name>.*``.
 
@@ -301,7 +305,7 @@ def sample_to_mp4(
         report["preview"] = {"skipped": skipped}
     video = ddim_sample(
         model, tcfg, cond, plucker, int(s["steps"]), float(s["guidance_scale"]),
-        float(s["eta"]), int(s["seed"]), shaping=shaping,
+        float(s["eta"]), int(s["seed"]), shaping=shaping, on_step=on_step,
     )[0].cpu()
     frames_u8 = to_uint8(video)
     if reference is not None:

@@ -1,0 +1,88 @@
+"""One logger for the engine: console lines (through tqdm on a terminal so bars stay intact),
+``<work_dir>/logs/run.log`` for the whole run, per-shard files written by ``stage.execute``.
+
+Progress bars are drawn only on a terminal; redirected output gets a plain line every
+``log.progress_every_s`` seconds instead of cursor escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LOGGER_NAME = "metric_align"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Plain message lines on stdout; via ``tqdm.write`` so an active bar is redrawn below."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def setup(work_dir: Path | None, level: str = "INFO") -> None:
+    """Console + run log file; idempotent (a second run in one process replaces both)."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.setLevel(level)
+    log.propagate = False
+    console = _ConsoleHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if work_dir is not None:
+        path = Path(work_dir) / "logs" / "run.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class PlainProgress:
+    """tqdm's interface for redirected output: one log line every ``every_s`` seconds."""
+
+    def __init__(self, total: int, desc: str, unit: str, every_s: float,
+                 emit: Any = None) -> None:
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.n = 0
+        self.postfix = ""
+        self._emit = emit or log.info
+        self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self._last >= self.every_s or self.n >= self.total:
+            self._last = now
+            self._emit(f"[{self.desc}] {self.n}/{self.total} {self.unit}{self.postfix}")
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = " (" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")"
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str, unit: str, enabled: bool = True,
+             every_s: float = 30.0, emit: Any = None) -> Any:
+    """A tqdm bar on a terminal, periodic plain lines otherwise, nothing when disabled."""
+    if not enabled:
+        return PlainProgress(total, desc, unit, float("inf"), emit=lambda _m: None)
+    if is_terminal():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit)
+    return PlainProgress(total, desc, unit, every_s, emit=emit)

@@ -1,0 +1,214 @@
+"""What a run reports: the summary printed at the end of ``run`` (and saved as
+``summary.json``) and ``status``. Both read the ledger through ``pipeline.ledger.shard_state``,
+the rule ``run`` uses to decide what to compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline import registry
+from pipeline.config import ConfigError
+from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Ledger
+from pipeline.log import log
+from pipeline.stage import ERROR, GLOBAL, GLOBAL_SHARD, INPUT
+
+
+def max_attempts(cfg: dict[str, Any]) -> int:
+    return int(cfg["retry"]["max_attempts"])
+
+
+def _fmt(v: Any) -> str:
+    """Numbers for people: 4 significant digits, not 16."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------- summary
+def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[str, Any]:
+    """Clips in = kept + filtered + failed (+ pending, when shards crashed or were blocked)."""
+    clip_ids = [c for s in ctx.shard_ids for c in ctx.shards[s]]
+    failed: dict[str, dict[str, str]] = {}
+    pending: dict[str, str] = {}
+    stage_rows = []
+    per_stage_done: dict[str, set[str]] = {}
+    filtered: dict[str, str] = {}
+    global_stages: dict[str, Any] = {}
+    shard_failures = 0
+    cap = max_attempts(ctx.cfg)
+    for name in chain:
+        stage = registry.get(name)
+        ledger = Ledger(ctx.work_dir, name)
+        if stage.kind == GLOBAL:
+            e = ledger.get(GLOBAL_SHARD)
+            st = ledger.state(e, [], cap)
+            global_stages[name] = {
+                "status": e.status if e else "missing", "why": st.why,
+                "metrics": e.stats if e else {}, "wall_s": e.duration_s if e else None,
+            }
+            if e is None or e.status != DONE:
+                shard_failures += 1
+            continue
+        entries = ctx.entries(name)
+        counts = {DONE: 0, FAILED: 0, BLOCKED: 0, RUNNING: 0, "missing": 0}
+        done_clips: set[str] = set()
+        for shard, e in entries.items():
+            if e is None:
+                counts["missing"] += 1
+                continue
+            counts[e.status] = counts.get(e.status, 0) + 1
+            if e.status == DONE:
+                done_clips.update(c for c in e.clip_ids if c not in e.failures)
+                for c, why in e.failures.items():
+                    failed.setdefault(c, {"stage": name, "reason": why,
+                                          "kind": e.failure_kinds.get(c, INPUT)})
+                filtered.update(e.filtered)
+            else:
+                shard_failures += e.status == FAILED
+                for c in e.clip_ids:
+                    pending.setdefault(c, f"{name} shard {shard} {e.status}")
+        per_stage_done[name] = done_clips
+        stage_rows.append(
+            {
+                "stage": name,
+                "shards": counts,
+                "clips_ok": sum(e.n_ok for e in entries.values() if e and e.status == DONE),
+                "clips_failed": sum(
+                    len(e.failures) for e in entries.values() if e and e.status == DONE
+                ),
+                "cpu_s": round(sum((e.cpu_s or 0.0) for e in entries.values() if e), 3),
+                **report["stages"].get(name, {}),
+            }
+        )
+    last = [n for n in chain if n in per_stage_done]
+    kept = per_stage_done[last[-1]] if last else set()
+    kept = {c for c in kept if c not in filtered and c not in failed}
+    pending = {c: why for c, why in pending.items() if c not in failed}
+    errors = {c: f for c, f in failed.items() if f["kind"] == ERROR}
+    problems = []
+    if errors:
+        problems.append(f"{len(errors)} clip(s) hit unexpected errors")
+    if shard_failures:
+        problems.append(f"{shard_failures} shard(s) or task(s) failed")
+    if pending:
+        problems.append(f"{len(pending)} clip(s) pending")
+    if clip_ids and last and not kept and not problems:
+        problems.append(f"no clip survived {last[-1]}")
+    return {
+        "clips_in": len(clip_ids),
+        "kept": len(kept),
+        "filtered": filtered,
+        "failed": failed,
+        "errors": errors,
+        "pending": pending,
+        "stages": stage_rows,
+        "global_stages": global_stages,
+        "last_stage": last[-1] if last else None,
+        "wall_s": report.get("wall_s"),
+        "problems": problems,
+        "exit_code": 1 if problems else 0,
+    }
+
+
+def print_summary(summary: dict[str, Any], max_lines: int = 20) -> None:
+    w = log.info
+    w("")
+    w("=" * 72)
+    w(f"{'stage':<12}{'shards done/failed/blocked':>28}{'clips ok':>10}{'failed':>8}{'cpu s':>10}")
+    for row in summary["stages"]:
+        s = row["shards"]
+        w(
+            f"{row['stage']:<12}{s[DONE]:>16}/{s[FAILED]}/{s[BLOCKED]:<9}"
+            f"{row['clips_ok']:>10}{row['clips_failed']:>8}{row['cpu_s']:>10.1f}"
+        )
+    rules: dict[str, int] = {}
+    for rule in summary["filtered"].values():
+        rules[rule] = rules.get(rule, 0) + 1
+    w("-" * 72)
+    w(
+        f"clips in: {summary['clips_in']}   kept after {summary['last_stage']}: {summary['kept']}"
+        f"   filtered: {len(summary['filtered'])}   failed: {len(summary['failed'])}"
+        + (f"   pending: {len(summary['pending'])}" if summary["pending"] else "")
+    )
+    for rule, n in sorted(rules.items()):
+        w(f"  filtered by {rule}: {n}")
+    for i, (clip, f) in enumerate(sorted(summary["failed"].items())):
+        if i == max_lines:
+            more = len(summary["failed"]) - max_lines
+            w(f"  ... and {more} more (see `python -m pipeline status`)")
+            break
+        tag = "error" if f.get("kind") == ERROR else "failed"
+        w(f"  {tag} [{f['stage']}] {clip}: {f['reason']}")
+    for clip, why in list(sorted(summary["pending"].items()))[:max_lines]:
+        w(f"  pending {clip}: {why} (re-run to retry)")
+    for name, info in summary.get("global_stages", {}).items():
+        brief = ", ".join(
+            f"{k}={_fmt(v)}" for k, v in (info.get("metrics") or {}).items()
+            if isinstance(v, (int, float, str)) and len(str(v)) < 80
+        )
+        wall = info.get("wall_s")
+        w(f"{name}: {info['status']}" + (f" ({wall:.1f} s)" if wall is not None else "")
+          + (f": {brief}" if brief else "") + (f" [{info['why']}]" if info.get("why") else ""))
+    if summary.get("wall_s") is not None:
+        w(f"wall time: {summary['wall_s']:.1f} s")
+    w("=" * 72)
+
+
+def status(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per stage: shards done / errors / failed / pending and every reason, decided by the same
+    ``shard_state`` rule as ``run`` (reads files only)."""
+    from pipeline.io import read_json
+
+    work_dir = Path(cfg["paths"]["work_dir"])
+    plan_path = work_dir / "plan.json"
+    if not plan_path.exists():
+        raise ConfigError(f"nothing has run in {work_dir} yet (no plan.json)")
+    shards = read_json(plan_path)["shards"]
+    cap = max_attempts(cfg)
+    out: dict[str, Any] = {}
+    for name in registry.names():
+        led = Ledger(work_dir, name)
+        if not led.dir.exists():
+            continue
+        stage = registry.get(name)
+        rows: dict[str, Any] = {"done": 0, "errors": 0, "failed": 0, "pending": 0, "to_run": 0,
+                                "clip_failures": {}, "shard_errors": {}}
+        plan = {GLOBAL_SHARD: []} if stage.kind == GLOBAL else shards
+        if stage.kind != GLOBAL and stage.finalize_output:
+            # the dataset-wide step is reported on its own line, not counted as a shard
+            st = led.state(led.get(GLOBAL_SHARD), [], cap)
+            rows["dataset_step"] = st.label + (f" ({st.why})" if st.why else "")
+            rows["to_run"] += st.todo
+        for shard in sorted(plan):
+            e = led.get(shard)
+            st = led.state(e, plan[shard], cap)
+            rows[st.label] += 1
+            rows["to_run"] += st.todo
+            if st.why:
+                rows["shard_errors"][shard] = st.why
+            if e is not None and e.status == DONE and st.label in ("done", "errors"):
+                for c, why in e.failures.items():
+                    kind = e.failure_kinds.get(c, INPUT)
+                    rows["clip_failures"][c] = why if kind == INPUT else f"[error] {why}"
+        out[name] = rows
+    return out
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [f"{'stage':<12}{'done':>6}{'errors':>8}{'failed':>8}{'pending':>9}{'to run':>8}"
+             f"{'clip failures':>15}"]
+    for name, r in st.items():
+        lines.append(
+            f"{name:<12}{r['done']:>6}{r['errors']:>8}{r['failed']:>8}{r['pending']:>9}"
+            f"{r['to_run']:>8}{len(r['clip_failures']):>15}"
+        )
+    for name, r in st.items():
+        if "dataset_step" in r:
+            lines.append(f"  [{name}] dataset-wide step: {r['dataset_step']}")
+        for shard, err in sorted(r["shard_errors"].items()):
+            lines.append(f"  [{name}] shard {shard}: {err}")
+        for clip, why in sorted(r["clip_failures"].items()):
+            lines.append(f"  [{name}] clip {clip}: {why}")
+    if any(r["to_run"] for r in st.values()):
+        lines.append("`python -m pipeline run` with the same settings computes the shards counted "
+                     "under 'to run'; per-shard logs: <work_dir>/logs/<stage>/<shard>.log")
+    return "\n".join(lines)
