@@ -305,7 +305,19 @@ class _TaskView:
         self._inputs = task.inputs_all
 
     def done_outputs(self, stage: str) -> list[Path]:
-        return [Path(p) for p in sorted(self._inputs.get(stage, []))]
+        """Done outputs of ``stage`` for the current shard plan: the upstream inputs the runner
+        handed over, or (``curate``, read for ``source=model`` without being an upstream, so
+        that ``source=dataset`` does not run the whole pipeline first) from its ledger."""
+        if stage in self._inputs:
+            return [Path(p) for p in sorted(self._inputs[stage])]
+        from pipeline.io import read_json
+        from pipeline.ledger import Ledger
+
+        plan = self.work_dir / "plan.json"
+        shards = read_json(plan)["shards"] if plan.is_file() else {}
+        ledger = Ledger(self.work_dir, stage)
+        outs = (ledger.done_output(s) for s in sorted(shards))
+        return [p for p in outs if p is not None]
 
     @staticmethod
     def log(msg: str) -> None:

@@ -124,7 +124,7 @@ def test_model_source_samples_and_records_sfm_failures(tmp_path, ray_cluster):
     reason (never a number), and the generated videos and trajectories are kept."""
     from stages.evaluate import STAGE
     from stages.train import STAGE as TRAIN
-    from tests.test_trainer import clip_spec, train_cfg, write_curated
+    from tests.test_trainer import _global_task, clip_spec, train_cfg, write_curated
 
     curated = [str(write_curated(tmp_path / "curated" / "shard-0.parquet", [
         clip_spec(tmp_path, "m_train", 12, 4, 1.2),
@@ -133,7 +133,7 @@ def test_model_source_samples_and_records_sfm_failures(tmp_path, ray_cluster):
     cfg["train"] = train_cfg(max_steps=2)
     cfg["train"]["sampling"].update(steps=2, after_train=False)
     ctx = _Ctx(cfg, tmp_path / "work", curated)
-    TRAIN.run(ctx)
+    TRAIN.process_shard(_global_task(TRAIN, cfg, tmp_path / "work", curated))
     out = STAGE.run(ctx)
     assert out["clips"] == 1 and out["sfm_success_rate"] == 0.0 and out["RotErr"] is None
     gen = tmp_path / "work" / "evaluate" / "generated"

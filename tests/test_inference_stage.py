@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.sample_data import render_clip
-from tests.test_trainer import FakeCtx, _default_cfg, train_cfg, write_curated
+from tests.test_trainer import _default_cfg, _global_task, train_cfg, write_curated
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -55,18 +55,30 @@ def _cfg(small_sample: dict, **sampling) -> dict:
     return cfg
 
 
-def test_train_then_sample_with_noise_shaping(small_sample: dict, tmp_path: Path) -> None:
-    from stages.sample import STAGE as SAMPLE
+def _train(cfg: dict, tmp_path: Path, curated: list[str]) -> None:
     from stages.train import STAGE as TRAIN
 
+    TRAIN.process_shard(_global_task(TRAIN, cfg, tmp_path, curated))
+
+
+def _sample(cfg: dict, tmp_path: Path, curated: list[str]) -> dict:
+    """Run the global sample stage as the runner does; its output JSON is what it returned."""
+    from stages.sample import STAGE as SAMPLE
+
+    task = _global_task(SAMPLE, cfg, tmp_path, curated)
+    SAMPLE.process_shard(task)
+    return json.loads(Path(task.output).read_text())
+
+
+def test_train_then_sample_with_noise_shaping(small_sample: dict, tmp_path: Path) -> None:
     cfg = _cfg(small_sample, after_train=False)
-    ctx = FakeCtx(cfg, tmp_path, small_sample["curated"])
-    TRAIN.run(ctx)
-    plain = SAMPLE.run(ctx)
+    cur = small_sample["curated"]
+    _train(cfg, tmp_path, cur)
+    plain = _sample(cfg, tmp_path, cur)
     plain_frames = np.stack(_frames(Path(plain["mp4"])))
     assert json.loads(Path(plain["json"]).read_text())["sns"]["noise_shaping"] is False
     cfg["train"]["sampling"].update(noise_shaping=True, save_point_cloud=True)
-    out = SAMPLE.run(ctx)
+    out = _sample(cfg, tmp_path, cur)
     sdir = tmp_path / "train" / "samples"
     for suffix in (".mp4", ".preview.mp4", ".mask.mp4", ".json", ".ply", ".qa.png"):
         assert (sdir / f"syn_small{suffix}").is_file(), suffix
@@ -92,17 +104,14 @@ def test_train_then_sample_with_noise_shaping(small_sample: dict, tmp_path: Path
 
 
 def test_external_image_with_preset_and_depth_file(small_sample: dict, tmp_path: Path) -> None:
-    from stages.sample import STAGE as SAMPLE
-    from stages.train import STAGE as TRAIN
-
     row = small_sample["row"]
     cfg = _cfg(small_sample, after_train=False)
-    ctx = FakeCtx(cfg, tmp_path, small_sample["curated"])
-    TRAIN.run(ctx)
+    cur = small_sample["curated"]
+    _train(cfg, tmp_path, cur)
     cfg["train"]["sampling"].update(image=row["frame_paths"][0], depth=row["depth_paths"][0],
                                     trajectory_preset="orbit", noise_shaping=True,
                                     intrinsics=list(row["intrinsics"]))
-    out = SAMPLE.run(ctx)
+    out = _sample(cfg, tmp_path, cur)
     rep = json.loads(Path(out["json"]).read_text())
     src = rep["trajectory"]["source"]
     assert src["preset"] == "orbit" and src["orbit_deg"] == 20.0
@@ -113,7 +122,7 @@ def test_external_image_with_preset_and_depth_file(small_sample: dict, tmp_path:
     # a preset needs depth: without any source the error says what to configure
     cfg["train"]["sampling"].update(depth="")
     with pytest.raises(RuntimeError, match="train.sampling.depth=FILE"):
-        SAMPLE.run(ctx)
+        _sample(cfg, tmp_path, cur)
 
 
 def test_depth_anything_backend_gives_a_full_map(tmp_path: Path) -> None:
