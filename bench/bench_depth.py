@@ -75,7 +75,8 @@ def make_shard(root: Path, n_clips: int, n_frames: int, w: int, h: int, obs_per_
         [pa.array(cols[0]), pa.array(cols[1], pa.int32()), pa.array(cols[2], pa.int64()),
          pa.array(cols[3], pa.float32()), pa.array(cols[4], pa.float32()),
          pa.array(np.ones(n)), pa.array(np.full(n, 3), pa.int32()),
-         pa.array(np.zeros(n), pa.float32())], schema=OBSERVATIONS)
+         pa.array(np.zeros(n), pa.float32()), pa.array(np.full(n, 5.0), pa.float32())],
+        schema=OBSERVATIONS)
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), root / "manifest.parquet")
     pq.write_table(obs, root / "obs.parquet")
     return root / "manifest.parquet", root / "obs.parquet"

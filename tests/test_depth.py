@@ -90,6 +90,19 @@ def _clip(root: Path, clip_id: str, n: int, w: int, h: int, seed: int) -> dict:
     }
 
 
+def obs_table(recs: list[tuple], track_len: int) -> pa.Table:
+    """Observations (OBSERVATIONS schema) from (clip, frame, point, u, v) records; z_cam 1."""
+    cols = list(zip(*recs))
+    n = len(recs)
+    return pa.Table.from_arrays(
+        [pa.array(cols[0]), pa.array(cols[1], pa.int32()), pa.array(cols[2], pa.int64()),
+         pa.array(cols[3], pa.float32()), pa.array(cols[4], pa.float32()),
+         pa.array(np.ones(n)), pa.array(np.full(n, track_len), pa.int32()),
+         pa.array(np.zeros(n), pa.float32()), pa.array(np.full(n, 5.0), pa.float32())],
+        schema=OBSERVATIONS,
+    )
+
+
 def _obs(rows: list[dict], per_frame: int, seed: int, frames_skip: int = 1) -> pa.Table:
     """Observations at random sub-pixel positions (anywhere in [0, W] x [0, H]), clips
     interleaved on purpose so output order must follow input order, not clip grouping."""
@@ -102,15 +115,7 @@ def _obs(rows: list[dict], per_frame: int, seed: int, frames_skip: int = 1) -> p
                              rng.uniform(0, row["height"])))
     recs.append((rows[0]["clip_id"], 0, len(recs), 0.5, 0.5))  # exact pixel centres + corners
     recs.append((rows[0]["clip_id"], 0, len(recs), rows[0]["width"], rows[0]["height"]))
-    cols = list(zip(*recs))
-    n = len(recs)
-    return pa.Table.from_arrays(
-        [pa.array(cols[0]), pa.array(cols[1], pa.int32()), pa.array(cols[2], pa.int64()),
-         pa.array(cols[3], pa.float32()), pa.array(cols[4], pa.float32()),
-         pa.array(np.ones(n)), pa.array(np.full(n, 3), pa.int32()),
-         pa.array(np.zeros(n), pa.float32())],
-        schema=OBSERVATIONS,
-    )
+    return obs_table(recs, track_len=3)
 
 
 def _task(tmp_path: Path, cfg: dict, rows: list[dict], obs: pa.Table, tag: str) -> ShardTask:
@@ -371,12 +376,7 @@ def test_sensor_backend_reproduces_ground_truth(tmp_path):
             truth.append(zz)
     n = len(recs)
     assert n > 200
-    cols_ = list(zip(*recs))
-    obs = pa.Table.from_arrays(
-        [pa.array(cols_[0]), pa.array(cols_[1], pa.int32()), pa.array(cols_[2], pa.int64()),
-         pa.array(cols_[3], pa.float32()), pa.array(cols_[4], pa.float32()),
-         pa.array(np.ones(n)), pa.array(np.full(n, 2), pa.int32()),
-         pa.array(np.zeros(n), pa.float32())], schema=OBSERVATIONS)
+    obs = obs_table(recs, track_len=2)
     task = _task(tmp_path, cfg, [row], obs, "sensor")
     assert depth_stage.STAGE.make_executor(cfg) is None  # plain Ray tasks
     res = depth_stage.STAGE.process_shard(task)
