@@ -44,7 +44,7 @@ def euler_to_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.nda
     (the view axis). The order a camera operator thinks in: pan, tilt, roll."""
     y, p, r = np.deg2rad([yaw_deg, pitch_deg, roll_deg])
     ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), np.sin(p)], [0, -np.sin(p), np.cos(p)]])  # z -> +y
     rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
     return ry @ rx @ rz
 
@@ -52,7 +52,7 @@ def euler_to_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.nda
 def matrix_to_euler(R: np.ndarray) -> tuple[float, float, float]:
     """Inverse of ``euler_to_matrix`` (degrees); at pitch = +-90 the yaw takes all the turn."""
     R = np.asarray(R, dtype=np.float64)
-    pitch = np.arcsin(np.clip(-R[1, 2], -1.0, 1.0))
+    pitch = np.arcsin(np.clip(R[1, 2], -1.0, 1.0))
     if abs(np.cos(pitch)) > 1e-9:
         yaw = np.arctan2(R[0, 2], R[2, 2])
         roll = np.arctan2(R[1, 0], R[1, 1])
@@ -72,7 +72,7 @@ def pose(position: Any, R: np.ndarray | None = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- model
-@dataclass
+@dataclass(eq=False)  # identity: two keyframes at one pose are still two keyframes
 class DesignKeyframe:
     """One editable keyframe: pose relative to the condition camera (metres) and lens zoom."""
 
