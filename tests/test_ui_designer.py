@@ -102,9 +102,10 @@ def test_interpolation_passes_keyframes_and_is_c1() -> None:
     p = d.trajectory().c2w[:, :3, 3]
     v = np.diff(p, axis=0)
     dv = np.linalg.norm(np.diff(v, axis=0), axis=1)
-    assert dv.max() < 20 * np.median(dv) and dv.max() < 1e-5
     step = np.linalg.norm(v, axis=1)
-    assert abs(step[399] - step[400]) < 1e-5  # no kink at the middle keyframe
+    # smooth: second differences ~ 1/N^2; a kink (C0 only) would make one ~ a whole step
+    assert dv.max() < 0.02 * step.mean()
+    assert abs(step[399] - step[400]) < 0.02 * step.mean()  # speed continuous at keyframe 1
 
 
 def test_preset_sampled_as_keyframes_matches_preset() -> None:
