@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import shutil
 import socket
 import threading
 import time
@@ -38,7 +39,12 @@ from trainer.inference.designer import (
 from trainer.inference.scene import PointCloud, intrinsics_from_normalised, point_cloud
 from trainer.inference.trajectory import PRESETS, TrajectoryError, scene_depth
 
-SHORT_KEYS = ("image", "clip", "depth", "port", "host")
+# display-only constants (no effect on any output file)
+THUMB_SIDE = 128  # condition image drawn on its frustum, pixels (long side)
+FLOOR_PERCENTILE = 95  # the grid sits at this percentile of the points' y (y down: the floor)
+UNUSABLE_TINT = np.array([255, 0, 255])  # magenta over unusable pixels in the mask view
+UNUSABLE_ALPHA = 0.6
+SHORT_KEYS = ("image", "clip", "port", "host")  # not depth: the depth backend group
 
 
 class SceneError(RuntimeError):
@@ -62,7 +68,7 @@ class Scene:
 
 
 def expand_overrides(overrides: list[str]) -> list[str]:
-    """``image=PATH`` -> ``ui.image=PATH`` (and clip, depth, port, host): the short form the
+    """``image=PATH`` -> ``ui.image=PATH`` (and clip, port, host): the short form the
     command line documents."""
     out = []
     for ov in overrides:
@@ -373,8 +379,8 @@ class DesignerApp:
         v.add_point_cloud("/scene/points", points=xyz.astype(np.float32),
                           colors=(rgb * 255).astype(np.uint8),
                           point_size=float(self.u["point_size_frac"]) * d)
-        floor = float(np.percentile(xyz[:, 1], 95)) if len(xyz) else 0.0
-        extent = float(np.ceil(2.5 * d))
+        floor = float(np.percentile(xyz[:, 1], FLOOR_PERCENTILE)) if len(xyz) else 0.0
+        extent = float(np.ceil(float(self.u["grid_extent_frac"]) * d))
         v.add_grid("/scene/grid", width=extent, height=extent, plane="xz",
                    cell_size=float(self.u["grid_cell_m"]),
                    section_size=float(self.u["grid_section_m"]),
@@ -389,34 +395,39 @@ class DesignerApp:
         h, w = sc.rgb.shape[:2]
         fov = 2 * np.arctan(h / (2 * sc.K[1, 1]))
         self._fov, self._aspect = float(fov), w / h
-        small = cv2.resize(sc.rgb, (max(1, w * 128 // max(h, w)), max(1, h * 128 // max(h, w))))
+        side = max(h, w)
+        small = cv2.resize(sc.rgb, (max(1, w * THUMB_SIDE // side),
+                                    max(1, h * THUMB_SIDE // side)))
         v.add_camera_frustum("/scene/condition_camera", fov=self._fov, aspect=self._aspect,
-                             scale=float(self.u["frustum_frac"]) * d * 1.5, image=small,
+                             scale=float(self.u["condition_frustum_frac"]) * d, image=small,
                              color=(40, 40, 40))
-        self.server.initial_camera.position = (0.0, -0.6 * d, -1.2 * d)
-        self.server.initial_camera.look_at = (0.0, 0.0, 0.6 * d)
+        # start behind and above the condition camera, looking into the scene
+        bx, by = (float(x) for x in self.u["view_from_frac"])
+        self.server.initial_camera.position = (0.0, -by * d, -bx * d)
+        self.server.initial_camera.look_at = (0.0, 0.0, float(self.u["view_at_frac"]) * d)
         self.server.initial_camera.up = (0.0, -1.0, 0.0)
 
     def _redraw_keyframes(self) -> None:
         """Gizmo + frustum per keyframe (1..n; 0 is the condition camera) and the path."""
         v = self.server.scene
         for h in getattr(self, "_kf_nodes", []):
-            h.remove()
+            h.remove()  # a gizmo's frustum and label are its children: removed with it
         self._kf_nodes = []
         d = self.scene.median_depth if self.scene else 1.0
         for i, k in enumerate(self.design.keyframes):
             if i == 0:
                 continue
-            gz = v.add_transform_controls(f"/keyframes/k{i}", scale=0.6 * d * float(
-                self.u["frustum_frac"]) * 4, wxyz=k.wxyz, position=k.position)
+            gz = v.add_transform_controls(f"/keyframes/k{i}",
+                                          scale=float(self.u["gizmo_frac"]) * d,
+                                          wxyz=k.wxyz, position=k.position)
             fr = v.add_camera_frustum(f"/keyframes/k{i}/frustum", fov=self._fov,
                                       aspect=self._aspect,
                                       scale=float(self.u["frustum_frac"]) * d,
                                       color=(30, 90, 230))
-            lb = v.add_label(f"/keyframes/k{i}/label", f"K{i}")
+            v.add_label(f"/keyframes/k{i}/label", f"K{i}")  # a child of the gizmo
             gz.on_update(lambda h, i=i: self._guard(self._from_gizmo)(i, h.target))
             fr.on_click(lambda _, i=i: self._guard(self._select)(i))
-            self._kf_nodes += [gz, fr, lb]
+            self._kf_nodes.append(gz)
         self._redraw_path()
 
     def _redraw_path(self) -> None:
@@ -426,7 +437,8 @@ class DesignerApp:
         if len(pts) >= 2:
             v.add_spline_catmull_rom("/path", points=pts, color=(250, 170, 0), line_width=3.0)
         v.add_point_cloud("/path_frames", points=pts, colors=(250, 170, 0),
-                          point_size=0.01 * (self.scene.median_depth if self.scene else 1.0))
+                          point_size=float(self.u["path_point_frac"])
+                          * (self.scene.median_depth if self.scene else 1.0))
 
     # --------------------------------------------------------------------------- editing
     def _sync_inputs(self) -> None:
@@ -532,7 +544,8 @@ class DesignerApp:
         frames = pv.to_uint8_frames(prev.render.image)
         mask = prev.usable.cpu().numpy()
         overlay = frames.copy()
-        overlay[~mask] = (0.4 * overlay[~mask] + 0.6 * np.array([255, 0, 255])).astype(np.uint8)
+        overlay[~mask] = ((1 - UNUSABLE_ALPHA) * overlay[~mask]
+                          + UNUSABLE_ALPHA * UNUSABLE_TINT).astype(np.uint8)
         out = self.out_dir()
         write_mp4(frames, out / "preview.mp4", traj.fps)
         write_mp4(pv.mask_frames(prev.usable), out / "mask.mp4", traj.fps)
@@ -577,8 +590,12 @@ class DesignerApp:
         traj_path = gen_design.export(out / "generate_trajectory.json")
         depth_path = out / "depth.npy"
         np.save(depth_path, self.scene.depth.astype(np.float32), allow_pickle=False)
+        image = self.scene.image_path
+        if not self.cfg["ui"].get("image"):  # a clip frame: outputs named after the clip
+            image = out / f"{self.scene.name}{image.suffix}"
+            shutil.copyfile(self.scene.image_path, image)
         s = tcfg["sampling"]
-        s.update(image=str(self.scene.image_path), trajectory=str(traj_path),
+        s.update(image=str(image), trajectory=str(traj_path),
                  trajectory_preset="", depth=str(depth_path), depth_model="",
                  noise_shaping=bool(self.sns.value), fps=float(gen_design.fps))
         if self.cfg["ui"].get("image") and self.s.get("intrinsics"):
