@@ -98,6 +98,9 @@ def _depth_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
 def _depth(rgb: np.ndarray, depth_file: str | None, dataset_file: Path | None,
            cfg: dict[str, Any], device: str) -> tuple[np.ndarray, str]:
     dcfg = _depth_cfg(cfg)
+    if not (depth_file or dcfg or dataset_file):
+        raise SceneError("no depth for this image: start the designer with depth=da2_metric "
+                         "(Depth Anything V2 metric weights on disk) or ui.depth=FILE")
     try:
         return pv.condition_depth(rgb, depth_file, dataset_file, dcfg, device)
     except pv.DepthUnavailable as exc:
@@ -105,7 +108,7 @@ def _depth(rgb: np.ndarray, depth_file: str | None, dataset_file: Path | None,
     except (OSError, ValueError) as exc:  # transformers: weights not on disk, bad checkpoint
         model = (dcfg or {}).get("model")
         raise SceneError(f"depth model {model} is not available locally ({type(exc).__name__}):"
-                         " download it once or give depth=FILE") from None
+                         " download it once or give ui.depth=FILE") from None
 
 
 def find_clip(cfg: dict[str, Any], clip_id: str) -> tuple[Path, np.ndarray, Path | None]:
@@ -250,6 +253,7 @@ class DesignerApp:
         self.selected = 0
         self._syncing = False
         self.generating = False
+        self.gen_progress = (0, 0)  # denoising steps done / total of the last generation
         self.last_preview: dict[str, np.ndarray] | None = None
         self.server = viser.ViserServer(host=str(self.u["host"]), port=int(self.u["port"]),
                                         label="metric-align trajectory designer", verbose=False)
@@ -298,6 +302,8 @@ class DesignerApp:
     def _build_gui(self) -> None:
         g = self.server.gui
         self.status = g.add_markdown("Loading the scene...")
+        self.upload = g.add_upload_button("Upload image", mime_type="image/*",
+                                          hint="condition image; depth from the depth backend")
         with g.add_folder("Path"):
             self.preset = g.add_dropdown("Preset", PRESETS, initial_value=PRESETS[0])
             self.btn_preset = g.add_button("Apply preset")
@@ -327,6 +333,7 @@ class DesignerApp:
             self.progress = g.add_progress_bar(0.0, visible=False, animated=True)
             self.gen_md = g.add_markdown("")
             self.gen_html = g.add_html("")
+        self.upload.on_upload(lambda _: self._guard(self._uploaded)())
         self.btn_preset.on_click(lambda _: self._guard(self._apply_preset)())
         self.frames.on_update(lambda _: self._guard(self._timing)())
         self.duration.on_update(lambda _: self._guard(self._timing)())
@@ -350,6 +357,10 @@ class DesignerApp:
         except SceneError as exc:
             self.error(str(exc))
             return False
+        except Exception as exc:  # noqa: BLE001 - the page must stay up; the log has the trace
+            traceback.print_exc()
+            self.error(f"cannot load the scene: {type(exc).__name__}: {exc}")
+            return False
         with self.lock:
             self.scene = scene
             self._draw_scene()
@@ -364,6 +375,19 @@ class DesignerApp:
                       f"cells, {float(self.u['grid_section_m']):g} m sections; red bar: "
                       f"{self._bar_m:g} m.")
         return True
+
+    def _uploaded(self) -> None:
+        """Save an uploaded image under the work dir and make it the condition image."""
+        f = self.upload.value
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(f.name).name)
+        if not f.content or not name.strip("._"):
+            raise SceneError("the upload was empty")
+        path = Path(self.cfg["paths"]["work_dir"]) / str(self.u["out_subdir"]) / "uploads" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.content)
+        self.u["image"], self.u["depth"] = str(path), ""
+        self.info(f"Loading {name}...")
+        self.load()
 
     def _draw_scene(self) -> None:
         sc = self.scene
@@ -607,27 +631,28 @@ class DesignerApp:
         self.generating = True
         self.btn_gen.disabled = True
         self.progress.visible = True
-        self.progress.value = 100.0
+        self.progress.value = 0.0
+        self.gen_progress = (0, int(s["steps"]))
         t0 = time.perf_counter()
-        self.gen_md.content = f"Generating {n} frames (SNS {'on' if s['noise_shaping'] else 'off'})"
+        sns = "on" if s["noise_shaping"] else "off"
+        self.gen_md.content = f"Generating {n} frames (SNS {sns}): loading the model..."
+
+        def progress(done: int, total: int) -> None:
+            self.gen_progress = (done, total)
+            self.progress.value = 100.0 * done / total
+            self.gen_md.content = (f"Generating {n} frames (SNS {sns}): denoising step "
+                                   f"{done}/{total}, {time.perf_counter() - t0:.0f} s")
 
         def work() -> None:
             from trainer.sampling import sample_to_mp4
 
-            done = threading.Event()
-
-            def tick() -> None:
-                while not done.wait(1.0):
-                    self.gen_md.content = (f"Generating {n} frames... "
-                                           f"{time.perf_counter() - t0:.0f} s")
-            threading.Thread(target=tick, daemon=True).start()
             try:
-                res = sample_to_mp4(tcfg, train_dir, None, self.device)
+                res = sample_to_mp4(tcfg, train_dir, None, self.device, progress=progress)
                 frames = read_mp4(res["mp4"])
                 b64 = gif_base64(frames, float(gen_design.fps))
                 self.gen_html.content = (f'<div><img id="generated-video" alt="generated" '
                                          f'style="width:100%" src="data:image/gif;base64,{b64}"/>'
-                                         f"<div>generated</div></div>")
+                                         f"<div>generated (SNS {sns})</div></div>")
                 self.gen_md.content = (f"Generated in {time.perf_counter() - t0:.0f} s: "
                                        f"`{res['mp4']}`")
             except Exception as exc:  # noqa: BLE001 - shown in the page, logged here
@@ -635,7 +660,6 @@ class DesignerApp:
                 self.gen_md.content = ""
                 self.error(f"generation failed: {exc}")
             finally:
-                done.set()
                 self.generating = False
                 self.btn_gen.disabled = False
                 self.progress.visible = False

@@ -174,6 +174,7 @@ def test_design_preview_export_generate(browser: Any, app_factory: Any, tmp_path
     ckpt.save_atomic({"model": model.trainable_state_dict()}, ckpt.checkpoint_path(ckpt_dir, 1))
     page.get_by_role("button", name="Generate").click()
     page.locator("#generated-video").wait_for()
+    assert app.gen_progress == (2, 2)  # the progress bar followed every denoising step
     mp4 = Path(cfg["paths"]["work_dir"]) / tcfg["out_subdir"] / "samples" / "syn_ui.mp4"
     assert _frames(mp4) == int(tcfg["data"]["num_frames"])
 
@@ -200,4 +201,35 @@ def test_bad_image_is_one_sentence_in_the_page(browser: Any, app_factory: Any,
     # the page still answers: Preview explains there is nothing to preview
     page.get_by_role("button", name="Preview").click()
     page.get_by_text("no scene loaded", exact=False).first.wait_for()
+    # an uploaded image is read, but this config has no depth for it (sensor backend, no file)
+    good = tmp_path / "upload me.png"
+    cv2.imwrite(str(good), np.full((24, 32, 3), 128, np.uint8))
+    page.locator("input[type=file]").first.set_input_files(str(good))
+    page.get_by_text("no depth for this image", exact=False).first.wait_for()
+    assert app.u["image"].endswith("upload_me.png") and Path(app.u["image"]).is_file()
     page.close()
+
+
+def test_short_keys_and_cli_branch() -> None:
+    from pipeline.cli import build_parser
+    from pipeline.ui import expand_overrides
+
+    assert expand_overrides(["image=a.png", "clip=c1", "port=9000", "host=0.0.0.0",
+                             "depth=sensor", "ui.split=train"]) == [
+        "ui.image=a.png", "ui.clip=c1", "ui.port=9000", "ui.host=0.0.0.0", "depth=sensor",
+        "ui.split=train"]
+    args = build_parser().parse_args(["ui", "image=a.png"])
+    assert args.command == "ui" and args.overrides == ["image=a.png"]
+
+
+def test_depth_model_not_on_disk_is_one_sentence(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.ui import SceneError, expand_overrides, load_scene
+
+    img = tmp_path / "room.png"
+    cv2.imwrite(str(img), np.full((24, 32, 3), 128, np.uint8))
+    cfg = load_config(expand_overrides([
+        f"image={img}", "depth=da2_metric", f"depth.model={tmp_path / 'no_such_model'}",
+        f"paths.work_dir={tmp_path / 'work'}"]))
+    with pytest.raises(SceneError, match=r"depth model .*no_such_model is not available locally"):
+        load_scene(cfg, "cpu")

@@ -8,6 +8,7 @@ frame, the same convention the dataset trains on, so a trajectory measured in th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,15 @@ def ddim_sample(
     eta: float = 0.0,
     seed: int = 0,
     shaping: NoiseShaping | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) image in [-1, 1] + (B, F, 6, H, W) Plücker -> (B, F, 3, H, W) in [-1, 1].
 
     Classifier-free guidance is on the image condition (the model was trained with it dropped
     at ``cond_dropout.image``); the camera stays on in both branches. ``shaping`` turns on
     scene-constrained noise shaping (``trainer.inference.sns``); without it the sampler is
-    exactly the plain one (same draws, same result).
+    exactly the plain one (same draws, same result). ``progress(done, total)`` is called after
+    every denoising step (a UI's progress bar).
     """
     device = next(model.parameters()).device
     ddim = DDIMScheduler.from_config(build_noise_scheduler(tcfg).config)
@@ -59,7 +62,7 @@ def ddim_sample(
     z = torch.randn((b, *model.latent_shape(f, h, w)), generator=gen).to(device)
     z = z * ddim.init_noise_sigma
     ones = torch.ones(b, device=device)
-    for t in ddim.timesteps:
+    for step, t in enumerate(ddim.timesteps):
         if shaping is not None:
             z = shaping.at_level(z, t, ddim)
         tt = model.model_timesteps(t.expand(b).to(device), ddim)
@@ -68,6 +71,8 @@ def ddim_sample(
             unc = model(z, tt, cond, plucker, torch.zeros_like(ones), ones)
             pred = unc + guidance_scale * (pred - unc)
         z = ddim.step(pred, t, z, eta=eta, generator=gen if eta > 0 else None).prev_sample
+        if progress is not None:
+            progress(step + 1, len(ddim.timesteps))
     if shaping is not None:
         z = shaping.at_clean(z, ddim)
     return model.decode(z)
@@ -146,6 +151,7 @@ def sample_to_mp4(
     checkpoint_path: str | Path | None = None,
     depth_cfg: dict[str, Any] | None = None,
     depth_root: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Generate one clip with the latest checkpoint and write ``<out_dir>/samples/<name>.*``.
 
@@ -301,7 +307,7 @@ def sample_to_mp4(
         report["preview"] = {"skipped": skipped}
     video = ddim_sample(
         model, tcfg, cond, plucker, int(s["steps"]), float(s["guidance_scale"]),
-        float(s["eta"]), int(s["seed"]), shaping=shaping,
+        float(s["eta"]), int(s["seed"]), shaping=shaping, progress=progress,
     )[0].cpu()
     frames_u8 = to_uint8(video)
     if reference is not None:
