@@ -352,6 +352,9 @@ class DesignerApp:
     # --------------------------------------------------------------------------- scene
     def load(self) -> bool:
         """Load the scene and draw it; on failure the page shows why (and stays usable)."""
+        if not self.u.get("image") and self.cfg["dataset"].get("definition"):
+            self.info("Loading the scene (a synthetic dataset is rendered on first use: a minute "
+                      "or two)...")
         try:
             scene = load_scene(self.cfg, self.device)
         except SceneError as exc:
@@ -425,9 +428,9 @@ class DesignerApp:
         v.add_camera_frustum("/scene/condition_camera", fov=self._fov, aspect=self._aspect,
                              scale=float(self.u["condition_frustum_frac"]) * d, image=small,
                              color=(40, 40, 40))
-        # start behind and above the condition camera, looking into the scene
-        bx, by = (float(x) for x in self.u["view_from_frac"])
-        self.server.initial_camera.position = (0.0, -by * d, -bx * d)
+        # start beside, above and behind the condition camera: the path is not hidden behind
+        # the condition image drawn on its frustum
+        self.server.initial_camera.position = tuple(float(x) * d for x in self.u["view_from_frac"])
         self.server.initial_camera.look_at = (0.0, 0.0, float(self.u["view_at_frac"]) * d)
         self.server.initial_camera.up = (0.0, -1.0, 0.0)
 
@@ -676,12 +679,12 @@ def main_ui(overrides: list[str]) -> int:
     cfg = load_config(expand_overrides(overrides))
     app = DesignerApp(cfg)
     print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
-    app.load()
     try:
+        app.load()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("trajectory designer stopped", flush=True)
     finally:
         app.stop()
     return 0
