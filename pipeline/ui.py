@@ -353,8 +353,8 @@ class DesignerApp:
     def load(self) -> bool:
         """Load the scene and draw it; on failure the page shows why (and stays usable)."""
         if not self.u.get("image") and self.cfg["dataset"].get("definition"):
-            self.info("Loading the scene (a synthetic dataset is rendered on first use: a minute "
-                      "or two)...")
+            self.info("Loading the scene (a synthetic dataset is rendered on first use: a few "
+                      "minutes)...")
         try:
             scene = load_scene(self.cfg, self.device)
         except SceneError as exc:
