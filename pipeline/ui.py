@@ -44,6 +44,7 @@ THUMB_SIDE = 128  # condition image drawn on its frustum, pixels (long side)
 FLOOR_PERCENTILE = 95  # the grid sits at this percentile of the points' y (y down: the floor)
 UNUSABLE_TINT = np.array([255, 0, 255])  # magenta over unusable pixels in the mask view
 UNUSABLE_ALPHA = 0.6
+NOTIFY_SECONDS = 10.0  # an error notification closes itself after this (the status line stays)
 SHORT_KEYS = ("image", "clip", "port", "host")  # not depth: the depth backend group
 
 
@@ -280,7 +281,7 @@ class DesignerApp:
         line = " ".join(str(msg).split())
         self.status.content = f"**Error:** {line}"
         for client in self.server.get_clients().values():
-            client.add_notification("Error", line, color="red", auto_close_seconds=10.0)
+            client.add_notification("Error", line, color="red", auto_close_seconds=NOTIFY_SECONDS)
 
     def info(self, msg: str) -> None:
         self.status.content = msg
