@@ -8,6 +8,12 @@ frustums joined by the interpolated path. Editing rules live in
 project's preview renderer (``trainer.inference.preview``) and sampler
 (``trainer.sampling.sample_to_mp4``).
 
+Why viser: it ships point clouds, camera frustums, translate/rotate gizmos, GUI panels,
+notifications and file upload in one pip package with a prebuilt web client (no Node build, no
+torch or CUDA dependency), it is maintained (nerfstudio's viewer), and its callbacks are plain
+Python, so the page calls the project's renderer and sampler directly. Gradio or a hand-written
+three.js page would need the 3D scene, gizmos and the websocket sync written here.
+
 Every failure a user can cause (unreadable image, no depth, no checkpoint, a bad edit) is shown
 in the page as one sentence (the status line plus a notification); the page never dies.
 """
