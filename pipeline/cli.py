@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=epilog,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status,ui}")
     for name, text in (
         ("run", "run a stage and every upstream shard that is missing, failed or stale"),
         ("status", "per stage: shards done / with errors / failed / pending, what `run` would "
                    "compute, and every failure reason"),
+        ("ui", "trajectory designer web page: ui [image=PATH | clip=CLIP_ID] [ui.port=N]"),
     ):
         p = sub.add_parser(
             name, help=text, description=text, epilog=epilog,
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ui":
+            from pipeline.ui import main_ui
+
+            return main_ui(args.overrides)
         cfg = load_config(args.overrides, strict=args.command == "run")
         from pipeline import runner
 
