@@ -20,7 +20,6 @@ The synthetic clips are rendered once into ``--cache`` (default: a temp folder).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import sys
@@ -35,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_accuracy import colmap_defaults  # noqa: E402  (one definition of COLMAP's defaults)
+
 from pipeline.frames import read_depth  # noqa: E402
 from stages.triangulate import select_frames, triangulate_clip  # noqa: E402
 
@@ -45,24 +46,6 @@ SYNTHETIC = [  # (clip_id, seed, trajectory kind, rel_scale)
     ("bench_pan", 23, "pan", 1.7),
     ("bench_orbit", 37, "orbit", 0.6),
 ]
-
-
-def colmap_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
-    """COLMAP's out-of-the-box settings expressed in our config (frames: the same)."""
-    c = copy.deepcopy(cfg)
-    c["image"]["max_long_side"] = 0
-    c["sift"].update(max_num_features=8192, first_octave=-1, num_octaves=4,
-                     peak_threshold=0.02 / 3, max_num_orientations=2, upright=False)
-    c["matching"].update(num_threads=0, mode="sequential", overlap=10, quadratic_overlap=True,
-                         verification="ransac", ransac_max_error=4.0, max_ratio=0.8,
-                         max_distance=0.7, cross_check=True, cpu_brute_force=False,
-                         min_num_inliers=15)
-    c["triangulation"].update(num_threads=0, min_angle=1.5, create_max_angle_error=2.0,
-                              continue_max_angle_error=2.0, merge_max_reproj_error=4.0,
-                              complete_max_reproj_error=4.0, filter_max_reproj_error=4.0,
-                              ignore_two_view_tracks=True, ba_max_refinements=5)
-    c["filters"].update(max_reproj_error=4.0, min_track_len=2, min_tri_angle=0.0)
-    return c
 
 
 def _sample(depth: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:

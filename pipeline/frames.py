@@ -132,3 +132,19 @@ def read_depth(row: dict[str, Any], frame_idx: int) -> np.ndarray:
         if d is None:
             raise ClipError(clip, f"cannot read depth {path}")
     return d.astype(np.float32) * np.float32(row["depth_unit"])
+
+
+def read_video_rgb(path: str) -> list[np.ndarray]:
+    """Every frame of a video file as RGB uint8 arrays (a generated or user-given mp4), in
+    order; an unreadable file gives an empty list (callers report it with their context)."""
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    return out

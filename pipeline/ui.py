@@ -220,19 +220,12 @@ def gif_base64(frames: np.ndarray, fps: float) -> str:
 
 def read_mp4(path: str | Path) -> np.ndarray:
     """mp4 -> (F, H, W, 3) RGB uint8 (to show a generated video in the page)."""
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    try:
-        while True:
-            ok, fr = cap.read()
-            if not ok:
-                break
-            out.append(cv2.cvtColor(fr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if not out:
+    from pipeline.frames import read_video_rgb
+
+    frames = read_video_rgb(str(path))
+    if not frames:
         raise OSError(f"cannot read video {path}")
-    return np.stack(out)
+    return np.stack(frames)
 
 
 def free_port(host: str) -> int:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pipeline import camera_eval as ce
 from pipeline import ray_utils
 from pipeline.config import ConfigError
+from pipeline.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.log import log
 from pipeline.registry import register
@@ -194,7 +195,6 @@ def dataset_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
 def video_clips(ecfg: dict[str, Any], depth: DepthProvider,
                 failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
     """``evaluate.videos`` / ``evaluate.trajectories``: one mp4 and one .txt per clip."""
-    import cv2
 
     vdir, tdir = Path(ecfg["videos"]), Path(ecfg["trajectories"])
     for d, what in ((vdir, "videos"), (tdir, "trajectories")):
@@ -215,16 +215,7 @@ def video_clips(ecfg: dict[str, Any], depth: DepthProvider,
         except ValueError as exc:
             failures[clip] = str(exc)
             continue
-        cap = cv2.VideoCapture(str(path))
-        frames = []
-        try:
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        finally:
-            cap.release()
+        frames = read_video_rgb(str(path))
         if len(frames) != len(c2w):
             failures[clip] = (f"video {path} has {len(frames)} frames, trajectory {traj} has "
                               f"{len(c2w)} poses")
