@@ -302,6 +302,44 @@ def test_align_process_shard(tmp_path: Path, cfg: dict[str, Any]) -> None:
     assert row["frame_num_obs"] == [15, 15, 15]
 
 
+def test_clip_failed_in_depth_and_repeated_keys_keep_the_shards_good_clips(
+        tmp_path: Path, cfg: dict[str, Any]) -> None:
+    """Issue 9, bug 1: a clip that failed in the depth stage has no depth rows, so the
+    row-order fast path does not apply; the key join must not trip over a (clip, frame, point)
+    key repeated by an older triangulate output, and every good clip of the shard is aligned."""
+    rng = np.random.default_rng(8)
+    obs, dep = [], []
+    pid = 0
+    for clip in ("good_a", "bad", "good_b"):
+        f, z, d, _ = synthetic_obs({0: 2.0, 1: 2.0}, n_in=12, n_out=0, rng=rng)
+        for fi, zi, di in zip(f, z, d, strict=True):
+            obs.append({"clip_id": clip, "frame_idx": int(fi), "point_id": pid, "u": 1.0,
+                        "v": 1.0, "z_cam": float(zi), "track_len": 2, "reproj_err": 0.5,
+                        "tri_angle": 5.0})
+            if clip != "bad":  # depth failed this clip: no samples at all
+                dep.append({"clip_id": clip, "frame_idx": int(fi), "point_id": pid,
+                            "depth": float(di), "valid": True})
+            pid += 1
+    obs.append(dict(obs[0]))  # a repeated key, as triangulate wrote before schema 2
+    dep.append(dict(dep[0]))
+    eye = np.tile(np.eye(4)[:3].reshape(12), (2, 1))
+    inputs = {
+        "ingest": write([manifest_row(c, eye) for c in ("bad", "good_a", "good_b")], MANIFEST,
+                        tmp_path / "ingest" / "s.parquet"),
+        "triangulate": write(obs, OBSERVATIONS, tmp_path / "triangulate" / "s.parquet"),
+        "depth": write(dep, DEPTH_SAMPLES, tmp_path / "depth" / "s.parquet"),
+    }
+    out = tmp_path / "align" / "s.parquet"
+    res = ALIGN_STAGE.process_shard(ShardTask("align", "s", ["bad", "good_a", "good_b"], inputs,
+                                              str(out), cfg, str(tmp_path)))
+    assert (res.n_clips, res.n_ok) == (3, 2) and set(res.failures) == {"bad"}
+    rows = {r["clip_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert set(rows) == {"good_a", "good_b"}
+    for r in rows.values():
+        assert r["scale_median"] == pytest.approx(2.0, rel=1e-6)
+        assert r["frame_num_obs"] == [12, 12]  # the repeated key counted once
+
+
 # ----------------------------------------------------------------------------- filter
 def test_quantile_filter_exact_clips_both_rules_both_tails() -> None:
     n = 50  # q = 0.02 -> k = floor(1.0) = 1 per tail (the float product must not drop to 0)
