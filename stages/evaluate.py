@@ -234,13 +234,15 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     """Sample the latest checkpoint on curated test clips; keep the mp4s and trajectories."""
     import torch
 
-    from stages.train import curated_files, default_device
+    from stages.train import default_device
     from trainer import checkpoint as ckpt
     from trainer.data import CuratedVideoDataset, load_curated
     from trainer.sampling import ddim_sample, load_model, to_uint8, write_mp4
 
     tcfg = ctx.cfg["train"]
-    files = curated_files(ctx)
+    files = [str(p) for p in ctx.done_outputs("curate")]
+    if not files:
+        raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
     ckpt_dir = Path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
     path = ckpt.latest_checkpoint(ckpt_dir)
     if path is None:
