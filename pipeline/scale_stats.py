@@ -159,7 +159,8 @@ def shrink_frames(log_raw: np.ndarray, log_sigma: np.ndarray, log_clip: float,
     floored at 0 and capped at ``max_tau``: deviations beyond a few percent are measurement
     errors, not scale. Returns (shrunk log factors, the weight each frame keeps in [0, 1], tau).
     """
-    s2 = np.nan_to_num(np.asarray(log_sigma, np.float64), nan=np.inf) ** 2 + frame_sigma**2
+    # NaN sd = no bootstrap (align.uncertainty.bootstrap=0): the pose-error prior alone
+    s2 = np.nan_to_num(np.asarray(log_sigma, np.float64), nan=0.0) ** 2 + frame_sigma**2
     dev = log_raw - log_clip
     if dev.size < 3:
         tau2 = 0.0

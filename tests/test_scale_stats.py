@@ -100,6 +100,9 @@ def test_shrinkage_pulls_noisy_frames_and_keeps_real_differences() -> None:
     assert tau == pytest.approx(0.03)
     assert np.allclose(keep, 0.03**2 / (0.03**2 + 0.01**2 + 0.04**2))
     assert np.max(np.abs(shrunk)) < 0.1
+    # no bootstrap (NaN sd): the pose-error prior alone decides, frames are not all collapsed
+    shrunk_nan, keep_nan, _ = shrink_frames(dev, np.full(6, np.nan), log_clip, 0.04, 0.03)
+    assert np.allclose(keep_nan, 0.03**2 / (0.03**2 + 0.04**2))
 
 
 def test_between_frame_sigma_uses_effective_frames() -> None:
