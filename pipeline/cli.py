@@ -16,8 +16,8 @@ from pipeline.stage import StageNotImplemented
 EPILOG = """\
 overrides (Hydra syntax, key=value; checked before any work starts):
   stage=<all|{stages}>   (default: all = {default_chain})
-  dataset=<sample|re10k|rgbd>   dataset.root=PATH   dataset.relative_scale=F (rgbd)
-  depth=<da2_metric|sensor>     depth.model=HUB_ID_OR_DIR
+  dataset=<{datasets}>   dataset.root=PATH   dataset.relative_scale=F (rgbd)
+  depth=<{depths}>     depth.model=HUB_ID_OR_DIR
   paths.work_dir=PATH           shards.size=N       force=true
   retry.max_attempts=N          log.level=INFO      progress=false
   ray.address=auto|HOST:PORT    ray.num_cpus=N
@@ -47,10 +47,18 @@ examples:
 
 
 def _epilog() -> str:
+    from pathlib import Path
+
     from pipeline import registry
 
+    conf = Path(__file__).resolve().parents[1] / "conf"
+
+    def choices(group: str) -> str:  # the config group's files: one list, never out of date
+        return "|".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+
     return EPILOG.format(stages="|".join(registry.names()),
-                         default_chain=" -> ".join(registry.default_chain()))
+                         default_chain=" -> ".join(registry.default_chain()),
+                         datasets=choices("dataset"), depths=choices("depth"))
 
 
 def build_parser() -> argparse.ArgumentParser:
