@@ -47,14 +47,11 @@ examples:
 
 
 def _epilog() -> str:
-    from pathlib import Path
-
     from pipeline import registry
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    from pipeline.config import CONF_DIR
 
     def choices(group: str) -> str:  # the config group's files: one list, never out of date
-        return "|".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+        return "|".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
 
     return EPILOG.format(stages="|".join(registry.names()),
                          default_chain=" -> ".join(registry.default_chain()),
