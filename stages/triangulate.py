@@ -6,18 +6,24 @@ without touching the cameras: SIFT features, matches between nearby frames, trac
 triangulated with the poses held fixed (no mapper, no pose or intrinsics refinement; the
 stage checks that the poses came back unchanged).
 
-Cost is the concern at 9M frames, so the defaults (``conf/triangulate/default.yaml``) trade
-features for speed where the scale estimate does not suffer: frames are shrunk, SIFT keeps a
-small budget, only a short window of neighbours is matched, and matches are verified against
-the epipolar geometry *known from the poses* instead of by RANSAC. ``bench/bench_triangulate.py``
-measures the trade against COLMAP's defaults.
+Real poses (SLAM, KinectFusion, head tracking) are off by pixels and can lag the frames, so the
+defaults (``conf/triangulate/default.yaml``, chosen with ``bench/bench_accuracy.py`` on real
+RGB-D captures and the synthetic stress set) verify matches by RANSAC, independently of the given
+poses, and pair each frame with its 10 neighbours plus frames 2^k apart (long baselines on slow
+clips, where neighbours see too little parallax). Cost is the other concern at 9M frames: frames
+are shrunk to a 640 px long side, SIFT keeps 4096 features without upsampling, and a clip
+triangulates at most 64 evenly spread frames (the others get interpolated factors). The
+pose-guided epipolar check (``matching.verification=poses``) remains for exact poses.
 
 Output (``pipeline.schema.OBSERVATIONS``), one row per kept observation, sorted by
-(clip_id, frame_idx, point_id): (u, v) in the ORIGINAL resolution (pixel centre at +0.5),
-``z_cam`` = third coordinate of ``R X + t`` (relative scale), ``track_len`` = observations of
-the point that survived the filters, ``reproj_err`` = this observation's reprojection error in
-pixels at the triangulation resolution. Point ids are renumbered per clip in a canonical order
-so equal inputs give equal tables whatever order COLMAP created the points in.
+(clip_id, frame_idx, point_id), one row per (point, frame) (where COLMAP puts two keypoints of
+a frame in one track, the better-reprojecting one is kept): (u, v) in the ORIGINAL resolution
+(pixel centre at +0.5), ``z_cam`` = third coordinate of ``R X + t`` (relative scale),
+``track_len`` = observations of the point that survived the filters, ``reproj_err`` = this
+observation's reprojection error in pixels at the triangulation resolution, ``tri_angle`` = the
+point's largest angle between two of its rays (degrees: the parallax behind its depth). Point
+ids are renumbered per clip in a canonical order so equal inputs give equal tables whatever
+order COLMAP created the points in.
 
 Determinism: feature extraction runs on all of the task's CPUs (per image, order-free), but
 matching and point refinement default to one thread each (``matching.num_threads``,
