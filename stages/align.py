@@ -6,20 +6,28 @@ networks are wrong on some pixels (edges, glass, sky) and triangulation has outl
 frame's factor is the *median* ratio, which ignores up to half of the ratios being wrong.
 
 Definitions of the output columns (one row per clip, schema ``pipeline.schema.ALIGN``):
-- ``frame_scale[i]``: median ratio of frame i when it has >= ``align.min_obs_per_frame`` valid
-  ratios, and at least one ("measured"); otherwise linearly interpolated in frame index
-  between the nearest measured frames, or the nearest measured frame's value before the first /
-  after the last one (flagged in ``frame_interpolated[i]``). Every frame gets a factor because
-  the trainer may pick any frame as its condition frame.
+- ``frame_scale_raw[i]``: median ratio of frame i when it has >= ``align.min_obs_per_frame``
+  valid ratios, and at least one ("measured"); NaN otherwise.
+- ``frame_scale[i]``: the measured frame's raw factor shrunk toward the clip factor in log space
+  (``pipeline.scale_stats.shrink_frames``: a frame keeps its own deviation only in proportion to
+  the real between-frame variation against its own error), ``frame_shrinkage[i]`` the weight
+  given to the clip factor; unmeasured frames are linearly interpolated in frame index between
+  the nearest measured frames, or take the nearest measured value before the first / after the
+  last one (flagged in ``frame_interpolated[i]``). Every frame gets a factor because the trainer
+  may pick any frame as its condition frame.
 - ``frame_num_obs[i]``: valid ratios in frame i (also for frames below the threshold).
 - ``frame_spread[i]``: MAD / median of frame i's ratios (MAD = median |r - median r|, unscaled);
   a relative, outlier-robust dispersion. NaN for interpolated frames.
-- ``scale_max`` / ``scale_min`` / ``scale_median``: max / min / median of the *measured* frame
-  factors (interpolated values lie between measured ones, so max/min are the same over all
-  frames; the median excludes them so that gaps do not weight it). ``scale_median`` is the
-  clip factor used by curate (``clip_scale``).
-- ``scale_spread``: MAD / median of the measured frame factors; ``scale_range``:
+- ``scale_median``: median of the measured frames' *raw* factors, the clip factor used by
+  curate (``clip_scale``); ``scale_max`` / ``scale_min``: max / min of the measured frames'
+  ``frame_scale`` (interpolated values lie between measured ones, so max/min are the same over
+  all frames).
+- ``scale_spread``: MAD / median of the measured raw factors; ``scale_range``:
   (max - min) / median.
+- ``scale_sigma`` (sd of log ``scale_median``) = point bootstrap (+) conditioning term (+)
+  frame-disagreement term, each reported (``scale_sigma_boot/_sys/_frames``); ``scale_ci_low``,
+  ``scale_ci_high`` and ``scale_uncertainty`` (relative half-width) are its 95% interval; see
+  ``pipeline/scale_stats.py`` for why each part exists.
 An observation is valid when its depth sample is flagged valid, both depth and ``z_cam`` are
 finite and > 0, and its frame index is inside the clip; optional track-length and reprojection
 filters come from ``conf/align/default.yaml``.
