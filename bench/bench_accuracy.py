@@ -130,7 +130,8 @@ def re10k_rows() -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ one clip
-def _cpu() -> float:
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and its waited-for children."""
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + ch.ru_utime + ch.ru_stime
 
@@ -152,13 +153,13 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
         return {**meta, "df": df}
     pycolmap.logging.minloglevel = 2
     stats: dict[str, Any] = {}
-    c0 = _cpu()
+    c0 = cpu_seconds()
     try:
         df = triangulate_clip(row, tcfg, None, num_threads=threads, stats=stats)
         meta: dict[str, Any] = {"error": None}
     except ClipError as exc:
         df, meta = None, {"error": exc.reason}
-    meta["cpu_s"] = _cpu() - c0
+    meta["cpu_s"] = cpu_seconds() - c0
     meta["points"] = int(stats.get("points", 0))
     meta["frames_without_obs"] = int(stats.get("frames_without_obs", 0))
     if cache is not None:
@@ -185,21 +186,19 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
 
 def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
                tcfg: dict[str, Any]) -> dict[str, Any]:
-    from stages.align import frame_factors, working_focal
+    from stages.align import frame_factors, uncertainty_settings, working_focal
 
     acfg = cfg["align"]
     depth = sample_depth(row, df, cfg["depth"])
     man = pd.DataFrame([{k: row[k] for k in ("clip_id", "intrinsics", "width", "height")}])
     focal = working_focal(man, tcfg["image"]["max_long_side"])[row["clip_id"]]
-    ucfg = {**acfg["uncertainty"], **acfg["shrinkage"],
-            "shrinkage": bool(acfg["shrinkage"]["enabled"])}
     return frame_factors(
         row["clip_id"], int(row["num_frames"]), df["frame_idx"].to_numpy(),
         df["z_cam"].to_numpy(), depth, np.isfinite(depth),
         int(acfg["min_obs_per_frame"]), int(acfg["min_measured_frames"]),
         point_id=df["point_id"].to_numpy(),
         tri_angle=df["tri_angle"].to_numpy(np.float64) if "tri_angle" in df else None,
-        ray_err=df["reproj_err"].to_numpy(np.float64) / focal, ucfg=ucfg,
+        ray_err=df["reproj_err"].to_numpy(np.float64) / focal, ucfg=uncertainty_settings(acfg),
     )
 
 

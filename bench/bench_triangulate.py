@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_accuracy import colmap_defaults  # noqa: E402  (one definition of COLMAP's defaults)
+from bench_accuracy import colmap_defaults, cpu_seconds  # noqa: E402  (one copy of each)
 
 from pipeline.frames import read_depth  # noqa: E402
 from stages.triangulate import select_frames, triangulate_clip  # noqa: E402
@@ -74,11 +73,6 @@ def scale_errors(row: dict[str, Any], df) -> dict[str, float]:
         "frame_err": float(np.mean(np.abs(factors / true - 1.0))),
         "frames_measured": int(len(factors)),
     }
-
-
-def cpu_seconds() -> float:
-    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
 def real_row() -> dict[str, Any]:

@@ -44,8 +44,7 @@ MAX_RHO = 0.95
 class FrameRatios:
     """One clip's valid ratios, sorted by (frame, ratio), with per-observation point index."""
 
-    frame: np.ndarray  # (n,) int64, sorted
-    ratio: np.ndarray  # (n,) float64, sorted within each frame
+    ratio: np.ndarray  # (n,) float64, sorted by frame, then by value within each frame
     point: np.ndarray  # (n,) int64 in [0, n_points)
     n_points: int
     starts: np.ndarray  # (num_frames,) first index of each frame
@@ -62,7 +61,6 @@ class FrameRatios:
         f = frame[order]
         frames = np.arange(num_frames)
         return cls(
-            frame=f,
             ratio=ratio[order],
             point=point_idx[order].astype(np.int64),
             n_points=int(point_idx.max()) + 1 if point_idx.size else 0,
@@ -73,13 +71,18 @@ class FrameRatios:
     def counts(self) -> np.ndarray:
         return (self.ends - self.starts).astype(np.int64)
 
+    def measured(self, min_obs: int) -> np.ndarray:
+        """Frames with enough ratios to carry their own factor; at least one whatever the
+        setting (an empty frame's median would be NaN and poison the clip's factors)."""
+        return self.counts() >= max(1, int(min_obs))
+
 
 def weighted_medians(values: np.ndarray, weights: np.ndarray, starts: np.ndarray,
                      ends: np.ndarray) -> np.ndarray:
-    """Lower weighted median of each segment ``values[s:e]`` (values sorted within segments)
-    for every row of ``weights`` (B, n): returns (B, n_segments); NaN where a segment has no
-    weight. With unit weights this is the ordinary median of odd-sized segments and the
-    average of the two middle values for even sizes (ties at exactly half)."""
+    """Weighted median of each segment ``values[s:e]`` (values sorted within segments) for
+    every row of ``weights`` (B, n): returns (B, n_segments); NaN where a segment has no weight.
+    Where the cumulative weight reaches exactly half, the midpoint with the next value is taken,
+    so unit weights give the ordinary median (the two middle values averaged for even sizes)."""
     b = weights.shape[0]
     out = np.full((b, len(starts)), np.nan)
     for j, (s, e) in enumerate(zip(starts, ends)):
@@ -103,38 +106,33 @@ def weighted_medians(values: np.ndarray, weights: np.ndarray, starts: np.ndarray
 class ClipScale:
     frame_raw: np.ndarray  # (F,) median per frame; NaN where not measured
     frame_sigma: np.ndarray  # (F,) bootstrap sd of log frame factor; NaN where not measured
-    measured: np.ndarray  # (F,) bool
     clip: float  # median of the measured frame factors
-    clip_sigma_boot: float  # bootstrap sd of log clip factor
-    boot_clip: np.ndarray  # (B,) replicate clip factors (for tests / diagnostics)
+    clip_sigma_boot: float  # bootstrap sd of log clip factor; NaN without a bootstrap
 
 
 def clip_scale(data: FrameRatios, min_obs: int, n_boot: int, seed: int) -> ClipScale:
     """Frame medians, clip median and their bootstrap over points (see module docstring)."""
-    counts = data.counts()
-    measured = counts >= max(1, int(min_obs))
+    measured = data.measured(min_obs)
     ones = np.ones((1, data.ratio.size))
     raw = weighted_medians(data.ratio, ones, data.starts, data.ends)[0]
     raw[~measured] = np.nan
     meas = np.flatnonzero(measured)
     clip = float(np.median(raw[meas]))
-    rng = np.random.default_rng(seed)
+    frame_sigma = np.full(measured.size, np.nan)
+    clip_sigma = float("nan")
     if n_boot > 0 and data.n_points > 0:
+        rng = np.random.default_rng(seed)
         wp = rng.poisson(1.0, size=(n_boot, data.n_points)).astype(np.float64)
         rep = weighted_medians(data.ratio, wp[:, data.point], data.starts[meas], data.ends[meas])
         with np.errstate(invalid="ignore", divide="ignore"):
             log_rep = np.log(rep)
-        frame_sigma = np.full(len(counts), np.nan)
         frame_sigma[meas] = _nan_sd(log_rep, axis=0)
         # a replicate's clip factor: median over the frames that kept weight in it
         boot_clip = np.nanmedian(np.where(np.isfinite(log_rep), rep, np.nan), axis=1)
         boot_clip = boot_clip[np.isfinite(boot_clip)]
-        clip_sigma = float(np.std(np.log(boot_clip), ddof=1)) if boot_clip.size > 1 else np.nan
-    else:
-        frame_sigma = np.full(len(counts), np.nan)
-        boot_clip = np.zeros(0)
-        clip_sigma = np.nan
-    return ClipScale(raw, frame_sigma, measured, clip, clip_sigma, boot_clip)
+        if boot_clip.size > 1:
+            clip_sigma = float(np.std(np.log(boot_clip), ddof=1))
+    return ClipScale(raw, frame_sigma, clip, clip_sigma)
 
 
 def _nan_sd(x: np.ndarray, axis: int) -> np.ndarray:

@@ -109,9 +109,7 @@ def frame_factors(
     data = FrameRatios.build(frame_idx[ok], depth[ok] / z_cam[ok], pid[ok], num_frames)
     n_valid = int(data.ratio.size)
     counts = data.counts().astype(np.int32)
-    # a frame needs at least one ratio to be "measured" whatever the setting: with
-    # min_obs_per_frame = 0 an empty frame's median would be NaN and poison the clip's factors
-    measured = counts >= max(1, int(min_obs_per_frame))
+    measured = data.measured(min_obs_per_frame)
     n_measured = int(measured.sum())
     if n_measured < max(1, min_measured_frames):
         best = int(counts.max()) if counts.size else 0
@@ -218,6 +216,13 @@ def join_observations(obs: pd.DataFrame, dep: pd.DataFrame) -> pd.DataFrame:
     return obs.merge(dep[[*KEYS, "depth", "valid"]], on=KEYS, how="left", validate="one_to_one")
 
 
+def uncertainty_settings(acfg: dict[str, Any]) -> dict[str, Any]:
+    """``frame_factors``'s ``ucfg`` from the ``align`` config section (the stage and the
+    accuracy bench must estimate with exactly the same settings)."""
+    return {**acfg["uncertainty"], **acfg["shrinkage"],
+            "shrinkage": bool(acfg["shrinkage"]["enabled"])}
+
+
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:
     """A float column, NaN when an older upstream output lacks it (conditioning unknown)."""
     if name not in df:
@@ -264,8 +269,7 @@ class AlignStage(Stage):
         groups = joined.groupby("clip_id", sort=False).indices
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
         focal = working_focal(man, task.cfg["triangulate"]["image"]["max_long_side"])
-        ucfg = {**acfg["uncertainty"], **acfg["shrinkage"],
-                "shrinkage": bool(acfg["shrinkage"]["enabled"])}
+        ucfg = uncertainty_settings(acfg)
         empty = np.zeros(0, dtype=np.int64)
 
         def one(clip_id: str, _: Any) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def filter_rule(values: dict[str, float], cutoffs: dict[str, Any]) -> str | None
     limit = cutoffs.get("max_uncertainty")
     if limit is not None:
         u = values.get("scale_uncertainty")
-        if u is not None and not (u <= limit) and not (isinstance(u, float) and math.isnan(u)):
+        if u is not None and u > limit:  # NaN compares False: kept
             return UNCERTAINTY_RULE
     for col in FILTER_COLUMNS:
         c = cutoffs[col]

@@ -254,6 +254,21 @@ def test_frame_factors_failures_are_specific() -> None:
         frame_factors("c", 3, f, z, d, v, min_obs_per_frame=1, min_measured_frames=3)
 
 
+def run_align_shard(tmp_path: Path, cfg: dict[str, Any], clips: list[str], n_frames: int,
+                    obs: list[dict], dep: list[dict]) -> tuple[Path, Any]:
+    """Write a shard's ingest (identity poses), triangulate and depth inputs, run align on it."""
+    eye = np.tile(np.eye(4)[:3].reshape(12), (n_frames, 1))
+    inputs = {
+        "ingest": write([manifest_row(c, eye) for c in clips], MANIFEST,
+                        tmp_path / "ingest" / "s.parquet"),
+        "triangulate": write(obs, OBSERVATIONS, tmp_path / "triangulate" / "s.parquet"),
+        "depth": write(dep, DEPTH_SAMPLES, tmp_path / "depth" / "s.parquet"),
+    }
+    out = tmp_path / "align" / "s.parquet"
+    task = ShardTask("align", "s", clips, inputs, str(out), cfg, str(tmp_path))
+    return out, ALIGN_STAGE.process_shard(task)
+
+
 def test_align_process_shard(tmp_path: Path, cfg: dict[str, Any]) -> None:
     rng = np.random.default_rng(6)
     scales = {0: 1.5, 1: 1.6, 2: 1.7}
@@ -269,17 +284,7 @@ def test_align_process_shard(tmp_path: Path, cfg: dict[str, Any]) -> None:
                         "depth": float(di) if ok else float("nan"), "valid": ok})
             pid += 1
     dep = dep[::-1]  # not row-aligned: exercises the key join
-    eye = np.tile(np.eye(4)[:3].reshape(12), (3, 1))
-    inputs = {
-        "ingest": write([manifest_row(c, eye) for c in ("bad", "good", "none")], MANIFEST,
-                        tmp_path / "ingest" / "s.parquet"),
-        "triangulate": write(obs, OBSERVATIONS, tmp_path / "triangulate" / "s.parquet"),
-        "depth": write(dep, DEPTH_SAMPLES, tmp_path / "depth" / "s.parquet"),
-    }
-    out = tmp_path / "align" / "s.parquet"
-    task = ShardTask("align", "s", ["bad", "good", "none"], inputs, str(out), cfg,
-                     str(tmp_path))
-    res = ALIGN_STAGE.process_shard(task)
+    out, res = run_align_shard(tmp_path, cfg, ["bad", "good", "none"], 3, obs, dep)
     assert (res.n_clips, res.n_ok) == (3, 1)
     assert set(res.failures) == {"bad", "none"}
     assert "valid: 0 of 45 observations" in res.failures["bad"]
@@ -322,16 +327,7 @@ def test_clip_failed_in_depth_and_repeated_keys_keep_the_shards_good_clips(
             pid += 1
     obs.append(dict(obs[0]))  # a repeated key, as triangulate wrote before schema 2
     dep.append(dict(dep[0]))
-    eye = np.tile(np.eye(4)[:3].reshape(12), (2, 1))
-    inputs = {
-        "ingest": write([manifest_row(c, eye) for c in ("bad", "good_a", "good_b")], MANIFEST,
-                        tmp_path / "ingest" / "s.parquet"),
-        "triangulate": write(obs, OBSERVATIONS, tmp_path / "triangulate" / "s.parquet"),
-        "depth": write(dep, DEPTH_SAMPLES, tmp_path / "depth" / "s.parquet"),
-    }
-    out = tmp_path / "align" / "s.parquet"
-    res = ALIGN_STAGE.process_shard(ShardTask("align", "s", ["bad", "good_a", "good_b"], inputs,
-                                              str(out), cfg, str(tmp_path)))
+    out, res = run_align_shard(tmp_path, cfg, ["bad", "good_a", "good_b"], 2, obs, dep)
     assert (res.n_clips, res.n_ok) == (3, 2) and set(res.failures) == {"bad"}
     rows = {r["clip_id"]: r for r in pq.read_table(out).to_pylist()}
     assert set(rows) == {"good_a", "good_b"}
