@@ -186,12 +186,13 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
 
 def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
                tcfg: dict[str, Any]) -> dict[str, Any]:
-    from stages.align import frame_factors, uncertainty_settings, working_focal
+    from stages.align import camera_arrays, frame_factors, uncertainty_settings, working_focal
 
     acfg = cfg["align"]
     depth = sample_depth(row, df, cfg["depth"])
     man = pd.DataFrame([{k: row[k] for k in ("clip_id", "intrinsics", "width", "height")}])
     focal = working_focal(man, tcfg["image"]["max_long_side"])[row["clip_id"]]
+    w2c, K = camera_arrays(row)
     return frame_factors(
         row["clip_id"], int(row["num_frames"]), df["frame_idx"].to_numpy(),
         df["z_cam"].to_numpy(), depth, np.isfinite(depth),
@@ -199,6 +200,7 @@ def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
         point_id=df["point_id"].to_numpy(),
         tri_angle=df["tri_angle"].to_numpy(np.float64) if "tri_angle" in df else None,
         ray_err=df["reproj_err"].to_numpy(np.float64) / focal, ucfg=uncertainty_settings(acfg),
+        uv=df[["u", "v"]].to_numpy(np.float64), w2c=w2c, K=K,
     )
 
 
@@ -224,6 +226,7 @@ def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str
         scale=al["scale_median"], uncertainty=al["scale_uncertainty"],
         sigma_boot=al["scale_sigma_boot"], sigma_sys=al["scale_sigma_sys"],
         tri_angle=al["tri_angle_median"], ray_err=al["ray_err_median"],
+        focal_sens=al["scale_focal_sensitivity"], focal_fit=al["focal_consistency"],
         kept=bool(limit is None or al["scale_uncertainty"] <= float(limit)),
     )
     if true:

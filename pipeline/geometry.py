@@ -83,3 +83,46 @@ def scale_translation(mat: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
 def metric_relative_c2w(w2c: np.ndarray, scale: float, ref: int = 0) -> np.ndarray:
     """(N, 12) relative-scale w2c -> (N, 4, 4) c2w relative to frame ``ref``, in metres."""
     return scale_translation(relative_poses(c2w_from_w2c(w2c), ref), scale)
+
+
+def midpoint_depths(
+    u: np.ndarray, v: np.ndarray, frame: np.ndarray, point: np.ndarray,
+    w2c: np.ndarray, K: np.ndarray, reproj: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Camera-space depth of every observation after re-triangulating its point from all of the
+    point's rays (least-squares midpoint: the 3D point closest to the rays), with the given
+    poses (N, 3, 4) and pixel ``K`` (same pixel convention as ``u, v``).
+
+    Not a replacement for COLMAP's triangulation (no outlier handling, no reprojection
+    refinement): it exists so the same observations can be re-triangulated under a perturbed
+    ``K`` to measure how strongly the scale depends on the intrinsics. ``reproj=True`` also
+    returns each observation's reprojection error (pixels) under that ``K``.
+    """
+    u = np.asarray(u, np.float64)
+    v = np.asarray(v, np.float64)
+    frame = np.asarray(frame, np.int64)
+    w2c = np.asarray(w2c, np.float64).reshape(-1, 3, 4)
+    R, t = w2c[:, :, :3], w2c[:, :, 3]
+    centre = -np.einsum("fji,fj->fi", R, t)  # -R^T t
+    ray_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], 1)
+    ray = np.einsum("nji,nj->ni", R[frame], ray_cam)  # R^T d: world direction
+    ray /= np.linalg.norm(ray, axis=1, keepdims=True)
+    proj = np.eye(3)[None] - ray[:, :, None] * ray[:, None, :]  # onto the ray's normal plane
+    _, pidx = np.unique(np.asarray(point), return_inverse=True)
+    n_pts = int(pidx.max()) + 1 if pidx.size else 0
+    A = np.zeros((n_pts, 3, 3))
+    b = np.zeros((n_pts, 3))
+    np.add.at(A, pidx, proj)
+    np.add.at(b, pidx, np.einsum("nij,nj->ni", proj, centre[frame]))
+    # a point seen along parallel rays has no depth: singular A -> NaN, not an exception
+    det = np.linalg.det(A)
+    ok = np.abs(det) > 1e-18
+    X = np.full((n_pts, 3), np.nan)
+    X[ok] = np.linalg.solve(A[ok], b[ok][..., None])[..., 0]
+    Xc = np.einsum("nij,nj->ni", R[frame], X[pidx] - centre[frame])
+    if not reproj:
+        return Xc[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.hypot(K[0, 0] * Xc[:, 0] / Xc[:, 2] + K[0, 2] - u,
+                       K[1, 1] * Xc[:, 1] / Xc[:, 2] + K[1, 2] - v)
+    return Xc[:, 2], err

@@ -17,7 +17,9 @@ import pyarrow as pa
 
 # 2: observations gain tri_angle and unique (clip, frame, point) keys; align/curated gain the
 #    scale uncertainty, raw and shrunk frame factors and the conditioning figures (issue 12)
-SCHEMA_VERSION = 2
+# 3: align gains the intrinsics columns (scale_sigma_focal, scale_focal_sensitivity,
+#    focal_consistency)
+SCHEMA_VERSION = 3
 
 MANIFEST = pa.schema(
     [
@@ -84,6 +86,9 @@ ALIGN = pa.schema(
         ("scale_sigma_boot", pa.float64()),  # point-bootstrap part
         ("scale_sigma_sys", pa.float64()),  # conditioning part (ray error / tri. angle, floor)
         ("scale_sigma_frames", pa.float64()),  # frame-to-frame disagreement part
+        ("scale_sigma_focal", pa.float64()),  # intrinsics part: |sensitivity| x focal prior
+        ("scale_focal_sensitivity", pa.float64()),  # d log(scale) / d log(focal), poses fixed
+        ("focal_consistency", pa.float64()),  # focal change best fitting the tracks (relative)
         ("frames_effective", pa.float64()),  # independent frames (AR(1) effective size)
         ("scale_ci_low", pa.float64()),  # 95% interval of the clip factor
         ("scale_ci_high", pa.float64()),

@@ -25,7 +25,10 @@ Definitions of the output columns (one row per clip, schema ``pipeline.schema.AL
 - ``scale_spread``: MAD / median of the measured raw factors; ``scale_range``:
   (max - min) / median.
 - ``scale_sigma`` (sd of log ``scale_median``) = point bootstrap (+) conditioning term (+)
-  frame-disagreement term, each reported (``scale_sigma_boot/_sys/_frames``); ``scale_ci_low``,
+  frame-disagreement term (+) intrinsics term, each reported
+  (``scale_sigma_boot/_sys/_frames/_focal``); ``scale_focal_sensitivity`` = d log(scale) /
+  d log(focal length) with the poses fixed (the intrinsics term is its magnitude times
+  ``align.uncertainty.focal_sigma``); ``scale_ci_low``,
   ``scale_ci_high`` and ``scale_uncertainty`` (relative half-width) are its 95% interval; see
   ``pipeline/scale_stats.py`` for why each part exists.
 An observation is valid when its depth sample is flagged valid, both depth and ``z_cam`` are
@@ -42,6 +45,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.geometry import pixel_K
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.scale_stats import (
@@ -49,6 +53,8 @@ from pipeline.scale_stats import (
     FrameRatios,
     between_frame_sigma,
     clip_scale,
+    focal_consistency,
+    focal_sensitivity,
     shrink_frames,
     systematic_sigma,
 )
@@ -78,6 +84,9 @@ def frame_factors(
     tri_angle: np.ndarray | None = None,
     ray_err: np.ndarray | None = None,
     ucfg: dict[str, Any] | None = None,
+    uv: np.ndarray | None = None,
+    w2c: np.ndarray | None = None,
+    K: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One clip's factors and their uncertainty (see the module docstring for every definition).
 
@@ -85,6 +94,9 @@ def frame_factors(
     its own point: the old, over-confident behaviour); ``tri_angle`` (degrees) and ``ray_err``
     (reprojection error over the focal length, radians) feed the conditioning term. ``ucfg`` is
     ``align.uncertainty`` + ``align.shrinkage`` merged (defaults: no bootstrap, no shrinkage).
+    ``uv`` (pixels, the manifest's resolution), ``w2c`` (num_frames, 3, 4) and pixel ``K`` let
+    the clip be re-triangulated under a perturbed focal length (``scale_focal_sensitivity``);
+    without them that column is NaN and its uncertainty term 0.
 
     Raises ``ClipError`` when fewer than ``min_measured_frames`` frames reach
     ``min_obs_per_frame`` valid ratios: a factor made up from nothing would poison the dataset.
@@ -155,8 +167,27 @@ def frame_factors(
     boot = est.clip_sigma_boot
     frames_sigma, _, n_eff = between_frame_sigma(np.log(raw))
     frames_sigma *= float(ucfg.get("frames_gain", 0.0))
-    sigma = (float(np.sqrt(boot**2 + sys_sigma**2 + frames_sigma**2)) if np.isfinite(boot)
-             else float("nan"))
+    focal_sens = focal_fit = float("nan")
+    if uv is not None and w2c is not None and K is not None:
+        uv = np.asarray(uv, np.float64)
+        tri = (frame_idx >= 0) & (frame_idx < num_frames) & np.all(np.isfinite(uv), axis=1)
+        args = (frame_idx[tri], pid[tri], uv[tri, 0], uv[tri, 1])
+        focal_sens = focal_sensitivity(
+            *args, np.where(ok, depth, np.nan)[tri], ok[tri], w2c, K, num_frames,
+            min_obs_per_frame, float(ucfg.get("focal_step", 0.02)),
+        )
+        if float(ucfg.get("focal_check_gain", 0.0)) > 0:
+            focal_fit = focal_consistency(
+                *args, w2c, K, float(ucfg["focal_search"]), float(ucfg["focal_search_step"]),
+                float(ucfg["focal_cap_px"]),
+            )
+    # relative focal error believed: the prior, and what the tracks say (log units)
+    focal_err = np.hypot(float(ucfg.get("focal_sigma", 0.0)),
+                         float(ucfg.get("focal_check_gain", 0.0))
+                         * (abs(np.log1p(focal_fit)) if np.isfinite(focal_fit) else 0.0))
+    focal_sigma = abs(focal_sens) * focal_err if np.isfinite(focal_sens) else 0.0
+    sigma = (float(np.sqrt(boot**2 + sys_sigma**2 + frames_sigma**2 + focal_sigma**2))
+             if np.isfinite(boot) else float("nan"))
     return {
         "clip_id": clip_id,
         "num_frames": int(num_frames),
@@ -175,6 +206,9 @@ def frame_factors(
         "scale_sigma_boot": float(boot),
         "scale_sigma_sys": float(sys_sigma),
         "scale_sigma_frames": float(frames_sigma),
+        "scale_sigma_focal": float(focal_sigma),
+        "scale_focal_sensitivity": focal_sens,
+        "focal_consistency": float(focal_fit),
         "frames_effective": float(n_eff),
         "scale_ci_low": float(med * np.exp(-Z95 * sigma)),
         "scale_ci_high": float(med * np.exp(Z95 * sigma)),
@@ -240,6 +274,19 @@ def working_focal(manifest: pd.DataFrame, max_long_side: int) -> dict[str, float
     return out
 
 
+def camera_arrays(row: Any) -> tuple[np.ndarray | None, np.ndarray]:
+    """(w2c (num_frames, 3, 4), pixel K at the manifest's resolution) of a manifest row (a
+    namedtuple or a dict): the cameras the observations' ``u, v`` were measured with. ``w2c`` is
+    None when the manifest's pose count does not match its frames (triangulate refuses those)."""
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    n = int(get("num_frames"))
+    poses = get("w2c")
+    w2c = None
+    if poses is not None and len(poses) == n:
+        w2c = np.asarray([np.asarray(p, np.float64) for p in poses]).reshape(n, 3, 4)
+    return w2c, pixel_K(get("intrinsics"), int(get("width")), int(get("height")))
+
+
 def _read(path: str, columns: list[str]) -> pd.DataFrame:
     names = set(pq.read_schema(path).names)
     return pq.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
@@ -254,10 +301,10 @@ class AlignStage(Stage):
     def process_shard(self, task: ShardTask) -> ShardResult:
         acfg = task.cfg["align"]
         man = _read(task.inputs["ingest"], ["clip_id", "num_frames", "intrinsics", "width",
-                                             "height"])
+                                             "height", "w2c"])
         obs = _read(
             task.inputs["triangulate"],
-            [*KEYS, "z_cam", "track_len", "reproj_err", "tri_angle"],
+            [*KEYS, "z_cam", "track_len", "reproj_err", "tri_angle", "u", "v"],
         )
         dep = _read(task.inputs["depth"], [*KEYS, "depth", "valid"])
         joined = join_observations(obs, dep)
@@ -270,6 +317,7 @@ class AlignStage(Stage):
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
         focal = working_focal(man, task.cfg["triangulate"]["image"]["max_long_side"])
         ucfg = uncertainty_settings(acfg)
+        cams = {r.clip_id: camera_arrays(r) for r in man.itertuples(index=False)}
         empty = np.zeros(0, dtype=np.int64)
 
         def one(clip_id: str, _: Any) -> dict[str, Any]:
@@ -288,6 +336,9 @@ class AlignStage(Stage):
                 tri_angle=_column(g, "tri_angle"),
                 ray_err=_column(g, "reproj_err") / focal[clip_id],
                 ucfg=ucfg,
+                uv=np.stack([_column(g, "u"), _column(g, "v")], axis=1),
+                w2c=cams[clip_id][0],
+                K=cams[clip_id][1],
             )
 
         clip_ids = sorted(n_frames)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.geometry import midpoint_depths
 from pipeline.scale_stats import (
     SQRT_HALF_PI,
     Z95,
     FrameRatios,
     between_frame_sigma,
     clip_scale,
+    focal_consistency,
+    focal_sensitivity,
     shrink_frames,
     systematic_sigma,
     weighted_medians,
@@ -154,3 +157,108 @@ def test_frame_factors_uncertainty_columns_and_rotation_dominated_flag() -> None
     # shrinkage: every frame factor is finite and frames agree with the clip within noise
     fs = np.asarray(good["frame_scale"])
     assert np.all(np.isfinite(fs)) and np.max(np.abs(fs / 1.7 - 1)) < 0.1
+
+
+def _look_w2c(centres: np.ndarray, yaws: np.ndarray) -> np.ndarray:
+    """w2c (N, 3, 4) of cameras at ``centres`` turned by ``yaws`` (radians) about the y axis."""
+    out = np.zeros((len(centres), 3, 4))
+    for i, (c, a) in enumerate(zip(centres, yaws)):
+        R = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+        out[i, :, :3] = R
+        out[i, :, 3] = -R @ c
+    return out
+
+
+def _observe(w2c: np.ndarray, K: np.ndarray, X: np.ndarray):
+    """Every point in every frame: (frame, point, u, v, z_cam), exact projections."""
+    n_f, n_p = len(w2c), len(X)
+    frame = np.repeat(np.arange(n_f), n_p)
+    point = np.tile(np.arange(n_p), n_f)
+    Xc = np.einsum("fij,pj->fpi", w2c[:, :, :3], X) + w2c[:, None, :, 3]
+    Xc = Xc.reshape(-1, 3)
+    u = K[0, 0] * Xc[:, 0] / Xc[:, 2] + K[0, 2]
+    v = K[1, 1] * Xc[:, 1] / Xc[:, 2] + K[1, 2]
+    return frame, point, u, v, Xc[:, 2]
+
+
+@pytest.mark.parametrize(
+    ("motion", "expected"),
+    [("sideways", -1.0), ("forward", 0.0)],
+)
+def test_focal_sensitivity_known_answers(motion: str, expected: float) -> None:
+    """With the poses fixed, scaling the focal by (1 + d) scales every depth triangulated from
+    sideways travel by (1 + d): d log(scale) / d log(f) = -1 exactly; under pure forward travel
+    the depths do not change at all (0). Both are exact for noise-free rays."""
+    rng = np.random.default_rng(0)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    n = 8
+    step = np.linspace(0, 0.4, n)
+    centres = (np.stack([step, 0 * step, 0 * step], 1) if motion == "sideways"
+               else np.stack([0 * step, 0 * step, step], 1))
+    w2c = _look_w2c(centres, np.zeros(n))
+    X = np.stack([rng.uniform(-1, 1, 200), rng.uniform(-0.8, 0.8, 200),
+                  rng.uniform(2.5, 5.0, 200)], 1)
+    frame, point, u, v, z = _observe(w2c, K, X)
+    assert np.allclose(midpoint_depths(u, v, frame, point, w2c, K), z, rtol=1e-9)
+    depth = 1.7 * z
+    s = focal_sensitivity(frame, point, u, v, depth, np.ones(z.size, bool), w2c, K, n, 3, 0.02)
+    assert s == pytest.approx(expected, abs=1e-6)
+
+
+def test_focal_sensitivity_is_large_for_a_pan_and_feeds_the_interval() -> None:
+    """A rotation-dominated clip (15 degrees of turn, 10 cm of travel) reads a wrong focal as
+    parallax: |sensitivity| far above a sideways clip's 1. With ``focal_sigma`` the term enters
+    ``scale_sigma`` in quadrature; with 0 the column is still written and the term is 0."""
+    rng = np.random.default_rng(1)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    n = 10
+    t = np.linspace(0, 1, n)
+    w2c = _look_w2c(np.stack([0.1 * t, 0 * t, 0 * t], 1), np.radians(15.0) * t)
+    X = np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1, 1, 300), rng.uniform(3, 5, 300)], 1)
+    frame, point, u, v, z = _observe(w2c, K, X)
+    keep = z > 0.5
+    frame, point, u, v, z = frame[keep], point[keep], u[keep], v[keep], z[keep]
+    depth = 1.7 * z
+    s = focal_sensitivity(frame, point, u, v, depth, np.ones(z.size, bool), w2c, K, n, 3, 0.02)
+    assert abs(s) > 3.0
+    base = {"bootstrap": 50, "seed": 0, "gain": 0.0, "floor": 0.005, "frames_gain": 0.0}
+    args = ("pan", n, frame, z, depth, np.ones(z.size, bool), 3, 1)
+    kw = {"point_id": point, "uv": np.stack([u, v], 1), "w2c": w2c, "K": K}
+    off = frame_factors(*args, ucfg={**base, "focal_sigma": 0.0}, **kw)
+    on = frame_factors(*args, ucfg={**base, "focal_sigma": 0.01}, **kw)
+    assert off["scale_focal_sensitivity"] == pytest.approx(s)
+    assert off["scale_sigma_focal"] == 0.0
+    assert on["scale_sigma_focal"] == pytest.approx(abs(s) * 0.01)
+    assert on["scale_sigma"] == pytest.approx(np.hypot(off["scale_sigma"], abs(s) * 0.01))
+    # the tracks agree with the given focal: the check finds ~0 and adds ~nothing
+    chk = frame_factors(*args, ucfg={**base, "focal_check_gain": 1.0, "focal_search": 0.15,
+                                     "focal_search_step": 0.01, "focal_cap_px": 4.0}, **kw)
+    assert abs(chk["focal_consistency"]) < 0.002
+    assert chk["scale_sigma_focal"] < abs(s) * 0.002
+    assert np.isnan(off["focal_consistency"])  # check off: not computed
+    # without cameras the sensitivity is unknown (NaN) and contributes nothing
+    bare = frame_factors(*args, ucfg={**base, "focal_sigma": 0.01}, point_id=point)
+    assert np.isnan(bare["scale_focal_sensitivity"]) and bare["scale_sigma_focal"] == 0.0
+
+
+def test_focal_consistency_finds_a_wrong_focal_under_fixed_poses() -> None:
+    """Tracks projected with f = 500 but given f = 510 (2% too long): re-triangulating under the
+    fixed poses fits best at f * (1 + g) = 500, g = 500/510 - 1, to well within the grid step;
+    the true focal gives ~0. A pan is used because rotation makes the focal observable."""
+    rng = np.random.default_rng(2)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    n = 10
+    t = np.linspace(0, 1, n)
+    w2c = _look_w2c(np.stack([0.3 * t, 0 * t, 0 * t], 1), np.radians(15.0) * t)
+    X = np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1, 1, 300), rng.uniform(3, 5, 300)], 1)
+    frame, point, u, v, z = _observe(w2c, K, X)
+    keep = z > 0.5
+    args = (frame[keep], point[keep], u[keep], v[keep], w2c)
+    wrong = K.copy()
+    wrong[0, 0] = wrong[1, 1] = 510.0
+    assert focal_consistency(*args, wrong, 0.15, 0.01, 4.0) == pytest.approx(500 / 510 - 1,
+                                                                               abs=0.002)
+    assert focal_consistency(*args, K, 0.15, 0.01, 4.0) == pytest.approx(0.0, abs=0.002)
+    empty = np.zeros(0, np.int64)
+    assert np.isnan(focal_consistency(empty, empty, empty * 1.0, empty * 1.0, w2c, K,
+                                      0.15, 0.01, 4.0))
