@@ -1,9 +1,9 @@
 """Accuracy benchmark: the recovered metric scale against known truth, project vs COLMAP.
 
 Per clip and per triangulation configuration it runs the project's own code path in-process
-(``stages.triangulate.triangulate_clip`` -> sensor/exact depth sampled as the depth stage does ->
-``stages.align.frame_factors`` with the align settings of ``conf/``) and prints:
-clip-factor error vs the truth, per-frame factor error (median, p90, max), triangulation
+(``pipeline.sfm.triangulation.triangulate_clip`` -> sensor/exact depth sampled as the depth
+stage does -> ``pipeline.scale.factors.frame_factors`` with the align settings of ``conf/``)
+and prints: clip-factor error vs the truth, per-frame factor error (median, p90, max), triangulation
 CPU-seconds per frame, points, the reported uncertainty (relative half-width of the 95%
 interval), whether the truth is inside that interval, and whether curate would keep the clip
 (``curate.max_uncertainty``) or flag it. Then one summary row per configuration and the ratios.
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.depth_model import sample_sensor  # noqa: E402
-from pipeline.frames import read_depth  # noqa: E402
+from pipeline.depth.model import sample_sensor  # noqa: E402
+from pipeline.formats.frames import read_depth  # noqa: E402
 from pipeline.io import stable_hash  # noqa: E402
 from pipeline.stage import ClipError  # noqa: E402
 
@@ -141,7 +141,7 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
     """Observations + CPU figures of one clip, from the cache when the same inputs ran before."""
     import pycolmap
 
-    from stages.triangulate import triangulate_clip
+    from pipeline.sfm.triangulation import triangulate_clip
 
     key = stable_hash({"cfg": tcfg, "clip": row["clip_id"], "w2c": row["w2c"],
                        "frames": row["frame_paths"], "video": row["video_path"]})[:20]
@@ -186,7 +186,12 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
 
 def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
                tcfg: dict[str, Any]) -> dict[str, Any]:
-    from stages.align import camera_arrays, frame_factors, uncertainty_settings, working_focal
+    from pipeline.scale.factors import (
+        camera_arrays,
+        frame_factors,
+        uncertainty_settings,
+        working_focal,
+    )
 
     acfg = cfg["align"]
     depth = sample_depth(row, df, cfg["depth"])

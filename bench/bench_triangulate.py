@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench_accuracy import colmap_defaults, cpu_seconds  # noqa: E402  (one copy of each)
 
-from pipeline.frames import read_depth  # noqa: E402
-from stages.triangulate import select_frames, triangulate_clip  # noqa: E402
+from pipeline.formats.frames import read_depth  # noqa: E402
+from pipeline.sfm.triangulation import select_frames, triangulate_clip  # noqa: E402
 
 REAL_SEQ = ROOT.parent / "shared" / "data" / "rgbd" / "redkitchen-seq"
 REAL_SCALE = 0.37
@@ -94,7 +94,7 @@ def real_row() -> dict[str, Any]:
 
 
 def synthetic_rows(cache: Path, n_frames: int, width: int, height: int) -> list[dict[str, Any]]:
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     rows = []
     for clip_id, seed, kind, rel in SYNTHETIC:

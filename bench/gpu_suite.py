@@ -10,9 +10,9 @@ what it measured. The script therefore
   estimate; a ``SIGALRM`` at the budget interrupts a measurement that runs over), marking what
   it skipped;
 - goes through the project's own code paths (``stages.depth.run_model_shard``,
-  ``pipeline.depth_model.DepthPredictor``/``load_depth_model``,
+  ``pipeline.depth.model.DepthPredictor``/``load_depth_model``,
   ``trainer.loop.diffusion_loss``, ``trainer.svd_backbone.SVDBackbone``,
-  ``stages.triangulate.triangulate_clip``), with randomly initialised weights at the real
+  ``pipeline.sfm.triangulation.triangulate_clip``), with randomly initialised weights at the real
   architectures (Depth Anything V2 Metric Large = ViT-L; Stable Video Diffusion's full-size
   UNet, temporal VAE and ViT-H/14 CLIP image encoder), built from config objects: no download.
 
@@ -182,7 +182,7 @@ class DepthBench:
 
     def __init__(self, P: dict[str, Any], tmp: Path, device: str):
         from pipeline.config import load_config
-        from pipeline.depth_model import load_depth_model, save_random_checkpoint
+        from pipeline.depth.model import load_depth_model, save_random_checkpoint
 
         self.P, self.tmp = P, tmp
         ckpt = save_random_checkpoint(str(tmp / "ckpt"), P["arch"], "metric", 20,
@@ -197,7 +197,7 @@ class DepthBench:
         self.shards: dict[tuple[int, int], tuple[Path, Path]] = {}
 
     def predictor(self, dtype: str, batch: int, preprocess: str | None = None) -> Any:
-        from pipeline.depth_model import DepthPredictor
+        from pipeline.depth.model import DepthPredictor
 
         return DepthPredictor(self.model, self.processor, self.device, dtype,
                               float(self.dcfg["max_depth"]), batch,
@@ -275,7 +275,7 @@ class DepthBench:
                 round(res_.stats["valid"] / max(res_.stats["obs"], 1), 4)}
 
     def items(self, pred: Any, res: tuple[int, int], n: int, points: int) -> list[Any]:
-        from pipeline.depth_model import Item
+        from pipeline.depth.model import Item
 
         rng = np.random.default_rng(1)
         out = []
@@ -705,7 +705,7 @@ def run_builtin_train(suite: Suite, P: dict[str, Any], device: str) -> None:
 # ---------------------------------------------------------------------- triangulation
 def _triangulate_one(row: dict[str, Any], tcfg: dict[str, Any]) -> dict[str, Any]:
     """One clip in one worker, one COLMAP thread: CPU seconds and observations (or the error)."""
-    from stages.triangulate import triangulate_clip
+    from pipeline.sfm.triangulation import triangulate_clip
 
     c0 = time.process_time()
     try:
@@ -723,7 +723,7 @@ def _warm(_: int) -> int:
 
 
 def _render(args: tuple[Any, ...]) -> dict[str, Any]:
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     row = render_clip(*args)
     row.pop("metric_w2c", None)

@@ -65,7 +65,7 @@ DEPTH_SAMPLES = pa.schema(
     ]
 )
 
-# Added with the align/curate stages (issue 5). Column definitions: stages/align.py and
+# Added with the align/curate stages (issue 5). Column definitions: pipeline/scale/factors.py and
 # docs_curated_columns.md.
 ALIGN = pa.schema(
     [

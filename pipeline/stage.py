@@ -34,30 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pipeline import ray_utils
+from pipeline.errors import ERROR, INPUT, ClipError, FailureKind
+
+__all__ = ["ERROR", "INPUT", "ClipError", "FailureKind"]  # re-exported for stages
 
 log = logging.getLogger(__name__)
 
-#: failure kinds: bad data (cached) / anything unexpected (retried)
-INPUT, ERROR = "input", "error"
-FailureKind = Literal["input", "error"]
 #: stage kinds
 SHARDED, GLOBAL = "sharded", "global"
 StageKind = Literal["sharded", "global"]
 #: the shard id of a global stage's task and of a sharded stage's finalize step
 GLOBAL_SHARD = "_global"
-
-
-class ClipError(Exception):
-    """An expected, per-clip problem (bad input, too few points...): message is the reason.
-
-    ``kind`` is ``input`` by default: the failure is a property of the data and is cached.
-    """
-
-    def __init__(self, clip_id: str, reason: str, kind: FailureKind = INPUT):
-        super().__init__(f"clip {clip_id}: {reason}")
-        self.clip_id = clip_id
-        self.reason = reason
-        self.kind = kind
 
 
 class StageNotImplemented(RuntimeError):

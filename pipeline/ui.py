@@ -121,15 +121,15 @@ def _depth(rgb: np.ndarray, depth_file: str | None, dataset_file: Path | None,
 def find_clip(cfg: dict[str, Any], clip_id: str) -> tuple[Path, np.ndarray, Path | None]:
     """First frame, normalised intrinsics and dataset depth file of a RealEstate10K-layout clip
     (the bundled sample is rendered on first use, as ``run`` does)."""
-    from pipeline.re10k_format import parse_pose_file
-    from pipeline.stage import ClipError
+    from pipeline.errors import ClipError
+    from pipeline.formats.re10k import parse_pose_file
 
     ds = cfg["dataset"]
     if ds.get("layout") != "re10k":
         raise SceneError(f"clip={clip_id}: the designer reads RealEstate10K-layout datasets "
                          f"(dataset '{ds.get('name')}' is '{ds.get('layout')}'); use image=PATH")
     if ds.get("definition"):
-        from pipeline.sample_data import generate_sample
+        from pipeline.synthetic.sample_data import generate_sample
 
         generate_sample(Path(ds["definition"]), Path(ds["root"]))
     root = Path(ds["root"])
@@ -220,7 +220,7 @@ def gif_base64(frames: np.ndarray, fps: float) -> str:
 
 def read_mp4(path: str | Path) -> np.ndarray:
     """mp4 -> (F, H, W, 3) RGB uint8 (to show a generated video in the page)."""
-    from pipeline.frames import read_video_rgb
+    from pipeline.formats.frames import read_video_rgb
 
     frames = read_video_rgb(str(path))
     if not frames:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline import registry
 from pipeline.config import ConfigError
-from pipeline.geometry import metric_relative_c2w
+from pipeline.geometry.poses import metric_relative_c2w
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import CURATED, SCHEMA_VERSION

@@ -33,8 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import frames as frame_io
-from pipeline.depth_model import (
+from pipeline.depth.model import (
     DepthPredictor,
     Item,
     finalize_samples,
@@ -43,6 +42,7 @@ from pipeline.depth_model import (
     preview_map,
     sample_sensor,
 )
+from pipeline.formats import frames as frame_io
 from pipeline.io import write_bytes_atomic, write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import DEPTH_SAMPLES

@@ -3,9 +3,10 @@
 Dataset-wide (the runner calls ``run(ctx)``). It gathers the clips to score from one of three
 sources, runs ``evaluate.trials`` seeded SfM trials per clip as Ray tasks, and writes
 ``<work>/evaluate/per_clip.parquet`` (one row per clip and trial) and ``metrics.json`` (the
-protocol's means), then prints a table. The logic lives in ``pipeline.camera_eval`` (trials,
-metric scale, aggregation), ``pipeline.sfm`` and ``pipeline.camera_metrics``; this module only
-collects inputs and writes outputs.
+protocol's means), then prints a table. The logic lives in
+``pipeline.evaluation.camera_eval`` (trials, metric scale, aggregation),
+``pipeline.sfm.incremental`` and ``pipeline.geometry.camera_metrics``; this module only collects
+inputs and writes outputs.
 
 Sources (``evaluate.source``):
 - ``model``: the latest train checkpoint samples each curated test clip from its first frame and
@@ -27,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import camera_eval as ce
 from pipeline import ray_utils
 from pipeline.config import ConfigError
-from pipeline.frames import read_video_rgb
+from pipeline.evaluation import camera_eval as ce
+from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.log import log
 from pipeline.registry import register
@@ -69,7 +70,7 @@ def _resize_all(frames: list[np.ndarray], max_long_side: int) -> tuple[list[np.n
     """Frames shrunk to the evaluation size; returns (frames, sx, sy) with new = old * s."""
     import cv2
 
-    from stages.triangulate import working_size
+    from pipeline.sfm.triangulation import working_size
 
     h, w = frames[0].shape[:2]
     nw, nh = working_size(w, h, int(max_long_side))
@@ -133,7 +134,7 @@ class DepthProvider:
         if use_sensor:
             if not has_files:
                 return None, "no metric depth: the clip has no depth files"
-            from pipeline.frames import read_depth
+            from pipeline.formats.frames import read_depth
 
             s = self._sensor_settings()
             maps = [read_depth(row, i) for i in indices]
@@ -144,7 +145,7 @@ class DepthProvider:
         predictor, reason = self._model()
         if predictor is None:
             return None, reason
-        from pipeline.depth_model import Item
+        from pipeline.depth.model import Item
 
         empty = np.zeros(0, np.float32)
         items = [Item(key=i, pixel_values=predictor.preprocess(f), size=f.shape[:2], u=empty,
@@ -158,8 +159,9 @@ class DepthProvider:
 def dataset_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
                   failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
     """The dataset's own frames (``evaluate.num_frames`` spread over each clip) and poses."""
-    from pipeline import frames as frame_io
-    from stages.triangulate import pixel_K, select_frames, working_size
+    from pipeline.formats import frames as frame_io
+    from pipeline.geometry.poses import pixel_K
+    from pipeline.sfm.triangulation import select_frames, working_size
 
     rows: list[dict[str, Any]] = []
     for p in ctx.done_outputs("ingest"):

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline import frames as frame_io
-from pipeline import rgbd_format
+from pipeline.formats import frames as frame_io
+from pipeline.formats import rgbd as rgbd_format
+from pipeline.formats.re10k import check_rotation, parse_pose_file
 from pipeline.io import read_json, stable_hash, write_parquet_atomic
-from pipeline.re10k_format import check_rotation, parse_pose_file
 from pipeline.registry import register
 from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
@@ -167,7 +167,7 @@ class IngestStage(Stage):
         """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
         ds = cfg["dataset"]
         if ds.get("definition"):  # a synthetic dataset (sample, stress): render on first use
-            from pipeline.sample_data import generate_sample
+            from pipeline.synthetic.sample_data import generate_sample
 
             generate_sample(Path(ds["definition"]), Path(ds["root"]))
         if ds["layout"] == "rgbd":

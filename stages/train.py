@@ -69,7 +69,7 @@ class TrainStage(Stage):
         tcfg = cfg["train"]
         if tcfg["backbone"] != "svd":
             return
-        from pipeline.depth_model import model_source_problem
+        from pipeline.depth.model import model_source_problem
 
         svd = tcfg["svd"]
         offline = bool(svd["local_files_only"])

@@ -13,12 +13,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import geometry as geo
 from pipeline.config import ConfigError, load_config
+from pipeline.geometry import poses as geo
+from pipeline.scale.factors import _mad_rel, frame_factors
 from pipeline.schema import ALIGN, CURATED, DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
 from pipeline.stage import ClipError, ShardTask
 from stages.align import STAGE as ALIGN_STAGE
-from stages.align import _mad_rel, frame_factors
 from stages.curate import STAGE as CURATE_STAGE
 from stages.curate import compute_cutoffs, filter_rule, quantile_cutoffs
 

@@ -1,5 +1,5 @@
-"""Camera-control formulas against hand-computed answers (pipeline.camera_metrics) and the
-protocol's aggregation (pipeline.camera_eval.aggregate)."""
+"""Camera-control formulas against hand-computed answers (pipeline.geometry.camera_metrics) and the
+protocol's aggregation (pipeline.evaluation.camera_eval.aggregate)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import camera_eval as ce
-from pipeline import camera_metrics as cm
+from pipeline.evaluation import camera_eval as ce
+from pipeline.geometry import camera_metrics as cm
 
 
 def rot_z(deg: float) -> np.ndarray:

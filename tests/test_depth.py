@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.depth_model import (
+from pipeline.depth.model import (
     DepthPredictor,
     Item,
     NotMetricError,
@@ -346,7 +346,7 @@ def test_sensor_sampling_never_mixes_holes():
 
 
 def test_sensor_backend_reproduces_ground_truth(tmp_path):
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     w, h = 96, 72
     row = render_clip(tmp_path / "s", "room", "test", seed=3, kind="forward", n_frames=3,
@@ -423,7 +423,7 @@ def test_sensor_backend_on_real_kinect_depth_with_holes():
         "width": 640, "height": 480, "num_frames": 2,
         "w2c": [[1.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]] * 2, "true_scale": None, "url": "",
     }
-    from pipeline.frames import read_depth
+    from pipeline.formats.frames import read_depth
 
     d = read_depth(row, 0)
     holes = np.argwhere(d == 0)

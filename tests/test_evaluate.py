@@ -72,7 +72,7 @@ def _frames(data: Path, clip: str) -> np.ndarray:
 
 
 def test_wrong_trajectory_scores_clearly_worse(sample_eval):
-    from pipeline.camera_eval import write_trajectory
+    from pipeline.evaluation.camera_eval import write_trajectory
     from trainer.sampling import write_mp4
 
     base, data = sample_eval["base"], sample_eval["data"]
@@ -85,7 +85,7 @@ def test_wrong_trajectory_scores_clearly_worse(sample_eval):
     (vids / "no_traj.mp4").write_bytes((vids / "fwd_ok.mp4").read_bytes())
     # metric depth of the videos from a (tiny, random) Depth Anything V2 checkpoint: the path a
     # real model takes; its metric figures are meaningless, but they must exist
-    from pipeline.depth_model import save_random_checkpoint
+    from pipeline.depth.model import save_random_checkpoint
 
     da2 = save_random_checkpoint(str(base / "da2_tiny"), arch="tiny", input_size=126)
     m = _run(base / "work_videos", *sample_eval["common"], f"evaluate.videos={vids}",

@@ -286,8 +286,9 @@ def test_psnr_and_coverage_known_values() -> None:
 
 
 def _sample_clip(clip_id: str, frames: int):  # noqa: ANN202
-    """The bundled sample's clip, rendered exactly as pipeline.sample_data does (first frames)."""
-    from pipeline.synthetic import intrinsics_matrix, make_scene, make_trajectory, render
+    """The bundled sample's clip, rendered exactly as pipeline.synthetic.sample_data does (first
+    frames)."""
+    from pipeline.synthetic.scenes import intrinsics_matrix, make_scene, make_trajectory, render
 
     defn = yaml.safe_load((ROOT / "data_manifests" / "sample.yaml").read_text())
     spec = {**defn["defaults"], **next(c for c in defn["clips"] if c["clip_id"] == clip_id)}

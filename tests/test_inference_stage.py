@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sample_data import render_clip
+from pipeline.synthetic.sample_data import render_clip
 from tests.test_trainer import _default_cfg, _global_task, train_cfg, write_curated
 
 torch = pytest.importorskip("torch")
@@ -126,7 +126,7 @@ def test_external_image_with_preset_and_depth_file(small_sample: dict, tmp_path:
 
 
 def test_depth_anything_backend_gives_a_full_map(tmp_path: Path) -> None:
-    from pipeline.depth_model import save_random_checkpoint
+    from pipeline.depth.model import save_random_checkpoint
     from trainer.inference.preview import condition_depth
     from trainer.sampling import scene_inputs
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.formats.re10k import parse_pose_file
 from pipeline.ledger import Ledger
-from pipeline.re10k_format import parse_pose_file
 from pipeline.runner import Runner
 from pipeline.stage import ClipError
 from tests.conftest import shared_path
@@ -197,7 +197,7 @@ def test_exif_rotated_jpeg_decodes_at_the_manifest_size(tmp_path):
     decoder must do the same, or a phone JPEG comes back transposed against width/height."""
     from PIL import Image
 
-    from pipeline.frames import read_frames
+    from pipeline.formats.frames import read_frames
     from stages.ingest import _image_size_checked
 
     path = tmp_path / "0.jpg"

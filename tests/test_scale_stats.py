@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.geometry import midpoint_depths
-from pipeline.scale_stats import (
+from pipeline.geometry.poses import midpoint_depths
+from pipeline.scale.factors import frame_factors
+from pipeline.scale.stats import (
     SQRT_HALF_PI,
     Z95,
     FrameRatios,
@@ -19,7 +20,6 @@ from pipeline.scale_stats import (
     systematic_sigma,
     weighted_medians,
 )
-from stages.align import frame_factors
 
 
 def test_weighted_median_matches_numpy_and_repeats() -> None:

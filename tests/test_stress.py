@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic as syn
+from pipeline.formats.re10k import parse_pose_file
 from pipeline.io import read_json
-from pipeline.re10k_format import parse_pose_file
-from pipeline.sample_data import (
+from pipeline.synthetic import scenes as syn
+from pipeline.synthetic.sample_data import (
     _clip_specs,
     definition_hash,
     generate_sample,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import synthetic as syn
-from pipeline.re10k_format import parse_pose_file
-from pipeline.sample_data import MARKER, generate_sample, render_clip
+from pipeline.formats.re10k import parse_pose_file
+from pipeline.synthetic import scenes as syn
+from pipeline.synthetic.sample_data import MARKER, generate_sample, render_clip
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_render_clip_files_match_metric_poses(tmp_path):
     assert row["source_type"] == "images" and row["depth_unit"] == 1.0
     assert row["num_frames"] == 4 and len(row["frame_paths"]) == len(row["depth_paths"]) == 4
 
-    from pipeline.frames import read_depth, read_frames
+    from pipeline.formats.frames import read_depth, read_frames
 
     scene = syn.make_scene(21)
     rgb, depth = syn.render(scene, K, metric[2], 40, 30)
@@ -218,7 +218,7 @@ def test_generate_sample_is_idempotent_and_keyed_by_definition(tmp_path):
 
 
 def test_bundled_definition_parses():
-    from pipeline.sample_data import _clip_specs, load_definition
+    from pipeline.synthetic.sample_data import _clip_specs, load_definition
 
     specs = _clip_specs(load_definition("data_manifests/sample.yaml"))
     assert len(specs) >= 6

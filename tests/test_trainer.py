@@ -633,7 +633,7 @@ def test_train_variant_configs_compose() -> None:
 
 
 def test_dataset_reads_video_sources(tmp_path: Path) -> None:
-    """Clips stored as one mp4 decode through pipeline.frames like image folders do."""
+    """Clips stored as one mp4 decode through pipeline.formats.frames like image folders do."""
     n, size = 18, (40, 30)
     path = tmp_path / "clip.mp4"
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)

@@ -13,18 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import colmap_scene as cs
-from pipeline.frames import read_depth
+from pipeline.formats.frames import read_depth
+from pipeline.geometry.poses import pixel_K
 from pipeline.schema import MANIFEST, OBSERVATIONS
-from pipeline.stage import ClipError, ShardTask
-from stages.triangulate import (
-    STAGE,
+from pipeline.sfm import colmap_scene as cs
+from pipeline.sfm.triangulation import (
     max_triangulation_angle,
-    pixel_K,
     select_frames,
     triangulate_clip,
     working_size,
 )
+from pipeline.stage import ClipError, ShardTask
+from stages.triangulate import STAGE
 from tests.conftest import ROOT, shared_path
 
 CFG = yaml.safe_load((ROOT / "conf" / "triangulate" / "default.yaml").read_text())
@@ -130,7 +130,7 @@ def test_max_triangulation_angle_known_geometry():
 # ------------------------------------------------------------------------------ synthetic
 @pytest.fixture(scope="module")
 def synthetic_row(tmp_path_factory) -> dict:
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     root = tmp_path_factory.mktemp("syn")
     row = render_clip(root, "syn_tri", "test", seed=2000, kind="forward", n_frames=12,
@@ -188,7 +188,7 @@ def test_observation_keys_unique_and_angles_match_geometry(synthetic_row, synthe
 
 
 def test_best_observation_kept_per_point_and_frame():
-    from stages.triangulate import _best_per_point_and_frame
+    from pipeline.sfm.triangulation import _best_per_point_and_frame
 
     pids = np.array([5, 5, 5, 7, 7, 5])
     img = np.array([1, 1, 2, 1, 1, 1])
@@ -288,7 +288,7 @@ def test_long_slow_pan_succeeds_with_defaults(tmp_path):
     """A 300-frame slow pan (~1.5 mm per frame, the typical RealEstate10K clip): neighbours see
     almost no parallax, so a short matching window alone triangulates too few points. The
     defaults (frames spread over the clip, quadratic pairs) must recover the scale."""
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     row = render_clip(tmp_path / "slow", "slow", "test", seed=3003, kind="slow_pan",
                       n_frames=300, width=200, height=150, rel_scale=0.4)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sample_data import render_clip
+from pipeline.synthetic.sample_data import render_clip
 from tests.test_trainer import train_cfg
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.frames import iter_frames
-from pipeline.geometry import metric_relative_c2w, pixel_K
+from pipeline.formats.frames import iter_frames
+from pipeline.geometry.poses import metric_relative_c2w, pixel_K
 from trainer.plucker import plucker_embedding
 
 _ROW_KEYS = (

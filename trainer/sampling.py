@@ -163,7 +163,7 @@ def sample_to_mp4(
     frames (clip resolution); ``sampling.noise_shaping`` shapes the early denoising steps by
     that preview (``trainer.inference.sns``).
     """
-    from pipeline.frames import read_frames
+    from pipeline.formats.frames import read_frames
     from pipeline.io import write_json_atomic
     from trainer.data import pixel_intrinsics, relative_metric_c2w
     from trainer.inference import preview as pv

@@ -115,7 +115,7 @@ def dataset_depth_path(row: dict[str, Any], frame_idx: int, depth_root: str | No
 def depth_from_model(rgb: np.ndarray, depth_cfg: dict[str, Any], device: str) -> np.ndarray:
     """Depth Anything V2 metric on one RGB uint8 image -> (H, W) float32 metres, through the
     depth stage's own loader and predictor (metric-head checks, preprocessing, upsampling)."""
-    from pipeline.depth_model import DepthPredictor, Item, load_depth_model
+    from pipeline.depth.model import DepthPredictor, Item, load_depth_model
 
     model, proc = load_depth_model(
         str(depth_cfg["model"]), float(depth_cfg["max_depth"]), depth_cfg.get("revision"),

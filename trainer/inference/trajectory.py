@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry import relative_poses, scale_translation, w2c_to_mat44
-from pipeline.geometry import rigid_inverse as _rigid_inverse
+from pipeline.geometry.poses import relative_poses, scale_translation, w2c_to_mat44
+from pipeline.geometry.poses import rigid_inverse as _rigid_inverse
 
 FORMAT = "metric-align.trajectory"
 VERSION = 1
@@ -373,8 +373,8 @@ def load_re10k(path: str | Path, scale: float) -> Trajectory:
     ``scale`` maps the file's relative translations to metres (a clip factor, or a curated
     clip's ``frame_scale[0]``: the condition frame's own factor, as in RealCam-I2V).
     """
-    from pipeline.re10k_format import parse_pose_file
-    from pipeline.stage import ClipError
+    from pipeline.errors import ClipError
+    from pipeline.formats.re10k import parse_pose_file
 
     if not (np.isfinite(scale) and scale > 0):
         raise TrajectoryError(

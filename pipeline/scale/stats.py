@@ -1,7 +1,7 @@
 """Robust scale statistics for one clip: frame factors, a point bootstrap, shrinkage.
 
-Pure numpy, no engine imports: ``stages/align.py`` calls it per clip and the accuracy bench
-calls it on its own observations, so both measure exactly the same estimator.
+Pure numpy, no engine imports: ``pipeline/scale/factors.py`` calls it per clip and the
+accuracy bench calls it on its own observations, so both measure exactly the same estimator.
 
 Why each piece exists
 - **Frame factor** = median of ``depth / z_cam`` over the frame's observations (the seed
@@ -228,7 +228,7 @@ def focal_sensitivity(
     as the stage's (median of frame medians), so the figure describes the reported number.
     NaN when a perturbed re-triangulation leaves no measured frame.
     """
-    from pipeline.geometry import midpoint_depths
+    from pipeline.geometry.poses import midpoint_depths
 
     logs = []
     for sign in (1.0, -1.0):
@@ -256,7 +256,7 @@ def focal_consistency(
     ``[-search, search]`` in ``step``, refined by a parabola through the best three. About 0 when
     the given intrinsics agree with the poses; NaN without observations.
     """
-    from pipeline.geometry import midpoint_depths
+    from pipeline.geometry.poses import midpoint_depths
 
     if frame.size == 0:
         return float("nan")

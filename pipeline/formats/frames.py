@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.stage import ClipError
+from pipeline.errors import ClipError
 
 #: how an image file ends when it was written completely (after trailing padding is stripped)
 _END_MARKERS = {b"\xff\xd8": (b"\xff\xd9", "JPEG end-of-image marker"),

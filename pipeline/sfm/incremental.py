@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from pipeline import colmap_scene as cs
+from pipeline.sfm import colmap_scene as cs
 
 IMAGE_EXT = ".png"  # lossless, like triangulation: JPEG artefacts move keypoints
 

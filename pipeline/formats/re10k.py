@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.stage import ClipError
+from pipeline.errors import ClipError
 
 NUMBERS_PER_LINE = 19
 

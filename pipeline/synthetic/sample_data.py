@@ -36,7 +36,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline.io import read_json, stable_hash, write_json_atomic
-from pipeline.synthetic import (
+from pipeline.synthetic.scenes import (
     RENDERER_VERSION,
     WALL_CONTRAST,
     intrinsics_matrix,
@@ -45,7 +45,7 @@ from pipeline.synthetic import (
     perturb_depth,
     perturb_poses,
 )
-from pipeline.synthetic import render as render_frame
+from pipeline.synthetic.scenes import render as render_frame
 
 MARKER = ".sample_complete"  # holds the definition hash; written last, inside the temp dir
 

@@ -1,11 +1,12 @@
 """Camera-control evaluation of videos: SfM trials, metric scale of each trial, aggregation.
 
-One *trial* = one seeded SfM run on a clip's frames (``pipeline.sfm``), then, for the metric
-variants, the project's own alignment applied to the SfM trajectory: points triangulated with
-the SfM poses held fixed (``stages.triangulate.triangulate_clip``), metric depth sampled at their
-observations, and the clip factor = median over frames of the per-frame median of
-depth / z_cam (``stages.align.frame_factors``), exactly what the pipeline does to a
-RealEstate10K clip. The factor turns the SfM trajectory into metres. A trial runs in a Ray task
+One *trial* = one seeded SfM run on a clip's frames (``pipeline.sfm.incremental``), then, for
+the metric variants, the project's own alignment applied to the SfM trajectory: points
+triangulated with the SfM poses held fixed (``pipeline.sfm.triangulation.triangulate_clip``),
+metric depth sampled at their observations, and the clip factor = median over frames of the
+per-frame median of depth / z_cam (``pipeline.scale.factors.frame_factors``), exactly what the
+pipeline does to a RealEstate10K clip. The factor turns the SfM trajectory into metres. A trial
+runs in a Ray task
 (``run_trial``: SfM + triangulation, the CPU-heavy part); depth sampling and the metrics run on
 the driver (``score_trial``), where the clip's depth maps are loaded once for all trials.
 
@@ -28,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import camera_metrics as cm
-from pipeline.depth_model import bilinear_sample, finalize_samples, sample_sensor
-from pipeline.sfm import SfmFailure, estimate_poses, write_frames
-from pipeline.stage import ClipError
+from pipeline.depth.model import bilinear_sample, finalize_samples, sample_sensor
+from pipeline.errors import ClipError
+from pipeline.geometry import camera_metrics as cm
+from pipeline.sfm.incremental import SfmFailure, estimate_poses, write_frames
 
 #: metric names, in report order
 RELATIVE = ("RotErr", "TransErr_rel", "CamMC_rel")
@@ -110,8 +111,8 @@ def run_trial(
     """
     import pycolmap
 
-    from pipeline import colmap_scene as cs
-    from stages.triangulate import triangulate_clip
+    from pipeline.sfm import colmap_scene as cs
+    from pipeline.sfm.triangulation import triangulate_clip
 
     pycolmap.logging.minloglevel = int(sfm_cfg["log_level"])
     out: dict[str, Any] = {"clip_id": clip_id, "trial": int(trial), "seed": int(seed)}
@@ -161,7 +162,7 @@ def sample_depth(dm: DepthMaps, frame_idx: np.ndarray, u: np.ndarray,
 def metric_scale(clip_id: str, num_frames: int, obs: dict[str, np.ndarray], dm: DepthMaps,
                  acfg: dict[str, Any]) -> float:
     """Metres per SfM unit: the align stage's clip factor on this trial's observations."""
-    from stages.align import frame_factors
+    from pipeline.scale.factors import frame_factors
 
     depth, valid = sample_depth(dm, obs["frame_idx"], obs["u"], obs["v"])
     out = frame_factors(clip_id, num_frames, obs["frame_idx"], obs["z_cam"], depth, valid,

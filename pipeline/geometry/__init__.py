@@ -1,0 +1,2 @@
+"""Camera geometry: pose conventions and relative metric poses, camera-control
+metrics. Domain code: imports nothing from the engine."""
