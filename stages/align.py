@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.scale_stats import (
@@ -241,8 +241,8 @@ def working_focal(manifest: pd.DataFrame, max_long_side: int) -> dict[str, float
 
 
 def _read(path: str, columns: list[str]) -> pd.DataFrame:
-    names = set(pq.read_schema(path).names)
-    return pq.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
+    names = set(storage.read_schema(path).names)
+    return storage.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
 
 
 class AlignStage(Stage):

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import camera_eval as ce
-from pipeline import ray_utils
+from pipeline import ray_utils, storage
 from pipeline.config import ConfigError
 from pipeline.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
@@ -163,7 +162,7 @@ def dataset_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
 
     rows: list[dict[str, Any]] = []
     for p in ctx.done_outputs("ingest"):
-        rows.extend(pq.read_table(p).to_pylist())
+        rows.extend(storage.read_table(p).to_pylist())
     if ecfg.get("split"):
         rows = [r for r in rows if r.get("split") == ecfg["split"]]
     rows = _limit(sorted(rows, key=lambda r: r["clip_id"]), ecfg)

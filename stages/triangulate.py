@@ -42,11 +42,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pycolmap
 
 from pipeline import colmap_scene as cs
 from pipeline import frames as frame_io
+from pipeline import storage
 from pipeline.geometry import pixel_K
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
@@ -441,7 +441,7 @@ class TriangulateStage(Stage):
         cfg = task.cfg["triangulate"]
         # COLMAP's glog INFO lines (per image, per pass) would flood the driver through Ray
         pycolmap.logging.minloglevel = int(cfg["log_level"])
-        manifest = pq.read_table(task.inputs["ingest"]).to_pylist()
+        manifest = storage.read_table(task.inputs["ingest"]).to_pylist()
         per_clip: dict[str, dict[str, Any]] = {}
 
         def run(clip_id: str, row: dict[str, Any]) -> pd.DataFrame:
