@@ -55,6 +55,12 @@ def ray_cluster():
         cluster.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_test_cluster(ray_cluster):
+    """The ``ray.cluster_utils.Cluster`` behind ``ray_cluster`` (to add or remove a node)."""
+    return CLUSTER[0]
+
+
 #: what the S3 tests sign with; moto accepts any key unless its authentication is switched on
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1"}
