@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import frames as frame_io
-from pipeline import storage
+from pipeline import ray_utils, storage
 from pipeline.depth_model import (
     DepthPredictor,
     Item,
@@ -411,6 +411,9 @@ class DepthActorPool:
                 f"[depth] {why}: running Depth Anything on {n} CPU actor(s) x {cpus} cores "
                 "(expect well under 1 image/s per core with a real checkpoint)"
             )
+        env = ray_utils.forwarded_env(cfg)  # ray.forward_env (object-storage endpoint...)
+        if env:
+            opts["runtime_env"] = {"env_vars": env}
         remote = ray.remote(DepthWorker).options(
             **opts, max_restarts=int(dcfg["max_restarts"]), max_task_retries=0,
         )
