@@ -18,7 +18,8 @@ overrides (Hydra syntax, key=value; checked before any work starts):
   stage=<all|{stages}>   (default: all = {default_chain})
   dataset=<{datasets}>   dataset.root=PATH   dataset.relative_scale=F (rgbd)
   depth=<{depths}>     depth.model=HUB_ID_OR_DIR
-  paths.work_dir=PATH           shards.size=N       force=true
+  paths.work_dir=PATH|s3://BUCKET/PREFIX (dataset.root too; credentials: AWS env/profile)
+  shards.size=N                 force=true
   retry.max_attempts=N          log.level=INFO      progress=false
   ray.address=auto|HOST:PORT    ray.num_cpus=N
 

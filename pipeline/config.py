@@ -153,7 +153,7 @@ def load_config(
             cfg.stage.name = stage
         if not strict:
             work_dir = OmegaConf.select(cfg, "paths.work_dir")
-            return {"paths": {"work_dir": str(Path(os.getcwd(), work_dir).resolve())},
+            return {"paths": {"work_dir": _absolute(work_dir, Path(os.getcwd()))},
                     "retry": OmegaConf.to_container(cfg.retry, resolve=True)}
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         groups = [o for o in overrides if _is_group(o.split("=", 1)[0].lstrip("+~"), extra)]
@@ -218,13 +218,33 @@ def check(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
                           + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
+def _absolute(value: str, cwd: Path) -> str:
+    """A user path made absolute against ``cwd``. Object-storage URIs (``s3://``, ``gs://``)
+    stay as they are; ``~`` stays too, expanded by ``pipeline.storage`` on each node (each
+    node's own home: the shared-directory check refuses it on a cluster whose homes differ).
+    Other ``scheme://`` values are a one-line error instead of a local folder named ``s3:``."""
+    from pipeline import storage
+
+    if storage.is_uri(value):
+        return value
+    bad = storage.unsupported_scheme(value)
+    if bad:
+        raise ConfigError(f"unsupported URI scheme '{bad}://' in {value} (use a local path, "
+                          "s3://bucket/prefix or gs://bucket/prefix)")
+    if value.startswith("file://"):
+        value = value[len("file://"):]
+    if value == "~" or value.startswith("~/"):
+        return value
+    return str((cwd / value).resolve())
+
+
 def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
     """Make user paths absolute against the current directory once, on the driver: Ray workers
     run in other directories. Project-bundled files (``definition``) resolve against the repo."""
     cwd = Path(os.getcwd())
 
     def fix(value: Any) -> Any:
-        return str((cwd / value).resolve()) if isinstance(value, str) and value else value
+        return _absolute(value, cwd) if isinstance(value, str) and value else value
 
     cfg["paths"]["work_dir"] = fix(cfg["paths"]["work_dir"])
     ds = cfg["dataset"]

@@ -1,6 +1,10 @@
 """Atomic Parquet/JSON writes: a crash can never leave a half-written file under a final name.
 
-Temp files start with ``.`` so Parquet dataset readers (pyarrow, pandas, Ray) ignore them.
+Local disk: a temp file beside the target, fsynced and renamed onto it. Temp files start with
+``.`` so Parquet dataset readers (pyarrow, pandas, Ray) ignore them. Object storage
+(``s3://``, ``gs://``; see ``pipeline.storage``): the writer fills a temp file in the node's
+local temp dir, which is then uploaded as one object; an object is visible only once its upload
+completed, so readers of the prefix never see a partial file and nothing needs renaming.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline import storage
 
 
 def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
@@ -42,10 +48,23 @@ def _commit(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Any, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path`` for any writer (Parquet, torch.save, a video encoder);
     on success it is fsynced and renamed onto ``path``, on error removed. The one atomic-write
-    helper of the project. ``suffix``: for writers that pick the format from the name."""
+    helper of the project. ``suffix``: for writers that pick the format from the name.
+    For an object-storage ``path`` the temp file is in the node's temp dir and is uploaded as
+    one object on success (see the module docstring)."""
+    if storage.is_uri(path):
+        target = storage.path(path)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix,
+                                    dir=storage.scratch_root())
+        os.close(fd)
+        try:
+            yield Path(name)
+            target.upload(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return
     path = Path(path)
     tmp = _tmp_path(path, suffix)
     try:
@@ -55,30 +74,30 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         tmp.unlink(missing_ok=True)
 
 
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+def write_parquet_atomic(table: pa.Table, path: Any) -> None:
     """Write ``table`` to ``path`` via a same-directory temp file and ``os.replace``."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+def write_bytes_atomic(data: bytes, path: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+def write_json_atomic(obj: Any, path: Any) -> None:
     write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), path)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_json(path: Any) -> Any:
+    with storage.path(path).open("rb") as fh:
+        return json.loads(fh.read().decode("utf-8"))
 
 
-def file_digest(path: str | os.PathLike) -> str:
+def file_digest(path: Any) -> str:
     """Content hash of an output; downstream fingerprints chain on it to detect staleness."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with storage.path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.io import read_json, write_json_atomic
 from pipeline.stage import ERROR
 
@@ -112,33 +112,36 @@ def _last_line(text: str | None) -> str:
 
 
 class Ledger:
-    def __init__(self, work_dir: Path, stage: str):
+    def __init__(self, work_dir: Any, stage: str):
         self.stage = stage
-        self.work_dir = Path(work_dir)
+        self.work_dir = storage.path(work_dir)  # a local Path or an object-storage prefix
         self.dir = self.work_dir / "ledger" / stage
 
-    def output_path(self, entry: Entry) -> Path:
+    def output_path(self, entry: Entry) -> Any:
         return self.work_dir / entry.output
 
-    def done_path(self, entry: Entry | None) -> Path | None:
+    def done_path(self, entry: Entry | None) -> Any:
         """The output of an entry that is done and still on disk, else ``None``."""
         if entry is None or entry.status != DONE:
             return None
         out = self.output_path(entry)
         return out if out.exists() else None
 
-    def done_output(self, shard_id: str) -> Path | None:
+    def done_output(self, shard_id: str) -> Any:
         return self.done_path(self.get(shard_id))
 
-    def path(self, shard_id: str) -> Path:
+    def path(self, shard_id: str) -> Any:
         return self.dir / f"{shard_id}.json"
 
     def get(self, shard_id: str) -> Entry | None:
         p = self.path(shard_id)
-        if not p.exists():
-            return None
         try:
-            data = read_json(p)
+            data = read_json(p)  # no exists() first: one request per entry on object storage
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # unreadable entry: treat as never run (it is rewritten on completion)
+        try:
             entry = Entry(**{k: v for k, v in data.items() if k in _FIELDS})
         except (ValueError, TypeError):
             return None  # unreadable entry: treat as never run (it is rewritten on completion)

@@ -3,6 +3,9 @@
 
 Progress bars are drawn only on a terminal; redirected output gets a plain line every
 ``log.progress_every_s`` seconds instead of cursor escapes.
+
+A work dir on object storage cannot be appended to: the log is written to the node's temp dir
+and uploaded (appended to the earlier runs' log) when the run ends (``flush_remote``).
 """
 
 from __future__ import annotations
@@ -39,12 +42,34 @@ def setup(work_dir: Path | None, level: str = "INFO") -> None:
     console = _ConsoleHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
+    _REMOTE.clear()
     if work_dir is not None:
-        path = Path(work_dir) / "logs" / "run.log"
+        from pipeline import storage
+
+        path = storage.path(work_dir) / "logs" / "run.log"
+        if storage.is_uri(path):
+            local = storage.scratch_root() / f".run-{id(log)}-{time.time_ns()}.log"
+            _REMOTE.append((local, path))
+            path = local
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
+
+
+#: (local file, object) of a run log to upload at the end of the run
+_REMOTE: list[tuple[Path, Any]] = []
+
+
+def flush_remote() -> None:
+    """Upload a run log kept locally for an object-storage work dir (after earlier runs' log)."""
+    from pipeline.storage import append_object
+
+    for local, target in _REMOTE:
+        for h in list(log.handlers):
+            if isinstance(h, logging.FileHandler):
+                h.flush()
+        append_object(target, local)
 
 
 def is_terminal() -> bool:

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from pipeline import storage  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
 
 
@@ -141,7 +142,7 @@ def make_report(
     rcfg: dict[str, Any],
 ) -> list[Path]:
     """Write the PNGs and ``report.html`` into ``out_dir``; returns the files written."""
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bins, dpi = int(rcfg["bins"]), int(rcfg["dpi"])
     files = {

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import log as plog
-from pipeline import ray_utils, registry
+from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.config import ConfigError, stage_config_view
 from pipeline.io import file_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
@@ -69,19 +69,19 @@ class RunContext:
     def __init__(self, cfg: dict[str, Any], shards: dict[str, list[str]],
                  sources: dict[str, Any] | None = None):
         self.cfg = cfg
-        self.work_dir = Path(cfg["paths"]["work_dir"])
+        self.work_dir = storage.path(cfg["paths"]["work_dir"])  # Path, or ObjectPath for a URI
         self.shards = shards
         self.shard_ids = sorted(shards)
         self.sources = sources or {}
         self.progress = bool(cfg.get("progress", True))
 
-    def output_path(self, stage: str, shard_id: str) -> Path:
+    def output_path(self, stage: str, shard_id: str) -> Any:
         return self.work_dir / load_stage(stage).output_file(self.cfg, shard_id)
 
     def entries(self, stage: str) -> dict[str, Entry | None]:
         return Ledger(self.work_dir, stage).entries(self.shard_ids)
 
-    def done_outputs(self, stage: str) -> list[Path]:
+    def done_outputs(self, stage: str) -> list[Any]:
         ledger = Ledger(self.work_dir, stage)
         outs = (ledger.done_output(s) for s in self.shard_ids)
         return [p for p in outs if p is not None]
@@ -105,7 +105,10 @@ def _remote_execute(stage: Stage, task: ShardTask) -> TaskOutcome:
 class Runner:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
-        self.work_dir = Path(cfg["paths"]["work_dir"])
+        #: the work dir as configured: what tasks receive (``~`` is each node's home)
+        self.work_root = str(cfg["paths"]["work_dir"])
+        #: the same, resolved here for the driver's own reads and writes
+        self.work_dir = storage.path(self.work_root)
         self.force = bool(cfg.get("force", False))
         self.report: dict[str, Any] = {"stages": {}}
 
@@ -140,24 +143,31 @@ class Runner:
                     f"stage '{name}' is declared but not implemented yet "
                     f"(needed for stage={target})"
                 )
+        storage.configure(self.cfg.get("storage"))
+        preflight(self.cfg)  # buckets, credentials, endpoints: one line before any stage runs
         for name in chain:  # weights, devices...: fail before any stage writes anything
             load_stage(name).check_ready(self.cfg)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock_work_dir(self.work_dir)
+        self._lock = work_lock.acquire(self.work_root,
+                                       float(self.cfg["storage"]["lock_ttl_s"]))
         try:
             plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
             return self._run_locked(target, chain)
         finally:
-            lock.close()  # releases the lock (the OS does the same if the driver is killed)
+            plog.flush_remote()  # on object storage the run log is uploaded at the end
+            self._lock.close()
 
     def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         ray_utils.init_ray(self.cfg)
+        if not storage.is_uri(self.work_root):
+            ray_utils.check_shared_dir(self.work_root)  # several nodes: one shared directory
         t_start = time.time()
         shards, sources = self.plan()
         ctx = RunContext(self.cfg, shards, sources)
         n_clips = sum(len(v) for v in shards.values())
         ctx.log(f"[plan] {n_clips} clips in {len(shards)} shards -> {self.work_dir}")
         for name in chain:
+            self._lock.check()
             stage = load_stage(name)
             force = self.force and (target == "all" or name == target)
             t0 = time.time()
@@ -206,7 +216,7 @@ class Runner:
                       attempts=prev.attempts if same and prev else 0)
         task = ShardTask(
             stage=stage.name, shard_id=shard, clip_ids=clips, inputs=inputs,
-            output=str(self.work_dir / rel_out), cfg=self.cfg, work_dir=str(self.work_dir),
+            output=storage.join(self.work_root, rel_out), cfg=self.cfg, work_dir=self.work_root,
             extra={**extra, **(task_extra or {})}, inputs_all=inputs_all or {}, fingerprint=fp,
             restart=not same,
         )
@@ -252,7 +262,7 @@ class Runner:
                 why = f" ({e.status}: {_last_line(e.error)})" if e and e.error else (
                     f" ({e.status})" if e else "")
                 return inputs, digests, f"upstream {up} shard {shard} is not done{why}"
-            inputs[up] = str(up_out)
+            inputs[up] = storage.join(self.work_root, e.output)
             digests[up] = _chained_digest(e)
         return inputs, digests, None
 
@@ -282,9 +292,9 @@ class Runner:
                     if up_ledger.done_path(e) is not None}
             if not done:
                 blocked = f"upstream {up} has no done output"
-            inputs_all[up] = [str(up_ledger.output_path(e)) for e in done.values()]
+            inputs_all[up] = [storage.join(self.work_root, e.output) for e in done.values()]
             digests[up] = {s: _chained_digest(e) for s, e in done.items()}
-        inputs = {up: str(self.work_dir / load_stage(up).out_dir_name(self.cfg))
+        inputs = {up: storage.join(self.work_root, load_stage(up).out_dir_name(self.cfg))
                   for up in stage.upstream}
         return self._plan_task(stage, ctx, ledger, GLOBAL_SHARD, [], inputs, digests,
                                extra_all, blocked, force, inputs_all)
@@ -307,8 +317,8 @@ class Runner:
                       attempts=prev.attempts if same and prev else 0)
         ledger.mark_running(entry)
         task = ShardTask(stage=stage.name, shard_id=GLOBAL_SHARD, clip_ids=[], inputs={},
-                         output=str(self.work_dir / rel_out), cfg=self.cfg,
-                         work_dir=str(self.work_dir), fingerprint=fp, restart=not same)
+                         output=storage.join(self.work_root, rel_out), cfg=self.cfg,
+                         work_dir=self.work_root, fingerprint=fp, restart=not same)
 
         def fin(_task: ShardTask) -> Any:
             from pipeline.stage import ShardResult
@@ -464,22 +474,25 @@ def _chained_digest(e: Entry) -> str | None:
     return e.output_digest if extra is None else stable_hash([e.output_digest, extra])
 
 
-def _lock_work_dir(work_dir: Path) -> Any:
-    """Exclusive lock on the work dir for one ``run``. Two runs on one work dir would rewrite
-    the same outputs and ledger entries under each other (an entry could end up describing the
-    other run's file), so a second run stops with a clear message instead."""
-    import fcntl
-
-    fh = open(work_dir / ".run.lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise ConfigError(
-            f"another `run` is using {work_dir}: wait for it to finish (or stop it), "
-            "or choose another paths.work_dir"
-        ) from None
-    return fh
+def preflight(cfg: dict[str, Any]) -> None:
+    """Every object-storage location of the run is reachable with the node's credentials and
+    its bucket exists: one ``ConfigError`` line otherwise, before any stage runs or writes."""
+    places = [("paths.work_dir", cfg["paths"]["work_dir"])]
+    ds = cfg.get("dataset") or {}
+    places += [(f"dataset.{k}", ds[k]) for k in ("root", "frames_root", "videos_root",
+                                                  "depth_root") if ds.get(k)]
+    seen: set[str] = set()
+    for key, value in places:
+        if not storage.is_uri(value):
+            continue
+        bucket = str(storage.path(value).parts[0])
+        if bucket in seen:
+            continue
+        seen.add(bucket)
+        try:
+            storage.check_access(str(value), key)
+        except OSError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _last_line(text: str | None) -> str:

@@ -79,6 +79,14 @@ class Ray:
     object_store_memory: POS_INT | None
     max_in_flight: POS_INT | None
     scheduling_strategy: Literal["DEFAULT", "SPREAD"]
+    forward_env: list
+
+
+@dataclass
+class Storage:
+    connect_timeout_s: POS_FLOAT
+    request_timeout_s: POS_FLOAT
+    lock_ttl_s: Annotated[float, Range(1)]
 
 
 @dataclass
@@ -185,6 +193,7 @@ def section_schemas(cfg: dict[str, Any]) -> dict[str, type]:
         "log": Log,
         "models": Models,
         "ray": Ray,
+        "storage": Storage,
         "dataset": RgbdDataset if ds.get("layout") == "rgbd" else Dataset,
         "ingest": Ingest,
         "align": Align,

@@ -245,14 +245,23 @@ class TaskOutcome:
 
 
 def shard_log_path(work_dir: str, stage: str, shard_id: str) -> str:
-    return os.path.join(work_dir, "logs", stage, f"{shard_id}.log")
+    from pipeline import storage
+
+    return storage.join(work_dir, "logs", stage, f"{shard_id}.log")
 
 
 def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutcome:
     """Run one task and never raise: errors travel back as text, the full traceback and every
     log record of the task go to ``<work_dir>/logs/<stage>/<shard>.log``."""
-    path = shard_log_path(task.work_dir, task.stage, task.shard_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from pipeline import storage
+
+    storage.configure(task.cfg.get("storage"))
+    target = shard_log_path(task.work_dir, task.stage, task.shard_id)
+    if storage.is_uri(target):  # no append on object storage: a local file, uploaded at the end
+        path = os.path.join(storage.scratch_root(), f".shard-{os.getpid()}-{time.time_ns()}.log")
+    else:
+        path = str(storage.path(target))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -272,11 +281,28 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutc
         root.removeHandler(handler)
         root.setLevel(old_level)
         handler.close()
+        if storage.is_uri(target):
+            _upload_log(path, target)
     out.wall_s = time.perf_counter() - t0
     out.cpu_s = time.process_time() - c0
     out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out.node = ray_utils.node_id()
     return out
+
+
+def _upload_log(local: str, target: str) -> None:
+    """Append a task's local log to its object-storage log (never fails the task)."""
+    from pipeline import storage
+
+    try:
+        storage.append_object(target, local)
+    except Exception:  # noqa: BLE001 - a log upload must not turn a good shard into a failure
+        log.warning("could not upload %s to %s", local, target)
+    finally:
+        try:
+            os.unlink(local)
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------- reporting

@@ -4,7 +4,6 @@ the rule ``run`` uses to decide what to compute."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pipeline import registry
@@ -156,9 +155,10 @@ def print_summary(summary: dict[str, Any], max_lines: int = 20) -> None:
 def status(cfg: dict[str, Any]) -> dict[str, Any]:
     """Per stage: shards done / errors / failed / pending and every reason, decided by the same
     ``shard_state`` rule as ``run`` (reads files only)."""
+    from pipeline import storage
     from pipeline.io import read_json
 
-    work_dir = Path(cfg["paths"]["work_dir"])
+    work_dir = storage.path(cfg["paths"]["work_dir"])
     plan_path = work_dir / "plan.json"
     if not plan_path.exists():
         raise ConfigError(f"nothing has run in {work_dir} yet (no plan.json)")
@@ -167,7 +167,7 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in registry.names():
         led = Ledger(work_dir, name)
-        if not led.dir.exists():
+        if not led.dir.is_dir():
             continue
         stage = registry.get(name)
         rows: dict[str, Any] = {"done": 0, "errors": 0, "failed": 0, "pending": 0, "to_run": 0,

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.scale.factors import (
@@ -56,8 +56,8 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _read(path: str, columns: list[str]) -> pd.DataFrame:
-    names = set(pq.read_schema(path).names)
-    return pq.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
+    names = set(storage.read_schema(path).names)
+    return storage.read_table(path, columns=[c for c in columns if c in names]).to_pandas()
 
 
 class AlignStage(Stage):

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline import registry
+from pipeline import registry, storage
 from pipeline.config import ConfigError
 from pipeline.geometry.poses import metric_relative_c2w
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
@@ -158,7 +157,7 @@ def _g(v: float | None) -> str:
 
 
 def _read_many(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
-    tables = [pq.read_table(p, columns=columns) for p in sorted(paths)]
+    tables = [storage.read_table(p, columns=columns) for p in sorted(paths)]
     if not tables:
         return pd.DataFrame(columns=columns or [])
     return pa.concat_tables(tables).to_pandas()
@@ -240,8 +239,9 @@ class CurateStage(Stage):
         cut = task.extra.get("cutoffs")
         if cut is None:
             raise RuntimeError("curate needs the dataset-wide cut-offs from prepare()")
-        manifest = {r["clip_id"]: r for r in pq.read_table(task.inputs["ingest"]).to_pylist()}
-        aligned = sorted(pq.read_table(task.inputs["align"]).to_pylist(),
+        manifest = {r["clip_id"]: r
+                    for r in storage.read_table(task.inputs["ingest"]).to_pylist()}
+        aligned = sorted(storage.read_table(task.inputs["align"]).to_pylist(),
                          key=lambda r: r["clip_id"])
         filtered: dict[str, str] = {}
         todo = []
@@ -267,7 +267,7 @@ class CurateStage(Stage):
     # -------------------------------------------------------------------------- finalize
     def finalize(self, ctx: Any) -> dict[str, Any]:
         ccfg = ctx.cfg["curate"]
-        out_dir = Path(ctx.work_dir) / self.output_dir
+        out_dir = storage.path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"))
@@ -373,7 +373,7 @@ class CurateStage(Stage):
         exactly the done shards of the current plan. Files left by an earlier plan (another
         ``shards.size``, a dataset that shrank) or by shards now failed or blocked would add
         duplicate or stale clips. Curated shards are cheap to rebuild from align's outputs."""
-        keep = {Path(p).resolve() for p in ctx.done_outputs(self.name)}
+        keep = {storage.path(p).resolve() for p in ctx.done_outputs(self.name)}
         for p in sorted(out_dir.glob("*.parquet")):
             if p.resolve() not in keep:
                 ctx.log(f"[curate] removing {p.name}: not a done shard of the current plan")

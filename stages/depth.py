@@ -26,13 +26,12 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import ray_utils, storage
 from pipeline.depth.model import (
     DepthPredictor,
     Item,
@@ -69,8 +68,8 @@ class ShardInputs:
     """Observations of one shard grouped per clip and frame, plus the manifest rows."""
 
     def __init__(self, task: ShardTask):
-        self.obs = pq.read_table(task.inputs["triangulate"], columns=OBS_COLUMNS)
-        manifest = pq.read_table(task.inputs["ingest"]).to_pylist()
+        self.obs = storage.read_table(task.inputs["triangulate"], columns=OBS_COLUMNS)
+        manifest = storage.read_table(task.inputs["ingest"]).to_pylist()
         self.rows = {r["clip_id"]: r for r in manifest}
         clip = self.obs.column("clip_id").to_numpy(zero_copy_only=False)
         self.frame = self.obs.column("frame_idx").to_numpy()
@@ -124,7 +123,8 @@ def write_output(
 def write_preview(task: ShardTask, clip_id: str, frame_idx: int, small: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, depth=small, frame_idx=np.int64(frame_idx))
-    write_bytes_atomic(buf.getvalue(), Path(task.output).parent / "_preview" / f"{clip_id}.npz")
+    write_bytes_atomic(buf.getvalue(),
+                       storage.path(task.output).parent / "_preview" / f"{clip_id}.npz")
 
 
 def _reason(exc: BaseException) -> tuple[str, str]:
@@ -411,6 +411,9 @@ class DepthActorPool:
                 f"[depth] {why}: running Depth Anything on {n} CPU actor(s) x {cpus} cores "
                 "(expect well under 1 image/s per core with a real checkpoint)"
             )
+        env = ray_utils.forwarded_env(cfg)  # ray.forward_env (object-storage endpoint...)
+        if env:
+            opts["runtime_env"] = {"env_vars": env}
         remote = ray.remote(DepthWorker).options(
             **opts, max_restarts=int(dcfg["max_restarts"]), max_task_retries=0,
         )

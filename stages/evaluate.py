@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline import ray_utils
+from pipeline import ray_utils, storage
 from pipeline.config import ConfigError
 from pipeline.evaluation import camera_eval as ce
 from pipeline.formats.frames import read_video_rgb
@@ -165,7 +164,7 @@ def dataset_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
 
     rows: list[dict[str, Any]] = []
     for p in ctx.done_outputs("ingest"):
-        rows.extend(pq.read_table(p).to_pylist())
+        rows.extend(storage.read_table(p).to_pylist())
     if ecfg.get("split"):
         rows = [r for r in rows if r.get("split") == ecfg["split"]]
     rows = _limit(sorted(rows, key=lambda r: r["clip_id"]), ecfg)
@@ -198,7 +197,7 @@ def video_clips(ecfg: dict[str, Any], depth: DepthProvider,
                 failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
     """``evaluate.videos`` / ``evaluate.trajectories``: one mp4 and one .txt per clip."""
 
-    vdir, tdir = Path(ecfg["videos"]), Path(ecfg["trajectories"])
+    vdir, tdir = storage.path(ecfg["videos"]), storage.path(ecfg["trajectories"])
     for d, what in ((vdir, "videos"), (tdir, "trajectories")):
         if not d.is_dir():
             raise FileNotFoundError(f"evaluate.{what}: {d} is not a directory")
@@ -245,7 +244,7 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     files = [str(p) for p in ctx.done_outputs("curate")]
     if not files:
         raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
-    ckpt_dir = Path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
+    ckpt_dir = storage.path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
     path = ckpt.latest_checkpoint(ckpt_dir)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {ckpt_dir}: run stage=train first "
@@ -259,7 +258,7 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     device = default_device()
     model = load_model(tcfg, path, device)
     s = tcfg["sampling"]
-    gen_dir = Path(ctx.work_dir) / "evaluate" / "generated"
+    gen_dir = storage.path(ctx.work_dir) / "evaluate" / "generated"
     out = []
     for i in range(len(ds)):
         clip = ds.rows[i]["clip_id"]
@@ -296,7 +295,7 @@ class _TaskView:
 
     def __init__(self, task: ShardTask):
         self.cfg = task.cfg
-        self.work_dir = Path(task.work_dir)
+        self.work_dir = storage.path(task.work_dir)
         self._inputs = task.inputs_all
 
     def done_outputs(self, stage: str) -> list[Path]:
@@ -304,7 +303,7 @@ class _TaskView:
         handed over, or (``curate``, read for ``source=model`` without being an upstream, so
         that ``source=dataset`` does not run the whole pipeline first) from its ledger."""
         if stage in self._inputs:
-            return [Path(p) for p in sorted(self._inputs[stage])]
+            return [storage.path(p) for p in sorted(self._inputs[stage])]
         from pipeline.io import read_json
         from pipeline.ledger import Ledger
 
@@ -381,7 +380,7 @@ class EvaluateStage(Stage):
             rows.extend(ce.score_trial(clip, r, dm, why, cfg["align"]) for r in res)
         metrics = ce.aggregate(rows, [c.clip_id for c, _, _ in clips])
         metrics.update(source=source, failed_clips=failures)
-        out_dir = Path(ctx.work_dir) / "evaluate"
+        out_dir = storage.path(ctx.work_dir) / "evaluate"
         out_dir.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=ROW_SCHEMA),
                              out_dir / "per_clip.parquet")

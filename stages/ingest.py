@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from pipeline import storage
 from pipeline.formats import frames as frame_io
 from pipeline.formats import rgbd as rgbd_format
 from pipeline.formats.re10k import check_rotation, parse_pose_file
@@ -25,7 +26,7 @@ from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
 
 
-def _stat(path: Path) -> list[int]:
+def _stat(path: Any) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
 
@@ -37,7 +38,7 @@ def _video_index(ds: dict[str, Any]) -> dict[str, list[tuple[str | None, Path]]]
     index: dict[str, list[tuple[str | None, Path]]] = {}
     if not ds.get("videos_root"):
         return index
-    root = Path(ds["videos_root"])
+    root = storage.path(ds["videos_root"])
     splits = set(ds["splits"])
     if not root.is_dir():
         return index
@@ -60,12 +61,12 @@ def _frame_sources_stat(
     """Size/mtime of the clip's frame folder(s), video(s) and depth folder(s), so that frames
     added, removed or replaced after a run (e.g. after a ``no frames found`` failure) make its
     shard stale. A folder's mtime changes when files are added to it or removed from it."""
-    candidates: list[Path] = [Path(v) for v in videos]
+    candidates: list[Any] = [storage.path(v) for v in videos]
     if ds.get("frames_root"):
-        fr = Path(ds["frames_root"])
+        fr = storage.path(ds["frames_root"])
         candidates += [fr / split / clip_id, fr / clip_id]
     if ds.get("depth_root"):
-        dr = Path(ds["depth_root"])
+        dr = storage.path(ds["depth_root"])
         candidates += [dr / split / clip_id, dr / clip_id]
     return [[str(c), *_stat(c)] for c in candidates if c.exists()]
 
@@ -73,7 +74,7 @@ def _frame_sources_stat(
 # ---------------------------------------------------------------------- discovery
 def _discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ds = cfg["dataset"]
-    root = Path(ds["root"])
+    root = storage.path(ds["root"])
     if not root.is_dir():
         from pipeline.config import ConfigError
 
@@ -82,10 +83,10 @@ def _discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if ds.get("clip_list"):
         wanted = {
             line.strip()
-            for line in Path(ds["clip_list"]).read_text().splitlines()
+            for line in storage.path(ds["clip_list"]).read_text().splitlines()
             if line.strip() and not line.startswith("#")
         }
-    found: dict[str, list[tuple[str, Path]]] = {}
+    found: dict[str, list[tuple[str, Any]]] = {}
     for split in ds["splits"]:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -124,7 +125,7 @@ def _discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ds = cfg["dataset"]
-    root = Path(ds["root"])
+    root = storage.path(ds["root"])
     length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
     if length < 2 or stride < 1:
         from pipeline.config import ConfigError
@@ -157,6 +158,29 @@ def _discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return sources
 
 
+def _render_synthetic(definition: Path, root: str, generate: Any) -> None:
+    """Render a synthetic dataset on first use. A bucket ``root`` is rendered in the node's
+    temp dir and uploaded; its marker file (the definition's digest) is uploaded last, so an
+    interrupted upload is redone by the next run."""
+    if not storage.is_uri(root):
+        generate(definition, root)
+        return
+    import tempfile
+
+    from pipeline.synthetic.sample_data import MARKER, definition_hash, load_definition
+
+    marker = storage.path(root) / MARKER
+    digest = definition_hash(load_definition(definition))
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    with tempfile.TemporaryDirectory(dir=storage.scratch_root()) as tmp:
+        local = Path(tmp) / "data"
+        generate(definition, local)
+        (local / MARKER).rename(Path(tmp) / MARKER)
+        storage.upload_tree(local, root)
+        marker.upload(Path(tmp) / MARKER)
+
+
 class IngestStage(Stage):
     name = "ingest"
     upstream = ()
@@ -169,7 +193,7 @@ class IngestStage(Stage):
         if ds.get("definition"):  # a synthetic dataset (sample, stress): render on first use
             from pipeline.synthetic.sample_data import generate_sample
 
-            generate_sample(Path(ds["definition"]), Path(ds["root"]))
+            _render_synthetic(Path(ds["definition"]), ds["root"], generate_sample)
         if ds["layout"] == "rgbd":
             return _discover_rgbd(cfg)
         return _discover_re10k(cfg)
@@ -207,9 +231,9 @@ class IngestStage(Stage):
 
 # ---------------------------------------------------------------------- RealEstate10K
 def _find_image_frames(
-    clip_id: str, folder: Path, timestamps: np.ndarray, exts: list[str]
+    clip_id: str, folder: Any, timestamps: np.ndarray, exts: list[str]
 ) -> list[str]:
-    by_stem: dict[str, Path] = {}
+    by_stem: dict[str, Any] = {}
     for p in folder.iterdir():
         if p.suffix.lower().lstrip(".") in exts:
             by_stem[p.stem] = p
@@ -249,18 +273,19 @@ def _image_size_checked(
     return int(size[1]), int(size[0])
 
 
-def _video_info(clip_id: str, path: Path, verify: str) -> tuple[int, int, int]:
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ClipError(clip_id, f"cannot open video {path}")
-    try:
-        w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
-    if verify == "all":
-        n = frame_io.video_frame_count(str(path))
+def _video_info(clip_id: str, path: Any, verify: str) -> tuple[int, int, int]:
+    with storage.local_copy(path) as local:  # a bucket's video: one node-local scratch copy
+        cap = cv2.VideoCapture(local)
+        if not cap.isOpened():
+            raise ClipError(clip_id, f"cannot open video {path}")
+        try:
+            w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+            h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
+        if verify == "all":
+            n = frame_io.video_frame_count(local)
     if w <= 0 or h <= 0 or n <= 0:
         raise ClipError(clip_id, f"video {path} has no decodable frames")
     return w, h, n
@@ -271,7 +296,8 @@ def _depth_files(
 ) -> list[str]:
     if not depth_root:
         return []
-    for folder in (Path(depth_root) / split / clip_id, Path(depth_root) / clip_id):
+    for folder in (storage.path(depth_root) / split / clip_id,
+                   storage.path(depth_root) / clip_id):
         if folder.is_dir():
             paths = [folder / f"{int(t)}.npy" for t in timestamps]
             missing = [p for p in paths if not p.is_file()]
@@ -285,19 +311,19 @@ def _re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
     ds, ing = cfg["dataset"], cfg["ingest"]
     split = src["split"]
     poses = parse_pose_file(
-        Path(src["pose_file"]), clip_id, float(ing["rotation_tolerance"]),
+        storage.path(src["pose_file"]), clip_id, float(ing["rotation_tolerance"]),
         float(ing["intrinsics_tolerance"]), int(ing["min_frames"]),
     )
     n = len(poses.timestamps_us)
     exts = [e.lower() for e in ing["image_extensions"]]
-    frames_root = Path(ds["frames_root"]) if ds.get("frames_root") else None
-    videos_root = Path(ds["videos_root"]) if ds.get("videos_root") else None
+    frames_root = storage.path(ds["frames_root"]) if ds.get("frames_root") else None
+    videos_root = storage.path(ds["videos_root"]) if ds.get("videos_root") else None
     video_path = None
     frame_paths: list[str] = []
     folders = [frames_root / split / clip_id, frames_root / clip_id] if frames_root else []
     folder = next((f for f in folders if f.is_dir()), None)
     # found by discovery, with one listing for the whole dataset (see _video_index)
-    videos = [Path(v) for v in src.get("videos", []) if Path(v).is_file()]
+    videos = [storage.path(v) for v in src.get("videos", []) if storage.path(v).is_file()]
     if folder is not None:
         frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
         width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
@@ -345,7 +371,7 @@ def _ground_truth(path: str, mtime_ns: int) -> dict[str, Any]:
 
 def _true_scale(cfg: dict[str, Any], clip_id: str) -> float | None:
     """Ground truth shipped beside a synthetic dataset (``ground_truth.json``), if any."""
-    gt = Path(cfg["dataset"]["root"]) / "ground_truth.json"
+    gt = storage.path(cfg["dataset"]["root"]) / "ground_truth.json"
     if not gt.is_file():
         return None
     value = _ground_truth(str(gt), gt.stat().st_mtime_ns).get(clip_id)
@@ -355,7 +381,7 @@ def _true_scale(cfg: dict[str, Any], clip_id: str) -> float | None:
 # ---------------------------------------------------------------------- RGB-D folders
 def _rgbd_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     ds, ing = cfg["dataset"], cfg["ingest"]
-    seq = Path(src["seq"])
+    seq = storage.path(src["seq"])
     rel = float(ds["relative_scale"])
     if not rel > 0:
         raise ClipError(clip_id, f"dataset.relative_scale must be > 0, got {rel}")

@@ -7,8 +7,7 @@ after ``train`` and chains its output, so a new training run makes the sample st
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline import storage
 from pipeline.io import write_json_atomic
 from pipeline.log import log
 from pipeline.registry import register
@@ -31,7 +30,7 @@ class SampleStage(Stage):
         from trainer.sampling import sample_to_mp4, scene_inputs
 
         tcfg = task.cfg["train"]
-        out_dir = Path(task.output).parents[1]
+        out_dir = storage.path(task.output).parent.parent
         files = sorted(task.inputs_all.get("curate", []))
         out = sample_to_mp4(tcfg, out_dir, files, default_device(),
                             on_step=sample_progress(task.cfg, "sample"),

@@ -11,9 +11,9 @@ run's checkpoints and metrics are removed first, never silently continued).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.device import choose_device
 from pipeline.io import write_json_atomic
 from pipeline.log import log, progress
@@ -67,6 +67,12 @@ class TrainStage(Stage):
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """The SVD backbone's weights must be loadable before the data stages run."""
         tcfg = cfg["train"]
+        if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
+            from pipeline.config import ConfigError
+
+            raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
+                              "filesystem: use a local/shared paths.work_dir with it, or "
+                              "train.distributed.backend=local with an s3:// work dir")
         if tcfg["backbone"] != "svd":
             return
         from pipeline.depth.model import model_source_problem
@@ -89,12 +95,12 @@ class TrainStage(Stage):
         cfg = task.cfg
         tcfg = cfg["train"]
         files = curated_files(task)
-        out_dir = Path(task.output).parent
+        out_dir = storage.path(task.output).parent
         if task.restart:
             for name in RESUMABLE:
                 p = out_dir / name
                 if p.is_dir():
-                    shutil.rmtree(p)
+                    p.rmtree() if storage.is_uri(p) else shutil.rmtree(p)
                 elif p.exists():
                     p.unlink()
         backend = tcfg["distributed"]["backend"]

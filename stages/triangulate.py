@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pycolmap
 
+from pipeline import storage
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import OBSERVATIONS
@@ -35,7 +35,7 @@ class TriangulateStage(Stage):
         cfg = task.cfg["triangulate"]
         # COLMAP's glog INFO lines (per image, per pass) would flood the driver through Ray
         pycolmap.logging.minloglevel = int(cfg["log_level"])
-        manifest = pq.read_table(task.inputs["ingest"]).to_pylist()
+        manifest = storage.read_table(task.inputs["ingest"]).to_pylist()
         per_clip: dict[str, dict[str, Any]] = {}
 
         def run(clip_id: str, row: dict[str, Any]) -> pd.DataFrame:

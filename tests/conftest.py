@@ -26,6 +26,10 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+#: the running test cluster (``ray_cluster``), for tests that add a node of their own
+CLUSTER: list = []
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A 2-node local Ray cluster (head + 1 worker node); yields its address."""
@@ -43,8 +47,43 @@ def ray_cluster():
     )
     cluster.add_node(num_cpus=2, num_gpus=0, object_store_memory=80 * 1024 * 1024)
     ray.init(address=cluster.address, include_dashboard=False)
+    CLUSTER.append(cluster)
     try:
         yield cluster.address
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_test_cluster(ray_cluster):
+    """The ``ray.cluster_utils.Cluster`` behind ``ray_cluster`` (to add or remove a node)."""
+    return CLUSTER[0]
+
+
+#: what the S3 tests sign with; moto accepts any key unless its authentication is switched on
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's standalone server) on 127.0.0.1, a free port; sets the standard AWS
+    environment variables (endpoint, keys, region) for this process and its subprocesses, and
+    yields the endpoint. Skips cleanly when moto[server] is not installed."""
+    server_mod = pytest.importorskip("moto.server", reason="needs moto[server] (dev extra)")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -8,6 +8,7 @@ crash leaves either the previous checkpoint or the new one, never half a file.
 
 from __future__ import annotations
 
+import io
 import random
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import storage
 from pipeline.io import atomic_path
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -60,23 +62,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
+def save_atomic(state: dict[str, Any], path: Any) -> Any:
+    path = storage.path(path)  # on object storage: uploaded whole once written
     with atomic_path(path) as tmp:  # fsynced before the rename: a power loss leaves old or new
         torch.save(state, tmp)
     return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(path: Any, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    src = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
+    return torch.load(src, map_location=map_location, weights_only=True)
 
 
-def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
-    return Path(ckpt_dir) / f"step-{step:08d}.pt"
+def checkpoint_path(ckpt_dir: Any, step: int) -> Any:
+    return storage.path(ckpt_dir) / f"step-{step:08d}.pt"
 
 
-def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    d = Path(ckpt_dir)
+def latest_checkpoint(ckpt_dir: Any) -> Any:
+    d = storage.path(ckpt_dir)
     if not d.is_dir():
         return None
     found = sorted(p for p in d.iterdir() if _NAME.match(p.name))
@@ -84,6 +87,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 def prune(ckpt_dir: str | Path, keep: int) -> None:
-    found = sorted(p for p in Path(ckpt_dir).iterdir() if _NAME.match(p.name))
+    found = sorted(p for p in storage.path(ckpt_dir).iterdir() if _NAME.match(p.name))
     for p in found[: max(0, len(found) - max(1, keep))]:
         p.unlink(missing_ok=True)

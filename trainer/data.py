@@ -20,10 +20,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline import storage
 from pipeline.formats.frames import iter_frames
 from pipeline.geometry.poses import metric_relative_c2w, pixel_K
 from trainer.plucker import plucker_embedding
@@ -38,7 +38,7 @@ def load_curated(paths: Sequence[str | Path], split: str | None = None) -> list[
     """Rows of the curated Parquet files (sorted by clip id for a stable order), one split."""
     rows: list[dict[str, Any]] = []
     for p in sorted(str(x) for x in paths):
-        table = pq.read_table(p)
+        table = storage.read_table(p)
         cols = [c for c in _ROW_KEYS if c in table.column_names]
         rows.extend(table.select(cols).to_pylist())
     if split:

@@ -25,6 +25,7 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
+from pipeline import storage
 from pipeline.io import write_bytes_atomic
 from trainer import checkpoint as ckpt
 from trainer.data import CuratedVideoDataset, load_curated, make_loader
@@ -115,7 +116,7 @@ class LocalCheckpoints:
     """Checkpoints in ``<out_dir>/checkpoints/step-XXXXXXXX.pt`` (rank 0 writes)."""
 
     def __init__(self, out_dir: str | Path, keep: int):
-        self.dir = Path(out_dir) / "checkpoints"
+        self.dir = storage.path(out_dir) / "checkpoints"
         self.keep = keep
 
     def latest(self) -> dict[str, Any] | None:
@@ -144,6 +145,33 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_bytes_atomic("".join(ln + "\n" for ln in keep).encode(), path)
 
 
+class _MetricsLog:
+    """``metrics.jsonl`` lines: appended at once on disk; on object storage (no append) kept
+    and written with each checkpoint, so a bucket sees one upload per checkpoint, not per step
+    (a resume drops the lines after its checkpoint either way)."""
+
+    def __init__(self, path: Any):
+        self.path = path
+        self.pending: list[str] = []
+
+    def append(self, line: str) -> None:
+        if storage.is_uri(self.path):
+            self.pending.append(line)
+            return
+        with self.path.open("a") as fh:
+            fh.write(line)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        try:
+            old = self.path.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        write_bytes_atomic(old + "".join(self.pending).encode(), self.path)
+        self.pending.clear()
+
+
 def train(
     tcfg: dict[str, Any],
     data_files: Sequence[str | Path],
@@ -158,7 +186,7 @@ def train(
     the latest checkpoint. Returns a summary (steps, final loss, checkpoint, timings)."""
     dist = dist or DistInfo()
     device = torch.device(dist.device)
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoints or LocalCheckpoints(out_dir, int(tcfg["keep_checkpoints"]))
     if device.type == "cpu" and int(tcfg["cpu_threads"]) > 0:
@@ -201,6 +229,7 @@ def train(
     metrics_path = out_dir / "metrics.jsonl"
     if dist.rank == 0:
         _truncate_metrics(metrics_path, step)
+    metrics_log = _MetricsLog(metrics_path)
     net = wrap_model(model) if wrap_model is not None else model
     net.train()
 
@@ -242,8 +271,7 @@ def train(
             "samples_per_s": per_step / dt, "step_s": dt,
         }
         if dist.rank == 0:
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(last) + "\n")
+            metrics_log.append(json.dumps(last) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
         if step % ckpt_every == 0 or step == end:
@@ -258,7 +286,9 @@ def train(
                     "step": step,
                     "backbone": tcfg["backbone"],
                 }
+            metrics_log.flush()  # with the checkpoint: a resume truncates to it anyway
             checkpoints.save(step, state, last)
+    metrics_log.flush()
     bar.close()
     wall = time.perf_counter() - t_start
     done = step - start_step

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from pipeline import storage
 from pipeline.io import atomic_path
 from trainer import checkpoint as ckpt
 from trainer.data import (
@@ -86,7 +87,7 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     """RGB uint8 (F, H, W, 3) -> mp4 (mp4v), atomically (temp name then rename)."""
-    path = Path(path)
+    path = storage.path(path)
     h, w = frames.shape[1:3]
     with atomic_path(path, suffix=".mp4") as tmp:  # the encoder picks the container by name
         vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
@@ -172,7 +173,7 @@ def sample_to_mp4(
     from trainer.inference.trajectory import Trajectory
 
     s = tcfg["sampling"]
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     checkpoint_path = checkpoint_path or ckpt.latest_checkpoint(out_dir / "checkpoints")
     if checkpoint_path is None:
         raise FileNotFoundError(f"no checkpoint under {out_dir / 'checkpoints'}: train first")

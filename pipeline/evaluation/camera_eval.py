@@ -19,6 +19,7 @@ reported figure the mean over clips; the SfM success rate is successful trials /
 from __future__ import annotations
 
 import copy
+import io
 import math
 import time
 import traceback
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.depth.model import bilinear_sample, finalize_samples, sample_sensor
 from pipeline.errors import ClipError
 from pipeline.geometry import camera_metrics as cm
@@ -287,7 +289,8 @@ def read_trajectory(path: str | Path) -> np.ndarray:
     """Lines of 16 numbers (row-major camera-to-world 4x4, metres) -> (N, 4, 4); the format
     ``trainer.sampling`` reads and ``stage=evaluate`` writes beside each generated video."""
     try:
-        vals = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        vals = np.loadtxt(io.StringIO(storage.path(path).read_text()), dtype=np.float64,
+                          ndmin=2)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read trajectory {path}: {exc}") from None
     if vals.shape[1] != 16:
@@ -301,8 +304,11 @@ def read_trajectory(path: str | Path) -> np.ndarray:
 
 def write_trajectory(c2w: np.ndarray, path: str | Path) -> None:
     """(N, 4, 4) camera-to-world in metres -> lines of 16 numbers (see ``read_trajectory``)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(path, np.asarray(c2w, np.float64).reshape(-1, 16), fmt="%.9g")
+    from pipeline.io import write_bytes_atomic
+
+    buf = io.StringIO()
+    np.savetxt(buf, np.asarray(c2w, np.float64).reshape(-1, 16), fmt="%.9g")
+    write_bytes_atomic(buf.getvalue().encode(), path)  # local disk or a bucket
 
 
 def fov_intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:

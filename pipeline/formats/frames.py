@@ -7,12 +7,14 @@ codecs, inexact), and keeps only the requested frames.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import ClipError
 
 #: how an image file ends when it was written completely (after trailing padding is stripped)
@@ -32,8 +34,7 @@ def truncation_problem(data: bytes) -> str | None:
 def decode_image_checked(path: str) -> np.ndarray | str:
     """The stored image (no EXIF rotation) or a one-line reason it cannot be trusted."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = storage.read_bytes(path)  # a local file or an object, streamed per frame
     except OSError as exc:
         return f"unreadable frame {path}: {exc.strerror or exc}"
     problem = truncation_problem(data)
@@ -47,15 +48,16 @@ def decode_image_checked(path: str) -> np.ndarray | str:
 
 def video_frame_count(path: str) -> int:
     """Number of decodable frames (counted by decoding: container metadata can lie)."""
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        return -1
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
+    with storage.local_copy(path) as local:
+        cap = cv2.VideoCapture(local)
+        if not cap.isOpened():
+            return -1
+        n = 0
+        try:
+            while cap.grab():
+                n += 1
+        finally:
+            cap.release()
     return n
 
 
@@ -80,33 +82,52 @@ def iter_frames(
         raise ClipError(clip, f"frame index out of range 0..{n - 1}")
     if row["source_type"] == "video":
         path = row["video_path"]
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            raise ClipError(clip, f"cannot open video {path}")
-        try:
-            want = set(wanted)
-            idx = 0
-            last = wanted[-1] if wanted else -1
-            while idx <= last:
-                if not cap.grab():
-                    raise ClipError(clip, f"video {path} ended at frame {idx}, expected {n}")
-                if idx in want:
-                    ok, bgr = cap.retrieve()
-                    if not ok:
-                        raise ClipError(clip, f"cannot decode frame {idx} of {path}")
-                    yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
-                idx += 1
-        finally:
-            cap.release()
+        # a video in a bucket is copied once to the node's scratch dir for the decoder
+        with storage.local_copy(path) as local:
+            yield from _video_frames(clip, path, local, wanted, n, size)
     else:
         paths = row["frame_paths"]
         for idx in wanted:
             # stored pixel layout, as ingest measured width/height (IMREAD_UNCHANGED) and as
             # COLMAP sees the file: an EXIF rotation would swap W and H against the manifest
-            bgr = cv2.imread(paths[idx], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            bgr = _imread(paths[idx], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             if bgr is None:
                 raise ClipError(clip, f"cannot read frame {idx} at {paths[idx]}")
             yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def _imread(path: str, flags: int) -> np.ndarray | None:
+    """``cv2.imread`` for a local file; an object is fetched and decoded in memory."""
+    if not storage.is_uri(path):
+        return cv2.imread(path, flags)
+    try:
+        data = storage.read_bytes(path)
+    except OSError:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+
+
+def _video_frames(
+    clip: str, path: str, local: str, wanted: list[int], n: int, size: tuple[int, int] | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    cap = cv2.VideoCapture(local)
+    if not cap.isOpened():
+        raise ClipError(clip, f"cannot open video {path}")
+    try:
+        want = set(wanted)
+        idx = 0
+        last = wanted[-1] if wanted else -1
+        while idx <= last:
+            if not cap.grab():
+                raise ClipError(clip, f"video {path} ended at frame {idx}, expected {n}")
+            if idx in want:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    raise ClipError(clip, f"cannot decode frame {idx} of {path}")
+                yield idx, _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+            idx += 1
+    finally:
+        cap.release()
 
 
 def read_frames(
@@ -124,11 +145,12 @@ def read_depth(row: dict[str, Any], frame_idx: int) -> np.ndarray:
     path = paths[frame_idx]
     if path.endswith(".npy"):
         try:
-            d = np.load(path, allow_pickle=False)
+            src = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
+            d = np.load(src, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ClipError(clip, f"cannot read depth {path}: {exc}") from exc
     else:
-        d = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        d = _imread(path, cv2.IMREAD_UNCHANGED)
         if d is None:
             raise ClipError(clip, f"cannot read depth {path}")
     return d.astype(np.float32) * np.float32(row["depth_unit"])
@@ -137,14 +159,22 @@ def read_depth(row: dict[str, Any], frame_idx: int) -> np.ndarray:
 def read_video_rgb(path: str) -> list[np.ndarray]:
     """Every frame of a video file as RGB uint8 arrays (a generated or user-given mp4), in
     order; an unreadable file gives an empty list (callers report it with their context)."""
-    cap = cv2.VideoCapture(str(path))
     out = []
     try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        ctx = storage.local_copy(path)
+        local = ctx.__enter__()
+    except OSError:
+        return out
+    try:
+        cap = cv2.VideoCapture(local)
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        finally:
+            cap.release()
     finally:
-        cap.release()
+        ctx.__exit__(None, None, None)
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import ClipError
 
 NUMBERS_PER_LINE = 19
@@ -39,7 +40,7 @@ def parse_pose_file(
     path: Path, clip_id: str, rotation_tol: float, intrinsics_tol: float, min_frames: int
 ) -> PoseFile:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = storage.path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ClipError(clip_id, f"cannot read pose file {path}: {exc}") from exc
     lines = text.splitlines()

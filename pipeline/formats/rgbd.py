@@ -7,11 +7,13 @@ and ``camera-intrinsics.txt`` (3x3 K of the colour camera, pixels).
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import ClipError
 
 FRAME_RE = re.compile(r"^frame-(\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
@@ -40,7 +42,7 @@ def list_frames(seq: Path) -> list[tuple[int, Path]]:
 def read_intrinsics(seq: Path, clip_id: str) -> np.ndarray:
     path = seq / "camera-intrinsics.txt"
     try:
-        K = np.loadtxt(path, dtype=np.float64)
+        K = np.loadtxt(io.StringIO(storage.path(path).read_text()), dtype=np.float64)
     except (OSError, ValueError) as exc:
         raise ClipError(clip_id, f"cannot read intrinsics {path}: {exc}") from exc
     if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
@@ -50,7 +52,7 @@ def read_intrinsics(seq: Path, clip_id: str) -> np.ndarray:
 
 def read_pose(path: Path, clip_id: str) -> np.ndarray:
     try:
-        m = np.loadtxt(path, dtype=np.float64)
+        m = np.loadtxt(io.StringIO(storage.path(path).read_text()), dtype=np.float64)
     except (OSError, ValueError) as exc:
         raise ClipError(clip_id, f"cannot read pose {path}: {exc}") from exc
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):

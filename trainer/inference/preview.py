@@ -11,6 +11,7 @@ RGB-D captures).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline import storage
 from trainer.inference.render import (
     Render,
     coverage,
@@ -84,14 +86,18 @@ def image_intrinsics(
 # ------------------------------------------------------------------------------- depth
 def read_depth_file(path: str | Path) -> np.ndarray:
     """``.npy`` (metres) or a 16-bit PNG (millimetres) -> float32 metres (0 = missing)."""
-    p = Path(path)
+    p = storage.path(path)
+    try:
+        data = p.read_bytes()  # a local file or an object
+    except OSError as exc:
+        raise DepthUnavailable(f"cannot read depth {p}: {exc}") from None
     if p.suffix.lower() == ".npy":
         try:
-            d = np.load(p, allow_pickle=False)
+            d = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DepthUnavailable(f"cannot read depth {p}: {exc}") from None
         return np.asarray(d, dtype=np.float32)
-    d = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    d = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if d is None or d.ndim != 2:
         raise DepthUnavailable(f"cannot read depth {p} (a .npy in metres or 16-bit PNG in mm)")
     return d.astype(np.float32) / np.float32(1000.0)
@@ -104,8 +110,8 @@ def dataset_depth_path(row: dict[str, Any], frame_idx: int, depth_root: str | No
     if not depth_root or not paths:
         return None
     stem = Path(paths[frame_idx]).stem
-    for folder in (Path(depth_root) / str(row.get("split", "")) / row["clip_id"],
-                   Path(depth_root) / row["clip_id"]):
+    for folder in (storage.path(depth_root) / str(row.get("split", "")) / row["clip_id"],
+                   storage.path(depth_root) / row["clip_id"]):
         for ext in (".npy", ".png"):
             if (folder / f"{stem}{ext}").is_file():
                 return folder / f"{stem}{ext}"

@@ -11,12 +11,14 @@ which is what a UI showing the scene needs; Parquet would need custom code on th
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline import storage
+from pipeline.io import atomic_path
 
 
 @dataclass
@@ -80,17 +82,15 @@ def save_ply(cloud: PointCloud, path: str | Path) -> Path:
     """Binary PLY (x, y, z float32; red, green, blue uint8), written atomically."""
     from plyfile import PlyData, PlyElement
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = storage.path(path)
     xyz = cloud.xyz.detach().cpu().float().numpy()
     rgb = (cloud.rgb.detach().cpu().float().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
     arr = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                                     ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     arr["red"], arr["green"], arr["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    PlyData([PlyElement.describe(arr, "vertex")], text=False, byte_order="<").write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".ply") as tmp:  # fsync + rename; one upload on a bucket
+        PlyData([PlyElement.describe(arr, "vertex")], text=False, byte_order="<").write(str(tmp))
     return path
 
 
