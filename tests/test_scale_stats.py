@@ -181,6 +181,19 @@ def _observe(w2c: np.ndarray, K: np.ndarray, X: np.ndarray):
     return frame, point, u, v, Xc[:, 2]
 
 
+def _pan(seed: int, travel: float):
+    """A rotation-dominated clip: 10 frames turning 15 degrees while moving ``travel`` metres
+    sideways, 300 points 3-5 m away; exact projections with f = 500 (points in front only)."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    t = np.linspace(0, 1, 10)
+    w2c = _look_w2c(np.stack([travel * t, 0 * t, 0 * t], 1), np.radians(15.0) * t)
+    X = np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1, 1, 300), rng.uniform(3, 5, 300)], 1)
+    frame, point, u, v, z = _observe(w2c, K, X)
+    keep = z > 0.5
+    return frame[keep], point[keep], u[keep], v[keep], z[keep], w2c, K
+
+
 @pytest.mark.parametrize(
     ("motion", "expected"),
     [("sideways", -1.0), ("forward", 0.0)],
@@ -209,15 +222,8 @@ def test_focal_sensitivity_is_large_for_a_pan_and_feeds_the_interval() -> None:
     """A rotation-dominated clip (15 degrees of turn, 10 cm of travel) reads a wrong focal as
     parallax: |sensitivity| far above a sideways clip's 1. With ``focal_sigma`` the term enters
     ``scale_sigma`` in quadrature; with 0 the column is still written and the term is 0."""
-    rng = np.random.default_rng(1)
-    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
-    n = 10
-    t = np.linspace(0, 1, n)
-    w2c = _look_w2c(np.stack([0.1 * t, 0 * t, 0 * t], 1), np.radians(15.0) * t)
-    X = np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1, 1, 300), rng.uniform(3, 5, 300)], 1)
-    frame, point, u, v, z = _observe(w2c, K, X)
-    keep = z > 0.5
-    frame, point, u, v, z = frame[keep], point[keep], u[keep], v[keep], z[keep]
+    frame, point, u, v, z, w2c, K = _pan(1, 0.1)
+    n = len(w2c)
     depth = 1.7 * z
     s = focal_sensitivity(frame, point, u, v, depth, np.ones(z.size, bool), w2c, K, n, 3, 0.02)
     assert abs(s) > 3.0
@@ -245,15 +251,8 @@ def test_focal_consistency_finds_a_wrong_focal_under_fixed_poses() -> None:
     """Tracks projected with f = 500 but given f = 510 (2% too long): re-triangulating under the
     fixed poses fits best at f * (1 + g) = 500, g = 500/510 - 1, to well within the grid step;
     the true focal gives ~0. A pan is used because rotation makes the focal observable."""
-    rng = np.random.default_rng(2)
-    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
-    n = 10
-    t = np.linspace(0, 1, n)
-    w2c = _look_w2c(np.stack([0.3 * t, 0 * t, 0 * t], 1), np.radians(15.0) * t)
-    X = np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1, 1, 300), rng.uniform(3, 5, 300)], 1)
-    frame, point, u, v, z = _observe(w2c, K, X)
-    keep = z > 0.5
-    args = (frame[keep], point[keep], u[keep], v[keep], w2c)
+    frame, point, u, v, _, w2c, K = _pan(2, 0.3)
+    args = (frame, point, u, v, w2c)
     wrong = K.copy()
     wrong[0, 0] = wrong[1, 1] = 510.0
     assert focal_consistency(*args, wrong, 0.15, 0.01, 4.0) == pytest.approx(500 / 510 - 1,
