@@ -79,14 +79,14 @@ def colmap_defaults(tcfg: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ clip sets
 def _ingest_rows(overrides: list[str]) -> list[dict[str, Any]]:
     """Manifest rows exactly as the ingest stage builds them (same discovery and checks)."""
+    from pipeline.formats.dataset import re10k_row, rgbd_row
     from stages.ingest import STAGE as INGEST
-    from stages.ingest import _re10k_row, _rgbd_row
 
     cfg = load_config(overrides)
     rows = []
     for clip_id, src in sorted(INGEST.discover(cfg).items()):
         try:
-            row = (_rgbd_row if src["layout"] == "rgbd" else _re10k_row)(clip_id, src, cfg)
+            row = (rgbd_row if src["layout"] == "rgbd" else re10k_row)(clip_id, src, cfg)
         except ClipError as exc:
             print(f"  skip {clip_id}: {exc.reason}")
             continue

@@ -26,14 +26,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from pipeline.errors import ConfigError
+
+__all__ = ["ConfigError"]  # re-exported: the engine and stages import it from here
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 #: extra config folders (os.pathsep-separated), searched after conf/: plug-in stages' settings
 CONF_PATH_ENV = "METRIC_ALIGN_CONF_PATH"
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem: printed as one line, no traceback."""
 
 
 def _extra_dirs(conf_dirs: list[str | Path] | None) -> list[Path]:

@@ -1,8 +1,9 @@
-"""The one exception domain code raises for a clip: ``ClipError`` (and the failure kinds).
+"""The exceptions domain code raises: ``ClipError`` for one clip (and the failure kinds),
+``ConfigError`` for a setting or dataset location that cannot work.
 
-It lives here, not in the engine's ``pipeline/stage.py``, so the domain subpackages (formats,
-sfm, depth, geometry, scale, synthetic) can report a bad clip without importing the engine;
-``pipeline.stage`` re-exports it for stages.
+They live here, not in the engine's ``pipeline/stage.py`` / ``pipeline/config.py``, so the
+domain subpackages (formats, sfm, depth, geometry, scale, synthetic) can report a bad clip or a
+bad dataset root without importing the engine; the engine modules re-export them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Literal
 #: failure kinds: bad data (cached) / anything unexpected (retried)
 INPUT, ERROR = "input", "error"
 FailureKind = Literal["input", "error"]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem: printed as one line, no traceback."""
 
 
 class ClipError(Exception):

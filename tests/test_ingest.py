@@ -197,8 +197,8 @@ def test_exif_rotated_jpeg_decodes_at_the_manifest_size(tmp_path):
     decoder must do the same, or a phone JPEG comes back transposed against width/height."""
     from PIL import Image
 
+    from pipeline.formats.dataset import _image_size_checked
     from pipeline.formats.frames import read_frames
-    from stages.ingest import _image_size_checked
 
     path = tmp_path / "0.jpg"
     exif = Image.Exif()

@@ -1,0 +1,379 @@
+"""Datasets on disk or in a bucket -> manifest rows: discovery and strict per-clip validation.
+
+Discovery (``discover_re10k`` / ``discover_rgbd``: file listings only, cheap, on the driver)
+finds each clip's inputs and describes them as JSON (paths, sizes, mtimes: the ingest shard's
+fingerprint). ``re10k_row`` / ``rgbd_row`` parse and check one clip (pose file, frames or video,
+depth, intrinsics) and build its ``pipeline.schema.MANIFEST`` row; every problem is a
+``ClipError`` naming the clip and the file, so one bad clip never hides the others. The ingest
+stage (``stages/ingest.py``) only shards the clips and writes the rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline import storage
+from pipeline.errors import ClipError
+from pipeline.formats import frames as frame_io
+from pipeline.formats import rgbd as rgbd_format
+from pipeline.formats.re10k import check_rotation, parse_pose_file
+from pipeline.io import read_json
+
+
+def _stat(path: Any) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _video_index(ds: dict[str, Any]) -> dict[str, list[tuple[str | None, Path]]]:
+    """File name -> (split or None, path) of every mp4 in the documented places,
+    ``<videos_root>/[<split>/][<video_id>/]<clip_id>.mp4``, from one listing of each folder
+    on the driver (a glob per clip would list the same folders once per clip)."""
+    index: dict[str, list[tuple[str | None, Path]]] = {}
+    if not ds.get("videos_root"):
+        return index
+    root = storage.path(ds["videos_root"])
+    splits = set(ds["splits"])
+    if not root.is_dir():
+        return index
+    for top in sorted(root.iterdir()):
+        if top.is_file() and top.suffix == ".mp4":
+            index.setdefault(top.name, []).append((None, top))
+        elif top.is_dir():
+            split = top.name if top.name in splits else None
+            for p in sorted(top.glob("*.mp4")):
+                index.setdefault(p.name, []).append((split, p))
+            if split is not None:  # <split>/<video_id>/<clip_id>.mp4
+                for p in sorted(top.glob("*/*.mp4")):
+                    index.setdefault(p.name, []).append((split, p))
+    return index
+
+
+def _frame_sources_stat(
+    ds: dict[str, Any], split: str, clip_id: str, videos: list[str]
+) -> list[Any]:
+    """Size/mtime of the clip's frame folder(s), video(s) and depth folder(s), so that frames
+    added, removed or replaced after a run (e.g. after a ``no frames found`` failure) make its
+    shard stale. A folder's mtime changes when files are added to it or removed from it."""
+    candidates: list[Any] = [storage.path(v) for v in videos]
+    if ds.get("frames_root"):
+        fr = storage.path(ds["frames_root"])
+        candidates += [fr / split / clip_id, fr / clip_id]
+    if ds.get("depth_root"):
+        dr = storage.path(ds["depth_root"])
+        candidates += [dr / split / clip_id, dr / clip_id]
+    return [[str(c), *_stat(c)] for c in candidates if c.exists()]
+
+
+# ---------------------------------------------------------------------- discovery
+def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ds = cfg["dataset"]
+    root = storage.path(ds["root"])
+    if not root.is_dir():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"dataset.root {root} is not a directory")
+    wanted: set[str] | None = None
+    if ds.get("clip_list"):
+        wanted = {
+            line.strip()
+            for line in storage.path(ds["clip_list"]).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for split in ds["splits"]:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for path in sorted(split_dir.glob("*.txt")):
+            if wanted is not None and path.stem not in wanted:
+                continue
+            found.setdefault(path.stem, []).append((split, path))
+    sources: dict[str, dict[str, Any]] = {}
+    video_index = _video_index(ds)
+    for clip_id, hits in found.items():
+        split, path = hits[0]
+        videos = [
+            str(p) for sp, p in video_index.get(f"{clip_id}.mp4", []) if sp in (split, None)
+        ]
+        src: dict[str, Any] = {
+            "layout": "re10k",
+            "split": split,
+            "pose_file": str(path),
+            "stat": _stat(path),
+            "videos": videos,
+            "frames_stat": _frame_sources_stat(ds, split, clip_id, videos),
+        }
+        if len(hits) > 1:
+            src["problem"] = "duplicate clip id: " + ", ".join(str(p) for _, p in hits)
+        sources[clip_id] = src
+    if wanted is not None:
+        for clip_id in sorted(wanted - set(found)):
+            sources[clip_id] = {
+                "layout": "re10k",
+                "split": "?",
+                "problem": f"listed in {ds['clip_list']} but no pose file under {root}",
+            }
+    return sources
+
+
+def discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ds = cfg["dataset"]
+    root = storage.path(ds["root"])
+    length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
+    if length < 2 or stride < 1:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
+    sources: dict[str, dict[str, Any]] = {}
+    for seq in rgbd_format.sequence_dirs(root):
+        frames = rgbd_format.list_frames(seq)
+        numbers = [n for n, _ in frames]
+        colour = dict(frames)
+        intr = seq / "camera-intrinsics.txt"
+        span = length * stride
+        for start in range(0, len(numbers) - span + 1, span):
+            picked = numbers[start : start + span : stride]
+            clip_id = f"{seq.name}_{picked[0]:06d}"
+            # every input file's size/mtime: a folder's mtime misses a file edited in place
+            # (a corrected camera-intrinsics.txt or pose must make the clip stale)
+            files = [intr] + [
+                f for n in picked
+                for f in (colour[n], seq / f"frame-{n:06d}.depth.png",
+                          seq / f"frame-{n:06d}.pose.txt")
+            ]
+            sources[clip_id] = {
+                "layout": "rgbd",
+                "split": ds["split"],
+                "seq": str(seq),
+                "frame_numbers": picked,
+                "files_stat": [_stat(f) if f.exists() else None for f in files],
+            }
+    return sources
+
+
+def render_synthetic(definition: Path, root: str, generate: Any) -> None:
+    """Render a synthetic dataset on first use. A bucket ``root`` is rendered in the node's
+    temp dir and uploaded; its marker file (the definition's digest) is uploaded last, so an
+    interrupted upload is redone by the next run."""
+    if not storage.is_uri(root):
+        generate(definition, root)
+        return
+    import tempfile
+
+    from pipeline.synthetic.sample_data import MARKER, definition_hash, load_definition
+
+    marker = storage.path(root) / MARKER
+    digest = definition_hash(load_definition(definition))
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    with tempfile.TemporaryDirectory(dir=storage.scratch_root()) as tmp:
+        local = Path(tmp) / "data"
+        generate(definition, local)
+        (local / MARKER).rename(Path(tmp) / MARKER)
+        storage.upload_tree(local, root)
+        marker.upload(Path(tmp) / MARKER)
+
+
+
+
+# ---------------------------------------------------------------------- RealEstate10K
+def _find_image_frames(
+    clip_id: str, folder: Any, timestamps: np.ndarray, exts: list[str]
+) -> list[str]:
+    by_stem: dict[str, Any] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower().lstrip(".") in exts:
+            by_stem[p.stem] = p
+    paths = []
+    for ts in timestamps:
+        p = by_stem.get(str(int(ts)))
+        if p is None:
+            raise ClipError(
+                clip_id,
+                f"frame count {len(by_stem)} != pose count {len(timestamps)}: "
+                f"no image for timestamp {int(ts)} in {folder}",
+            )
+        paths.append(str(p))
+    if len(by_stem) != len(timestamps):
+        raise ClipError(
+            clip_id, f"frame count {len(by_stem)} != pose count {len(timestamps)} in {folder}"
+        )
+    return paths
+
+
+def _image_size_checked(
+    clip_id: str, paths: list[str], verify: str
+) -> tuple[int, int]:
+    """Decode frames (all, or first and last) so unreadable files fail at ingest, not later."""
+    check = paths if verify == "all" else [paths[0], paths[-1]]
+    size = None
+    for p in check:
+        img = frame_io.decode_image_checked(p)
+        if isinstance(img, str):
+            raise ClipError(clip_id, img)
+        hw = img.shape[:2]
+        if size is None:
+            size = hw
+        elif hw != size:
+            raise ClipError(clip_id, f"frame {p} is {hw[1]}x{hw[0]}, expected {size[1]}x{size[0]}")
+    assert size is not None
+    return int(size[1]), int(size[0])
+
+
+def _video_info(clip_id: str, path: Any, verify: str) -> tuple[int, int, int]:
+    with storage.local_copy(path) as local:  # a bucket's video: one node-local scratch copy
+        cap = cv2.VideoCapture(local)
+        if not cap.isOpened():
+            raise ClipError(clip_id, f"cannot open video {path}")
+        try:
+            w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+            h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
+        if verify == "all":
+            n = frame_io.video_frame_count(local)
+    if w <= 0 or h <= 0 or n <= 0:
+        raise ClipError(clip_id, f"video {path} has no decodable frames")
+    return w, h, n
+
+
+def _depth_files(
+    clip_id: str, depth_root: str | None, split: str, timestamps: np.ndarray
+) -> list[str]:
+    if not depth_root:
+        return []
+    for folder in (storage.path(depth_root) / split / clip_id,
+                   storage.path(depth_root) / clip_id):
+        if folder.is_dir():
+            paths = [folder / f"{int(t)}.npy" for t in timestamps]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise ClipError(clip_id, f"depth file missing: {missing[0]}")
+            return [str(p) for p in paths]
+    return []
+
+
+def re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    split = src["split"]
+    poses = parse_pose_file(
+        storage.path(src["pose_file"]), clip_id, float(ing["rotation_tolerance"]),
+        float(ing["intrinsics_tolerance"]), int(ing["min_frames"]),
+    )
+    n = len(poses.timestamps_us)
+    exts = [e.lower() for e in ing["image_extensions"]]
+    frames_root = storage.path(ds["frames_root"]) if ds.get("frames_root") else None
+    videos_root = storage.path(ds["videos_root"]) if ds.get("videos_root") else None
+    video_path = None
+    frame_paths: list[str] = []
+    folders = [frames_root / split / clip_id, frames_root / clip_id] if frames_root else []
+    folder = next((f for f in folders if f.is_dir()), None)
+    # found by discovery, with one listing for the whole dataset (see _video_index)
+    videos = [storage.path(v) for v in src.get("videos", []) if storage.path(v).is_file()]
+    if folder is not None:
+        frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
+        width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
+    elif videos:
+        if len(videos) > 1:
+            raise ClipError(clip_id, "several videos match: " + ", ".join(map(str, videos)))
+        video_path = str(videos[0])
+        width, height, n_video = _video_info(clip_id, videos[0], ing["verify_frames"])
+        if n_video != n:
+            raise ClipError(
+                clip_id, f"frame count {n_video} != pose count {n} in video {video_path}"
+            )
+    else:
+        where = []
+        if frames_root:
+            where.append(f"{frames_root / split / clip_id}/")
+        if videos_root:
+            where.append(f"{videos_root}/[{split}/][<video_id>/]{clip_id}.mp4")
+        raise ClipError(clip_id, f"no frames found for clip {clip_id} at {' or '.join(where)}")
+    return {
+        "clip_id": clip_id,
+        "split": split,
+        "source_type": "video" if video_path else "images",
+        "video_path": video_path,
+        "frame_paths": frame_paths,
+        "depth_paths": _depth_files(clip_id, ds.get("depth_root"), split, poses.timestamps_us),
+        "depth_unit": 1.0,
+        "timestamps_us": poses.timestamps_us.tolist(),
+        "intrinsics": poses.intrinsics.tolist(),
+        "width": width,
+        "height": height,
+        "num_frames": n,
+        "w2c": poses.w2c.reshape(n, 12).tolist(),
+        "true_scale": _true_scale(cfg, clip_id),
+        "url": poses.url,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _ground_truth(path: str, mtime_ns: int) -> dict[str, Any]:
+    """One read per file version, not one per clip (the mtime keys the cache)."""
+    data = read_json(path)
+    return data.get("true_scale", data)
+
+
+def _true_scale(cfg: dict[str, Any], clip_id: str) -> float | None:
+    """Ground truth shipped beside a synthetic dataset (``ground_truth.json``), if any."""
+    gt = storage.path(cfg["dataset"]["root"]) / "ground_truth.json"
+    if not gt.is_file():
+        return None
+    value = _ground_truth(str(gt), gt.stat().st_mtime_ns).get(clip_id)
+    return float(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------- RGB-D folders
+def rgbd_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    seq = storage.path(src["seq"])
+    rel = float(ds["relative_scale"])
+    if not rel > 0:
+        raise ClipError(clip_id, f"dataset.relative_scale must be > 0, got {rel}")
+    K = rgbd_format.read_intrinsics(seq, clip_id)
+    colour = {n: p for n, p in rgbd_format.list_frames(seq)}
+    frame_paths, depth_paths, w2c = [], [], []
+    for num in src["frame_numbers"]:
+        stem = f"frame-{num:06d}"
+        depth = seq / f"{stem}.depth.png"
+        pose = seq / f"{stem}.pose.txt"
+        for p in (depth, pose):
+            if not p.is_file():
+                raise ClipError(clip_id, f"missing {p}")
+        c2w = rgbd_format.read_pose(pose, clip_id)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        check_rotation(clip_id, R, float(ing["rotation_tolerance"]), str(pose))
+        m = np.concatenate([R.T, (-R.T @ t * rel)[:, None]], axis=1)
+        frame_paths.append(str(colour[num]))
+        depth_paths.append(str(depth))
+        w2c.append(m.reshape(12).tolist())
+    width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
+    dw, dh = _image_size_checked(clip_id, [depth_paths[0]], "ends")
+    if (dw, dh) != (width, height):
+        raise ClipError(clip_id, f"depth is {dw}x{dh} but colour is {width}x{height}")
+    interval = int(ing["rgbd_frame_interval_us"])
+    return {
+        "clip_id": clip_id,
+        "split": src["split"],
+        "source_type": "images",
+        "video_path": None,
+        "frame_paths": frame_paths,
+        "depth_paths": depth_paths,
+        "depth_unit": float(ds["depth_unit"]),
+        "timestamps_us": [int(n) * interval for n in src["frame_numbers"]],
+        "intrinsics": [K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height],
+        "width": width,
+        "height": height,
+        "num_frames": len(frame_paths),
+        "w2c": w2c,
+        "true_scale": 1.0 / rel,
+        "url": f"file://{seq.name}",
+    }
