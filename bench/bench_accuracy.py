@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import resource
@@ -206,6 +207,7 @@ def colmap_binary() -> str | None:
     return shutil.which("colmap")
 
 
+@functools.cache
 def colmap_version(binary: str) -> str:
     """First line of ``colmap -h`` (e.g. "COLMAP 3.8 -- Structure-from-Motion ..."): part of
     the cache key, so a different build recomputes."""
