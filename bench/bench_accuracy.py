@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import functools
 import json
 import os
@@ -574,6 +575,9 @@ def main() -> None:
     ap.add_argument("--configs", default=None,
                     help="default,colmap[,colmap_cli]; colmap_cli is in the default list only "
                          "when the `colmap` binary is on PATH")
+    ap.add_argument("--clips", default=None,
+                    help="only clips whose id matches one of these comma-separated shell "
+                         "patterns, e.g. 'st_walk*,st_pan_rs30'")
     ap.add_argument("--clip-length", type=int, default=25)
     ap.add_argument("--relative-scale", type=float, default=0.37)
     ap.add_argument("--jobs", type=int, default=2, help="clips triangulated at once")
@@ -596,6 +600,9 @@ def main() -> None:
         rows += stress_rows(args.cache)
     if "re10k" in sets:
         rows += re10k_rows()
+    if args.clips:
+        patterns = args.clips.split(",")
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["clip_id"], p) for p in patterns)]
     cache = None if args.no_cache else args.cache / "triangulations"
     jobs = [(row, name, tcfg, cfg, cache, args.threads)
             for name, tcfg in configs.items() for row in rows]
