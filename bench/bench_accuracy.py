@@ -13,7 +13,8 @@ Clip sets (``--sets``):
   ``--relative-scale``, true factor 1/that; sensor depth as the metric depth);
 - ``clips``: the same sequences cut into ``--clip-length``-frame clips (the pipeline default);
 - ``stress``: the synthetic stress set (``data_manifests/stress.yaml``: pose noise, time
-  offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors);
+  offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors,
+  rolling shutter);
 - ``re10k``: the real RealEstate10K clips in ``../shared/data/re10k_frames`` (no depth: points,
   failures and CPU only).
 Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``), ``colmap``
