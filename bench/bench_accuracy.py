@@ -13,12 +13,22 @@ Clip sets (``--sets``):
   ``--relative-scale``, true factor 1/that; sensor depth as the metric depth);
 - ``clips``: the same sequences cut into ``--clip-length``-frame clips (the pipeline default);
 - ``stress``: the synthetic stress set (``data_manifests/stress.yaml``: pose noise, time
-  offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors);
+  offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors,
+  rolling shutter);
 - ``re10k``: the real RealEstate10K clips in ``../shared/data/re10k_frames`` (no depth: points,
   failures and CPU only).
-Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``) and ``colmap``
+Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``), ``colmap``
 (COLMAP's default settings in-process: 8192 SIFT at full resolution with upsampling,
-sequential overlap 10 + quadratic, RANSAC verification, no extra filters).
+sequential overlap 10 + quadratic, RANSAC verification, no extra filters) and ``colmap_cli``
+(the issue reporter's recipe run with the ``colmap`` binary, e.g. Debian's 3.8: all frames at
+full resolution, ``feature_extractor`` 8192 SIFT with a single PINHOLE camera of the clip's
+intrinsics, ``sequential_matcher`` overlap 10 with COLMAP's default quadratic overlap,
+``point_triangulator`` on a text model of the fixed poses without intrinsics refinement; the
+model is read back with pycolmap into the same observation table; its CPU is the colmap child
+processes' plus this process's). ``colmap_cli`` is in the default list only when ``colmap`` is
+on PATH; asked for without it, it is skipped with one line.
+Besides align's clip factor, every configuration also reports ``ratio med``: the plain median
+of depth / z_cam over all observations (the reporter's "median of depth ratios").
 
 Triangulations are cached under ``--cache`` by (configuration, clip) content hash, so tuning
 align or curate settings re-runs in seconds; ``--no-cache`` recomputes. Usage:
@@ -30,9 +40,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
+import functools
 import json
 import os
 import resource
+import shutil
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +187,203 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
     return {**meta, "df": df}
 
 
+# ------------------------------------------------------------------------------ colmap CLI
+# The issue reporter's recipe, run with the `colmap` binary (Debian ships 3.8): 8192 SIFT at
+# full resolution (COLMAP's defaults: upsampling, max_image_size 3200), sequential matching with
+# overlap 10 (COLMAP's default quadratic_overlap=1 kept: also frames i+2^k), RANSAC
+# verification, then point_triangulator on a text model holding the fixed poses and intrinsics.
+# Only these settings are passed; everything else stays COLMAP's default.
+CLI_CONFIG = "colmap_cli"
+CLI_RECIPE: dict[str, Any] = {
+    "camera_model": "PINHOLE",
+    "max_num_features": 8192,
+    "overlap": 10,
+    "quadratic_overlap": True,
+    "refine": False,  # point_triangulator: no focal/principal point/extra refinement
+}
+CLI_ENV = {"QT_QPA_PLATFORM": "offscreen"}  # the Debian build links Qt even for headless calls
+
+
+def colmap_binary() -> str | None:
+    """Path of the `colmap` executable on PATH, or None."""
+    return shutil.which("colmap")
+
+
+@functools.cache
+def colmap_version(binary: str) -> str:
+    """First line of ``colmap -h`` (e.g. "COLMAP 3.8 -- Structure-from-Motion ..."): part of
+    the cache key, so a different build recomputes."""
+    out = subprocess.run([binary, "-h"], capture_output=True, text=True,
+                         env={**os.environ, **CLI_ENV}, check=False)
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def write_text_model(model_dir: Path, K: np.ndarray, width: int, height: int, camera_id: int,
+                     images: dict[int, tuple[str, np.ndarray]]) -> None:
+    """A COLMAP text model (cameras.txt, images.txt, empty points3D.txt) with fixed cameras.
+
+    ``images`` maps image id -> (name, 3x4 w2c with an orthonormal rotation); ids and names must
+    be the database's (point_triangulator pairs model and database images by id). Poses go in as
+    COLMAP's cam_from_world (qw qx qy qz tx ty tz), ``K`` as PINHOLE fx fy cx cy in COLMAP's
+    pixel-centre-at-+0.5 convention, all at full float precision (repr) so nothing is rounded.
+    """
+    import pycolmap
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    fx, fy, cx, cy = (repr(float(x)) for x in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    (model_dir / "cameras.txt").write_text(
+        "# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
+        f"{camera_id} PINHOLE {int(width)} {int(height)} {fx} {fy} {cx} {cy}\n")
+    lines = ["# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "# POINTS2D[] (none)"]
+    for iid in sorted(images):
+        name, w2c = images[iid]
+        w2c = np.asarray(w2c, dtype=np.float64).reshape(3, 4)
+        qx, qy, qz, qw = (float(x) for x in pycolmap.Rotation3d(w2c[:, :3]).quat)  # Eigen: xyzw
+        vals = " ".join(repr(x) for x in (qw, qx, qy, qz, *map(float, w2c[:, 3])))
+        lines += [f"{iid} {vals} {camera_id} {name}", ""]
+    (model_dir / "images.txt").write_text("\n".join(lines) + "\n")
+    (model_dir / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n")
+
+
+def read_database(db_path: Path) -> tuple[dict[int, str], list[int], dict[int, np.ndarray]]:
+    """(image id -> name, camera ids, image id -> keypoint xy (N, 2)) of a COLMAP database.
+
+    Read with sqlite3 (the schema's images/cameras/keypoints tables), not pycolmap 4.x, which
+    may upgrade an older database's schema under the 3.8 binary."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        names = {int(i): str(n) for i, n in con.execute("SELECT image_id, name FROM images")}
+        cams = [int(c) for (c,) in con.execute("SELECT camera_id FROM cameras")]
+        kps = {}
+        query = "SELECT image_id, rows, cols, data FROM keypoints"
+        for iid, rows, cols, blob in con.execute(query):
+            arr = np.frombuffer(blob, dtype=np.float32) if blob else np.zeros(0, np.float32)
+            kps[int(iid)] = arr.reshape(int(rows), int(cols))[:, :2].astype(np.float64)
+    finally:
+        con.close()
+    return names, cams, kps
+
+
+def _colmap(binary: str, clip: str, command: str, args: dict[str, Any]) -> float:
+    """Run one ``colmap <command>``; returns its CPU seconds. A failure becomes a ClipError
+    naming the clip and the step."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cmd = [binary, command]
+    for k, v in args.items():
+        cmd += [f"--{k}", str(int(v) if isinstance(v, bool) else v)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CLI_ENV},
+                         check=False)
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()
+        raise ClipError(clip, f"colmap {command} exited {out.returncode}: "
+                              f"{tail[-1] if tail else 'no output'}")
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+
+
+def triangulate_cli(row: dict[str, Any], tcfg: dict[str, Any], binary: str, threads: int,
+                    stats: dict[str, Any]) -> pd.DataFrame:
+    """Observations of one clip from the `colmap` CLI recipe, in the same table (and through
+    the same ``_observations`` flattening and filters of ``tcfg``) as the in-process configs:
+    all frames at full resolution, (u, v) with the pixel centre at +0.5, ``z_cam`` from the
+    fixed w2c."""
+    import pycolmap
+
+    from pipeline import colmap_scene as cs
+    from pipeline.geometry import pixel_K
+    from stages.triangulate import _observations, _write_frames
+
+    clip = str(row["clip_id"])
+    n, W, H = int(row["num_frames"]), int(row["width"]), int(row["height"])
+    w2c_all = cs.orthonormal_w2c(np.asarray(row["w2c"], np.float64).reshape(n, 3, 4))
+    K = pixel_K(row["intrinsics"], W, H)
+    rec_args = {"ImageReader.single_camera": 1, "ImageReader.camera_model": "PINHOLE",
+                "ImageReader.camera_params": ",".join(
+                    repr(float(x)) for x in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))}
+    with cs.scratch_dir(cs.scratch_root(None), f"cli_{clip[:40]}_") as work:
+        image_dir, db = work / "images", work / "database.db"
+        _write_frames(row, list(range(n)), (W, H), image_dir)
+        common = {"database_path": db, "image_path": image_dir}
+        cpu = stats.setdefault("cpu_steps", {})
+        cpu["extract"] = _colmap(binary, clip, "feature_extractor", {
+            **common, **rec_args, "SiftExtraction.use_gpu": 0,
+            "SiftExtraction.num_threads": threads,
+            "SiftExtraction.max_num_features": CLI_RECIPE["max_num_features"]})
+        names, cams, kp_xy = read_database(db)
+        if len(names) != n or len(cams) != 1:
+            raise ClipError(clip, f"colmap database holds {len(names)} images / {len(cams)} "
+                                  f"cameras, expected {n} / 1")
+        frame_of = {iid: int(Path(name).stem) for iid, name in names.items()}
+        w2c_of = {iid: w2c_all[f] for iid, f in frame_of.items()}
+        write_text_model(work / "sparse_in", K, W, H, cams[0],
+                         {iid: (names[iid], w2c_of[iid]) for iid in names})
+        cpu["match"] = _colmap(binary, clip, "sequential_matcher", {
+            "database_path": db, "SiftMatching.use_gpu": 0, "SiftMatching.num_threads": threads,
+            "SequentialMatching.overlap": CLI_RECIPE["overlap"],
+            "SequentialMatching.quadratic_overlap": CLI_RECIPE["quadratic_overlap"]})
+        (work / "sparse_out").mkdir()
+        refine = bool(CLI_RECIPE["refine"])
+        cpu["triangulate"] = _colmap(binary, clip, "point_triangulator", {
+            **common, "input_path": work / "sparse_in", "output_path": work / "sparse_out",
+            "Mapper.num_threads": threads, "Mapper.ba_refine_focal_length": refine,
+            "Mapper.ba_refine_principal_point": refine, "Mapper.ba_refine_extra_params": refine})
+        rec = pycolmap.Reconstruction(str(work / "sparse_out"))
+        for iid, w2c in w2c_of.items():  # fixed poses: the binary must not have moved them
+            after = cs.w2c_from_rigid(rec.image(iid).cam_from_world())
+            if not np.allclose(after, w2c, rtol=0, atol=1e-6):
+                raise RuntimeError(f"colmap point_triangulator moved image {iid} of {clip}")
+        if not np.allclose(rec.camera(cams[0]).params, [K[0, 0], K[1, 1], K[0, 2], K[1, 2]],
+                           rtol=0, atol=1e-6):
+            raise RuntimeError(f"colmap point_triangulator changed the intrinsics of {clip}")
+        df = _observations(clip, rec, kp_xy, frame_of, w2c_of, K, (1.0, 1.0), tcfg["filters"])
+    stats.update(points_raw=int(rec.num_points3D()),
+                 points=int(df["point_id"].nunique()) if len(df) else 0)
+    if stats["points"] < int(tcfg["min_points"]):
+        raise ClipError(clip, f"too few triangulated points: {stats['points']} < "
+                              f"{int(tcfg['min_points'])} after filters ({stats['points_raw']} "
+                              f"before; colmap CLI recipe)")
+    return df
+
+
+def triangulate_cli_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | None,
+                           threads: int) -> dict[str, Any]:
+    """``triangulate_cached`` for the CLI recipe: CPU = this process + the waited-for colmap
+    children (``RUSAGE_CHILDREN`` delta, also stored alone as ``cpu_children_s``)."""
+    binary = colmap_binary()
+    if binary is None:
+        raise RuntimeError("colmap_cli needs the `colmap` binary on PATH")
+    key = stable_hash({"cli": CLI_RECIPE, "colmap": colmap_version(binary),
+                       "filters": tcfg["filters"], "min_points": tcfg["min_points"],
+                       "clip": row["clip_id"], "w2c": row["w2c"], "frames": row["frame_paths"],
+                       "video": row["video_path"]})
+    pq_path = cache / f"cli_{key}.parquet" if cache else None
+    meta_path = cache / f"cli_{key}.json" if cache else None
+    if meta_path is not None and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return {**meta, "df": pd.read_parquet(pq_path) if pq_path.is_file() else None}
+    stats: dict[str, Any] = {}
+    c0 = cpu_seconds()
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        df = triangulate_cli(row, tcfg, binary, threads, stats)
+        meta: dict[str, Any] = {"error": None}
+    except ClipError as exc:
+        df, meta = None, {"error": exc.reason}
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    meta["cpu_s"] = cpu_seconds() - c0
+    meta["cpu_children_s"] = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    meta["points"] = int(stats.get("points", 0))
+    meta["cpu_steps"] = stats.get("cpu_steps", {})
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        if df is not None:
+            tmp = pq_path.with_suffix(".tmp")
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, pq_path)
+        meta_path.write_text(json.dumps(meta))
+    return {**meta, "df": df}
+
+
 def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) -> np.ndarray:
     """Sensor/exact depth at the observations, as ``depth=sensor`` samples it."""
     depth = np.full(len(df), np.nan)
@@ -182,6 +394,15 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
                               dcfg["interpolation"], float(dcfg["max_depth"]))
         depth[idx], valid[idx] = d, ok
     return np.where(valid, depth, np.nan)
+
+
+def ratio_median(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) -> float:
+    """The issue reporter's scale: the plain median of depth / z_cam over every observation
+    with a depth (no per-frame factors, weights, shrinkage or outlier rules), NaN if none."""
+    depth = sample_depth(row, df, dcfg)
+    z = df["z_cam"].to_numpy(np.float64)
+    ok = np.isfinite(depth) & (z > 0)
+    return float(np.median(depth[ok] / z[ok])) if ok.any() else float("nan")
 
 
 def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
@@ -211,18 +432,24 @@ def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
 
 def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str, Any],
              cache: Path | None, threads: int) -> dict[str, Any]:
-    tri = triangulate_cached(row, tcfg, cache, threads)
+    if name == CLI_CONFIG:
+        tri = triangulate_cli_cached(row, tcfg, cache, threads)
+    else:
+        tri = triangulate_cached(row, tcfg, cache, threads)
     n = int(row["num_frames"])
     out: dict[str, Any] = {
         "config": name, "set": row["set"], "seq": row["seq"], "clip": row["clip_id"],
         "frames": n, "cpu_per_frame": tri["cpu_s"] / n, "points": tri["points"],
         "error": tri["error"],
     }
+    if "cpu_steps" in tri:
+        out["cpu_steps"] = tri["cpu_steps"]
     true = row.get("true_scale")
     if tri["df"] is None or not row.get("depth_paths"):
         return out
     try:
         al = align_clip(row, tri["df"], cfg, tcfg)
+        ratio = ratio_median(row, tri["df"], cfg["depth"])
     except ClipError as exc:
         out["error"] = exc.reason
         return out
@@ -233,6 +460,7 @@ def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str
         tri_angle=al["tri_angle_median"], ray_err=al["ray_err_median"],
         focal_sens=al["scale_focal_sensitivity"], focal_fit=al["focal_consistency"],
         kept=bool(limit is None or al["scale_uncertainty"] <= float(limit)),
+        scale_ratio_median=ratio,
     )
     if true:
         fs = np.asarray(al["frame_scale"]) / true - 1.0
@@ -240,6 +468,7 @@ def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str
         raw = raw[np.isfinite(raw)]
         out.update(
             err=al["scale_median"] / true - 1.0,
+            err_ratio_median=ratio / true - 1.0 if np.isfinite(ratio) else None,
             frame_med=float(np.median(np.abs(fs))), frame_p90=float(np.percentile(np.abs(fs), 90)),
             frame_max=float(np.max(np.abs(fs))),
             raw_frame_p90=float(np.percentile(np.abs(raw), 90)) if raw.size else np.nan,
@@ -260,14 +489,16 @@ def _pct(x: Any, signed: bool = False) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print(f"\n{'set':6s} {'clip':28s} {'config':8s} {'n':>4s} {'err':>8s} {'frame med':>9s}"
+    print(f"\n{'set':6s} {'clip':28s} {'config':10s} {'n':>4s} {'err':>8s} {'ratio med':>9s}"
+          f" {'frame med':>9s}"
           f" {'p90':>8s} {'max':>8s} {'cpu/f':>7s} {'points':>6s} {'+-95%':>8s} {'in CI':>5s}"
           f" {'angle':>6s} status")
     for r in results:
         status = ("FAILED: " + r["error"][:70]) if r.get("error") else (
             "kept" if r.get("kept", True) else "flagged")
-        print(f"{r['set']:6s} {r['clip'][:28]:28s} {r['config']:8s} {r['frames']:4d}"
-              f" {_pct(r.get('err'), True):>8s} {_pct(r.get('frame_med')):>9s}"
+        print(f"{r['set']:6s} {r['clip'][:28]:28s} {r['config']:10s} {r['frames']:4d}"
+              f" {_pct(r.get('err'), True):>8s} {_pct(r.get('err_ratio_median'), True):>9s}"
+              f" {_pct(r.get('frame_med')):>9s}"
               f" {_pct(r.get('frame_p90')):>8s} {_pct(r.get('frame_max')):>8s}"
               f" {r['cpu_per_frame']:7.3f} {r['points']:6d} {_pct(r.get('uncertainty')):>8s}"
               f" {str(r.get('covered', '-')):>5s} {r.get('tri_angle', float('nan')):6.2f} {status}")
@@ -279,6 +510,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     for key in sorted({(r["config"], r["set"]) for r in results}):
         rs = [r for r in results if (r["config"], r["set"]) == key]
         errs = np.array([abs(r["err"]) for r in rs if r.get("err") is not None])
+        errs_r = np.array([abs(r["err_ratio_median"]) for r in rs
+                           if r.get("err_ratio_median") is not None])
         kept = np.array([abs(r["err"]) for r in rs if r.get("err") is not None and r["kept"]])
         cov = [r["covered"] for r in rs if r.get("covered") is not None]
         frames = sum(r["frames"] for r in rs)
@@ -289,6 +522,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "median_abs_err": float(np.median(errs)) if errs.size else None,
             "max_abs_err": float(np.max(errs)) if errs.size else None,
             "max_abs_err_kept": float(np.max(kept)) if kept.size else None,
+            "median_abs_err_ratio": float(np.median(errs_r)) if errs_r.size else None,
+            "max_abs_err_ratio": float(np.max(errs_r)) if errs_r.size else None,
             "frame_p90_median": float(np.median([r["frame_p90"] for r in rs if "frame_p90" in r]))
             if any("frame_p90" in r for r in rs) else None,
             "coverage": float(np.mean(cov)) if cov else None,
@@ -301,30 +536,57 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"\n{'config/set':18s} {'clips':>5s} {'fail':>4s} {'flag':>4s} {'med|err|':>8s}"
           f" {'max|err|':>8s} {'max kept':>8s} {'fr p90':>7s} {'in CI':>6s} {'cpu/f':>7s}"
-          f" {'pts/f':>6s}")
+          f" {'pts/f':>6s} {'ratio med|err|':>14s} {'ratio max|err|':>14s}")
     for k, s in summary.items():
         cov = "-" if s["coverage"] is None else f"{100 * s['coverage']:.0f}%"
         print(f"{k:18s} {s['clips']:5d} {s['failed']:4d} {s['flagged']:4d}"
               f" {_pct(s['median_abs_err']):>8s} {_pct(s['max_abs_err']):>8s}"
               f" {_pct(s['max_abs_err_kept']):>8s} {_pct(s['frame_p90_median']):>7s}"
-              f" {cov:>6s} {s['cpu_per_frame']:7.3f} {s['points_per_frame']:6.1f}")
+              f" {cov:>6s} {s['cpu_per_frame']:7.3f} {s['points_per_frame']:6.1f}"
+              f" {_pct(s['median_abs_err_ratio']):>14s} {_pct(s['max_abs_err_ratio']):>14s}")
     sets = sorted({k.split("/", 1)[1] for k in summary})
-    print("\nratios colmap / default (same clips, one run)")
-    for st in sets:
-        a, b = summary.get(f"default/{st}"), summary.get(f"colmap/{st}")
-        if not a or not b:
-            continue
-        d_med = (a["median_abs_err"] or 0) - (b["median_abs_err"] or 0)
-        d_max = (a["max_abs_err"] or 0) - (b["max_abs_err"] or 0)
-        print(f"  {st:7s} cpu/frame x{b['cpu_per_frame'] / max(a['cpu_per_frame'], 1e-9):5.2f}"
-              f"   median |err| default - colmap {100 * d_med:+.2f} pp"
-              f"   max |err| {100 * d_max:+.2f} pp")
+    others = sorted({k.split("/", 1)[0] for k in summary} - {"default"})
+    for other in others:
+        print(f"\nratios {other} / default (same clips, one run)")
+        for st in sets:
+            a, b = summary.get(f"default/{st}"), summary.get(f"{other}/{st}")
+            if not a or not b:
+                continue
+            d_med = (a["median_abs_err"] or 0) - (b["median_abs_err"] or 0)
+            d_max = (a["max_abs_err"] or 0) - (b["max_abs_err"] or 0)
+            print(f"  {st:7s} cpu/frame x{b['cpu_per_frame'] / max(a['cpu_per_frame'], 1e-9):5.2f}"
+                  f"   median |err| default - {other} {100 * d_med:+.2f} pp"
+                  f"   max |err| {100 * d_max:+.2f} pp")
+
+
+def select_configs(requested: str | None, tcfg: dict[str, Any],
+                   have_cli: bool) -> dict[str, dict[str, Any]]:
+    """Configuration name -> triangulate settings. ``requested`` None = all available (the CLI
+    recipe only with the binary); a requested ``colmap_cli`` without the binary is dropped with
+    one printed line. The CLI recipe takes its output filters and ``min_points`` from the
+    ``colmap`` configuration (its matching/triangulation settings are the binary's own)."""
+    wanted = (requested or "default,colmap" + (f",{CLI_CONFIG}" if have_cli else "")).split(",")
+    if CLI_CONFIG in wanted and not have_cli:
+        print(f"{CLI_CONFIG}: skipped, no `colmap` binary on PATH (Debian: apt-get install colmap)")
+    available = {"default": tcfg, "colmap": colmap_defaults(tcfg)}
+    if have_cli:
+        available[CLI_CONFIG] = colmap_defaults(tcfg)
+    unknown = set(wanted) - set(available) - {CLI_CONFIG}
+    if unknown:
+        raise SystemExit(f"--configs: unknown {sorted(unknown)}; choose from default, colmap, "
+                         f"{CLI_CONFIG}")
+    return {k: v for k, v in available.items() if k in wanted}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="real,clips,stress,re10k")
-    ap.add_argument("--configs", default="default,colmap")
+    ap.add_argument("--configs", default=None,
+                    help="default,colmap[,colmap_cli]; colmap_cli is in the default list only "
+                         "when the `colmap` binary is on PATH")
+    ap.add_argument("--clips", default=None,
+                    help="only clips whose id matches one of these comma-separated shell "
+                         "patterns, e.g. 'st_walk*,st_pan_rs30'")
     ap.add_argument("--clip-length", type=int, default=25)
     ap.add_argument("--relative-scale", type=float, default=0.37)
     ap.add_argument("--jobs", type=int, default=2, help="clips triangulated at once")
@@ -336,8 +598,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. align.uncertainty.gain=2")
     args = ap.parse_args()
     cfg = load_config(args.overrides)
-    configs = {"default": cfg["triangulate"], "colmap": colmap_defaults(cfg["triangulate"])}
-    configs = {k: v for k, v in configs.items() if k in args.configs.split(",")}
+    configs = select_configs(args.configs, cfg["triangulate"], colmap_binary() is not None)
     sets = args.sets.split(",")
     rows: list[dict[str, Any]] = []
     if "real" in sets:
@@ -348,6 +609,9 @@ def main() -> None:
         rows += stress_rows(args.cache)
     if "re10k" in sets:
         rows += re10k_rows()
+    if args.clips:
+        patterns = args.clips.split(",")
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["clip_id"], p) for p in patterns)]
     cache = None if args.no_cache else args.cache / "triangulations"
     jobs = [(row, name, tcfg, cfg, cache, args.threads)
             for name, tcfg in configs.items() for row in rows]
@@ -357,7 +621,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for r in pool.map(_job, jobs):
             results.append(r)
-            print(f"  {r['config']:8s} {r['clip'][:32]:32s} err {_pct(r.get('err'), True)}"
+            print(f"  {r['config']:10s} {r['clip'][:32]:32s} err {_pct(r.get('err'), True)}"
                   f" +-{_pct(r.get('uncertainty'))} cpu/f {r['cpu_per_frame']:.3f}"
                   + (f"  FAILED: {r['error'][:60]}" if r.get("error") else ""), flush=True)
     print_table(results)

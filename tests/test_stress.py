@@ -317,6 +317,81 @@ def test_stress_options_fail_with_the_clip_named(tmp_path):
         render_clip(tmp_path, "q", "train", **base, depth_noise={"edge_px": 1.5})
 
 
+# --------------------------------------------------------------------------- rolling shutter
+def test_row_times_are_centred_on_the_frame_time():
+    np.testing.assert_allclose(syn.row_time_offsets(5, 0.8), [-0.4, -0.2, 0.0, 0.2, 0.4])
+    assert syn.row_time_offsets(1, 0.8).tolist() == [0.0]
+    assert not syn.row_time_offsets(240, 0.0).any()
+
+
+def test_rolling_shutter_poses_follow_the_trajectory():
+    w2c = _line_trajectory(20)
+    # readout of 2 frame periods over 3 rows: rows at frames i-1, i, i+1 exactly
+    rows = syn.rolling_shutter_poses(w2c, 7, 3, 2.0)
+    np.testing.assert_allclose(rows[:, :3, :], w2c[6:9, :3, :], atol=1e-12)
+    # before the first frame: the first segment continued at constant velocity
+    R, c = _parts(w2c)
+    first = syn.rolling_shutter_poses(w2c, 0, 3, 2.0)[0]
+    Rf, cf = _parts(first[None])
+    np.testing.assert_allclose(cf[0], c[0] - (c[1] - c[0]), atol=1e-12)
+    assert syn.rotation_angle_deg(Rf[0], R[0]) == pytest.approx(
+        syn.rotation_angle_deg(R[0], R[1]), rel=1e-9)
+
+
+def test_rolling_frame_rows_are_global_renders_at_their_row_poses():
+    """Top and bottom rows of a rolling-shutter frame equal the rows of global-shutter renders
+    at the poses of the top and bottom row times; the frame really differs from the global
+    render at the frame pose."""
+    scene = syn.make_scene(3006)
+    poses = syn.make_trajectory("pan", 6, scene, 3007)
+    W, H = 40, 30
+    K = syn.intrinsics_matrix(W, H, 60.0)
+    rows = syn.rolling_shutter_poses(poses, 2, H, 0.9)
+    rgb, depth = syn.render(scene, K, poses[2], W, H, row_w2c=rows)
+    for r in (0, H - 1):
+        g_rgb, g_depth = syn.render(scene, K, rows[r], W, H)
+        np.testing.assert_allclose(depth[r], g_depth[r], rtol=1e-6)
+        assert np.abs(rgb[r].astype(int) - g_rgb[r]).max() <= 1
+    g_rgb, g_depth = syn.render(scene, K, poses[2], W, H)
+    mid = H // 2  # the middle row time is within half a row of the frame time
+    assert np.abs(depth[mid] / g_depth[mid] - 1).max() < 0.05
+    assert np.abs(depth[0] / g_depth[0] - 1).max() > 1e-3  # really applied at the top
+    # the same per-row path with every row at the frame pose is the global render
+    same = np.repeat(np.asarray(poses[2])[None], H, axis=0)
+    s_rgb, s_depth = syn.render(scene, K, poses[2], W, H, row_w2c=same)
+    np.testing.assert_allclose(s_depth, g_depth, rtol=1e-9)
+    assert np.abs(s_rgb.astype(int) - g_rgb).max() <= 1
+
+
+def test_rolling_shutter_clip_keeps_the_written_poses_and_records_the_readout(tmp_path):
+    kw = dict(seed=5, kind="pan", rel_scale=1.7, n_frames=3, width=24, height=18)
+    clean = render_clip(tmp_path / "a", "z", "test", **kw)
+    render_clip(tmp_path / "b", "z", "test", **kw, rolling_shutter={"readout_ms": 0})
+    for sub in ("frames", "depth", "test"):  # zero readout: byte-identical
+        assert _tree(tmp_path / "a", sub) == _tree(tmp_path / "b", sub)
+    rs = render_clip(tmp_path / "c", "z", "test", **kw, frame_interval_us=40000,
+                     rolling_shutter={"readout_ms": 30}, write_exact_depth=True)
+    assert rs["w2c"] == clean["w2c"]  # the written poses: the frame-time poses
+    assert rs["metric_w2c"].tobytes() == clean["metric_w2c"].tobytes()
+    assert _tree(tmp_path / "a", "frames") != _tree(tmp_path / "c", "frames")
+    assert _tree(tmp_path / "c", "depth") == _tree(tmp_path / "c", "depth_exact")
+    assert rs["true_scale"] == pytest.approx(1 / 1.7)
+    real = rs["stress"]["rolling_shutter"]["realised"]
+    assert real["readout_frames"] == pytest.approx(0.75)
+    assert real["row_offset_frames"] == pytest.approx([-0.375, 0.375])
+    for i in range(3):
+        rows = syn.rolling_shutter_poses(rs["metric_w2c"], i, 18, 0.75)
+        assert real["top_bottom_rot_deg"][i] == pytest.approx(
+            float(syn.rotation_angle_deg(rows[0, :3, :3], rows[-1, :3, :3])))
+        d = np.load(rs["depth_paths"][i])
+        g = syn.render(syn.make_scene(5), syn.intrinsics_matrix(24, 18, 60.0), rows[0], 24, 18)[1]
+        np.testing.assert_allclose(d[0], g[0], rtol=1e-6)  # depth rendered with the row poses
+    with pytest.raises(ValueError, match="clip z: rolling_shutter.readout_ms must be >= 0"):
+        render_clip(tmp_path / "d", "z", "test", **kw, rolling_shutter={"readout_ms": -1})
+    with pytest.raises(ValueError, match=r"clip z: unknown rolling_shutter keys \['ms'\]"):
+        render_clip(tmp_path / "d", "z", "test", **kw, rolling_shutter={"ms": 3})
+
+
 # sha256 over (relative path, bytes) of every file of three bundled-sample clips rendered small,
 # taken with the renderer as it was before the stress options existed
 SAMPLE_TREE_SHA256 = "2e34053d019a8b1735f6387f9a4ccdc7a3655ac113e8c23fbf9cc9dce3c812b0"
@@ -345,7 +420,7 @@ def test_bundled_sample_renders_byte_identically_as_before(tmp_path):
 def test_stress_definition_covers_every_stressor():
     defn = load_definition(ROOT / "data_manifests" / "stress.yaml")
     specs = _clip_specs(defn)
-    assert 12 <= len(specs) <= 16
+    assert 12 <= len(specs) <= 18
     kinds = [s["kind"] for s in specs]
     assert kinds.count("rotation_pan") >= 2 and "walk" in kinds
     assert any(s["kind"] == "slow_pan" and s["n_frames"] >= 300 for s in specs)
@@ -355,6 +430,8 @@ def test_stress_definition_covers_every_stressor():
     assert any(s.get("pose_noise", {}).get("time_offset_frames") for s in specs)
     assert any(s.get("pose_noise", {}).get("drift_m") for s in specs)
     assert sum("depth_noise" in s for s in specs) >= 3
+    readouts = [s["rolling_shutter"]["readout_ms"] for s in specs if "rolling_shutter" in s]
+    assert len(readouts) >= 2 and min(readouts) > 0
     assert all(s["width"] * s["height"] <= 320 * 240 for s in specs)
     from pipeline.config import load_config
 

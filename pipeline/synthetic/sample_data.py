@@ -8,8 +8,8 @@ Layout under a root (the one ``conf/dataset/sample.yaml`` points at)::
     <root>/ground_truth.json                           clip_id -> true_scale
     <root>/metric_c2w.json                             clip_id -> per-frame metric c2w (4x4)
 
-and, for a stress definition (any clip with ``pose_noise``, ``depth_noise``, ``texture`` or a
-stress trajectory kind; see ``data_manifests/stress.yaml``)::
+and, for a stress definition (any clip with ``pose_noise``, ``depth_noise``, ``texture``,
+``rolling_shutter`` or a stress trajectory kind; see ``data_manifests/stress.yaml``)::
 
     <root>/depth_exact/<split>/<clip_id>/<timestamp>.npy   exact depth of every clip (``depth/``
                                                           then holds the noisy "model" depth)
@@ -44,6 +44,9 @@ from pipeline.synthetic.scenes import (
     make_trajectory,
     perturb_depth,
     perturb_poses,
+    rolling_shutter_poses,
+    rotation_angle_deg,
+    row_time_offsets,
 )
 from pipeline.synthetic.scenes import render as render_frame
 
@@ -55,6 +58,7 @@ STRESS_VERSION = 1
 STRESS_KINDS = ("rotation_pan", "slow_pan", "walk")
 POSE_NOISE_KEYS = ("rot_deg", "trans_m", "drift_m", "drift_deg", "time_offset_frames", "seed")
 DEPTH_NOISE_KEYS = ("frame_bias", "smooth", "edge_px", "seed")
+ROLLING_SHUTTER_KEYS = ("readout_ms",)
 
 
 def _checked_noise(clip_id: str, what: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -99,6 +103,7 @@ def render_clip(
     depth_noise: dict[str, Any] | None = None,
     texture: str | float = "normal",
     write_exact_depth: bool = False,
+    rolling_shutter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
 
@@ -113,8 +118,14 @@ def render_clip(
     ``depth_noise`` (keys of ``synthetic.perturb_depth`` plus ``seed``) turns the ``depth/``
     files into a model-like estimate and writes the exact depth to ``depth_exact/``;
     ``texture`` weakens the walls' contrast. ``write_exact_depth`` writes ``depth_exact/``
-    even for a clip without depth noise (a stress set keeps one complete exact tree). What was
-    realised is under the extra key ``stress``.
+    even for a clip without depth noise (a stress set keeps one complete exact tree).
+    ``rolling_shutter`` (``readout_ms``: first to last row) renders every image row from the
+    pose at its own readout time (``synthetic.row_time_offsets``: the frame time is the middle
+    row's), while the written pose and ``metric_w2c`` stay the pose at the frame time, as a
+    SLAM system reports it; the depth (``depth/`` and ``depth_exact/``) is rendered with the
+    same per-row poses, i.e. the exact depth of what each pixel shows, as a depth network sees
+    the rolling image. A zero readout renders exactly as without the key. What was realised is
+    under the extra key ``stress``.
     """
     out_root = Path(out_root).resolve()
     seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
@@ -126,6 +137,14 @@ def render_clip(
         )
     pose_noise = _checked_noise(clip_id, "pose_noise", pose_noise, POSE_NOISE_KEYS)
     depth_noise = _checked_noise(clip_id, "depth_noise", depth_noise, DEPTH_NOISE_KEYS)
+    rolling = _checked_noise(clip_id, "rolling_shutter", rolling_shutter, ROLLING_SHUTTER_KEYS)
+    readout_ms = float(rolling.get("readout_ms", 0.0))
+    if not (np.isfinite(readout_ms) and readout_ms >= 0):
+        raise ValueError(f"clip {clip_id}: rolling_shutter.readout_ms must be >= 0, "
+                         f"got {readout_ms}")
+    readout_frames = readout_ms * 1000.0 / float(frame_interval_us)
+    if readout_frames > 0 and n_frames < 2:
+        raise ValueError(f"clip {clip_id}: a rolling shutter needs at least 2 frames")
     scene = make_scene(seed, wall_contrast(clip_id, texture))
     poses = make_trajectory(kind, n_frames, scene, seed + 1)
     written = poses
@@ -138,6 +157,14 @@ def render_clip(
         stress["pose_noise"] = {"requested": pose_noise, "realised": realised}
     if depth_noise:
         stress["depth_noise"] = {"requested": depth_noise, "realised": []}
+    if rolling:
+        offsets = row_time_offsets(height, readout_frames)
+        stress["rolling_shutter"] = {
+            "requested": rolling,
+            "realised": {"readout_frames": readout_frames,
+                         "row_offset_frames": [float(offsets[0]), float(offsets[-1])],
+                         "top_bottom_rot_deg": [], "top_bottom_centre_m": []},
+        }
     K = intrinsics_matrix(width, height, fov_deg)
     intr = [K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height]
     frame_dir = out_root / "frames" / split / clip_id
@@ -152,7 +179,17 @@ def render_clip(
         exact_dir.mkdir(parents=True, exist_ok=True)
     frame_paths, depth_paths, w2c_rel = [], [], []
     for i, (ts, w2c_true, w2c) in enumerate(zip(timestamps, poses, written)):
-        rgb, depth = render_frame(scene, K, w2c_true, width, height)
+        if readout_frames > 0:
+            rows_w2c = rolling_shutter_poses(poses, i, height, readout_frames)
+            rgb, depth = render_frame(scene, K, w2c_true, width, height, row_w2c=rows_w2c)
+            top, bottom = rows_w2c[0], rows_w2c[-1]
+            realised_rs = stress["rolling_shutter"]["realised"]
+            realised_rs["top_bottom_rot_deg"].append(
+                float(rotation_angle_deg(top[:3, :3], bottom[:3, :3])))
+            realised_rs["top_bottom_centre_m"].append(float(np.linalg.norm(
+                top[:3, :3].T @ top[:3, 3] - bottom[:3, :3].T @ bottom[:3, 3])))
+        else:
+            rgb, depth = render_frame(scene, K, w2c_true, width, height)
         fp = frame_dir / f"{ts}.png"
         dp = depth_dir / f"{ts}.npy"
         if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -241,7 +278,7 @@ def definition_hash(defn: dict[str, Any]) -> str:
 
 
 _REQUIRED = ("clip_id", "split", "seed", "kind", "n_frames", "width", "height", "rel_scale")
-_STRESS_KEYS = ("pose_noise", "depth_noise", "texture")
+_STRESS_KEYS = ("pose_noise", "depth_noise", "texture", "rolling_shutter")
 _OPTIONAL = ("fov_deg", "frame_interval_us", *_STRESS_KEYS)
 
 

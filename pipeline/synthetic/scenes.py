@@ -324,10 +324,13 @@ def _w2c_parts(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def cast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest hit of rays ``origin + t * dirs`` (dirs (N,3), any length).
 
-    Returns ``t`` (N,) and ``hit`` (N,) ids: ``>= 0`` face index, ``-1 - k`` sphere k. With
-    ``dirs = R^T K^-1 [u, v, 1]`` the returned ``t`` is exactly the camera-space z.
+    ``origin`` is one point (3,) or one per ray (N, 3) (a rolling-shutter frame: every row seen
+    from its own camera centre). Returns ``t`` (N,) and ``hit`` (N,) ids: ``>= 0`` face index,
+    ``-1 - k`` sphere k. With ``dirs = R^T K^-1 [u, v, 1]`` the returned ``t`` is exactly the
+    camera-space z.
     """
     o = np.asarray(origin, dtype=np.float64)
+    per_ray = o.ndim == 2
     d = dirs
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / d
@@ -360,8 +363,12 @@ def cast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray
         dd = np.einsum("ij,ij->i", d, d)
         for k, s in enumerate(scene.spheres):
             oc = o - s.centre
-            b = d @ oc
-            c = oc @ oc - s.radius**2
+            if per_ray:
+                b = np.einsum("ij,ij->i", d, oc)
+                c = np.einsum("ij,ij->i", oc, oc) - s.radius**2
+            else:  # the original expressions: global-shutter renders stay bit-identical
+                b = d @ oc
+                c = oc @ oc - s.radius**2
             disc = b * b - dd * c
             ts = (-b - np.sqrt(np.maximum(disc, 0))) / dd
             ok = (disc > 0) & (ts > 1e-9) & (ts < t)
@@ -454,21 +461,37 @@ def render(
     width: int,
     height: int,
     supersample: int = SUPERSAMPLE,
+    row_w2c: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3) and exact camera-space z depth float32 (H, W) in metres.
 
     ``K`` is in pixels with COLMAP's convention (pixel (col, row) centred at +0.5); ``w2c`` is
-    metric, OpenCV axes, 3x4 or 4x4.
+    metric, OpenCV axes, 3x4 or 4x4. ``row_w2c`` (H, 3 or 4, 4), when given, replaces ``w2c``
+    row by row (a rolling shutter: sensor row r, all its sub-samples included, is exposed from
+    ``row_w2c[r]``); the depth of a pixel is then its z in its own row's camera.
     """
     K = np.asarray(K, dtype=np.float64)
-    R, tvec = _w2c_parts(w2c)
-    origin = -R.T @ tvec
     Kinv = np.linalg.inv(K)
     cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=float))
+    if row_w2c is None:
+        R, tvec = _w2c_parts(w2c)
+        origin = -R.T @ tvec
 
-    def rays(du: float, dv: float) -> np.ndarray:
-        pix = np.stack([cols.ravel() + du, rows.ravel() + dv, np.ones(cols.size)], axis=1)
-        return (pix @ Kinv.T) @ R  # = (R^T K^-1 pix)^T: camera z component is exactly 1
+        def rays(du: float, dv: float) -> np.ndarray:
+            pix = np.stack([cols.ravel() + du, rows.ravel() + dv, np.ones(cols.size)], axis=1)
+            return (pix @ Kinv.T) @ R  # = (R^T K^-1 pix)^T: camera z component is exactly 1
+    else:
+        row_w2c = np.asarray(row_w2c, dtype=np.float64)
+        if row_w2c.shape[0] != height:
+            raise ValueError(f"row_w2c has {row_w2c.shape[0]} poses for {height} rows")
+        R_rows, t_rows = row_w2c[:, :3, :3], row_w2c[:, :3, 3]
+        row_of = rows.ravel().astype(np.int64)
+        R_pix = R_rows[row_of]  # (H*W, 3, 3) world-to-camera rotation of each pixel's row
+        origin = -np.einsum("nji,nj->ni", R_rows, t_rows)[row_of]
+
+        def rays(du: float, dv: float) -> np.ndarray:
+            pix = np.stack([cols.ravel() + du, rows.ravel() + dv, np.ones(cols.size)], axis=1)
+            return np.einsum("nj,njk->nk", pix @ Kinv.T, R_pix)
 
     t, _ = cast(scene, origin, rays(0.5, 0.5))
     depth = t.reshape(height, width).astype(np.float32)
@@ -478,6 +501,8 @@ def render(
     footprint = 1.0 / (K[0, 0] * n)
     # all sub-samples in one batch: one pass over the surfaces instead of n * n
     d = np.concatenate([rays(du, dv) for dv in offsets for du in offsets])
+    if row_w2c is not None:
+        origin = np.tile(origin, (n * n, 1))
     ts, hs = cast(scene, origin, d)
     col = _shade(scene, origin, d, ts, hs, footprint).reshape(n * n, cols.size, 3).mean(axis=0)
     rgb = np.clip(col * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(height, width, 3)
@@ -821,6 +846,38 @@ def perturb_poses(
         "centre_error_m": np.linalg.norm(c_n - c, axis=1).tolist(),
     }
     return out, realised
+
+
+def row_time_offsets(height: int, readout_frames: float) -> np.ndarray:
+    """Capture time of each image row relative to the frame's time, in frames (H,).
+
+    Convention: the frame time (its timestamp and the pose a SLAM system writes for it) is the
+    middle of the readout; row r is read at ``(r / (H - 1) - 0.5) * readout_frames``, so the
+    top row is ``readout_frames / 2`` early and the bottom row as late (``readout_frames`` =
+    time from first to last row / frame period).
+    """
+    if height < 2:
+        return np.zeros(height)
+    return (np.arange(height) / (height - 1) - 0.5) * float(readout_frames)
+
+
+def rolling_shutter_poses(
+    w2c: np.ndarray, frame: int, height: int, readout_frames: float
+) -> np.ndarray:
+    """Per-row w2c (H, 4, 4) of frame ``frame`` of the metric trajectory ``w2c`` (n, 4, 4):
+    row r sees from the pose at time ``frame + row_time_offsets(H, readout_frames)[r]``, the
+    camera moving along the trajectory during the readout (SLERP + linear between frames,
+    constant velocity beyond the ends, as ``_interpolate_poses``)."""
+    w2c = np.asarray(w2c, dtype=np.float64)
+    if len(w2c) < 2:
+        raise ValueError("a rolling shutter needs at least 2 frames to interpolate")
+    R = np.swapaxes(w2c[:, :3, :3], 1, 2)  # c2w rotation
+    c = -np.einsum("nij,nj->ni", R, w2c[:, :3, 3])
+    R_t, c_t = _interpolate_poses(R, c, int(frame) + row_time_offsets(height, readout_frames))
+    out = np.tile(np.eye(4), (height, 1, 1))
+    out[:, :3, :3] = np.swapaxes(R_t, 1, 2)
+    out[:, :3, 3] = -np.einsum("nij,nj->ni", out[:, :3, :3], c_t)
+    return out
 
 
 def _field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
