@@ -289,9 +289,9 @@ def triangulate_cli(row: dict[str, Any], tcfg: dict[str, Any], binary: str, thre
     fixed w2c."""
     import pycolmap
 
-    from pipeline import colmap_scene as cs
-    from pipeline.geometry import pixel_K
-    from stages.triangulate import _observations, _write_frames
+    from pipeline.geometry.poses import pixel_K
+    from pipeline.sfm import colmap_scene as cs
+    from pipeline.sfm.triangulation import _observations, _write_frames
 
     clip = str(row["clip_id"])
     n, W, H = int(row["num_frames"]), int(row["width"]), int(row["height"])

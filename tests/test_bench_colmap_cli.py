@@ -17,9 +17,9 @@ import numpy as np
 import pycolmap
 import pytest
 
-from pipeline import colmap_scene as cs
 from pipeline.config import load_config
-from pipeline.geometry import pixel_K
+from pipeline.geometry.poses import pixel_K
+from pipeline.sfm import colmap_scene as cs
 from tests.conftest import ROOT
 
 
@@ -114,7 +114,7 @@ def test_ratio_median_is_the_plain_median_of_depth_over_z(tmp_path):
 @pytest.mark.skipif(shutil.which("colmap") is None,
                     reason="needs the `colmap` binary on PATH (Debian: apt-get install colmap)")
 def test_cli_recipe_recovers_the_true_scale_of_a_rendered_clip(tmp_path):
-    from pipeline.sample_data import render_clip
+    from pipeline.synthetic.sample_data import render_clip
 
     b = _bench()
     row = render_clip(tmp_path / "data", "cli_fwd", "test", seed=2000, kind="forward",

@@ -392,6 +392,25 @@ def test_rolling_shutter_clip_keeps_the_written_poses_and_records_the_readout(tm
         render_clip(tmp_path / "d", "z", "test", **kw, rolling_shutter={"ms": 3})
 
 
+def test_intrinsics_error_writes_a_wrong_focal_and_keeps_the_frames(tmp_path):
+    """A 2% focal error changes only the written fx, fy (pose file and row): frames, depth,
+    poses and the true scale are those of the clean clip, and the realised focals are kept."""
+    kw = dict(seed=5, kind="pan", rel_scale=1.7, n_frames=3, width=24, height=18)
+    clean = render_clip(tmp_path / "a", "z", "test", **kw)
+    bad = render_clip(tmp_path / "b", "z", "test", **kw, intrinsics_error={"focal": 0.02})
+    for sub in ("frames", "depth"):
+        assert _tree(tmp_path / "a", sub) == _tree(tmp_path / "b", sub)
+    assert bad["w2c"] == clean["w2c"] and bad["true_scale"] == clean["true_scale"]
+    assert bad["intrinsics"][:2] == pytest.approx([x * 1.02 for x in clean["intrinsics"][:2]])
+    assert bad["intrinsics"][2:] == clean["intrinsics"][2:]
+    pose_line = (tmp_path / "b" / "test" / "z.txt").read_text().splitlines()[1].split()
+    assert float(pose_line[1]) == pytest.approx(clean["intrinsics"][0] * 1.02)
+    real = bad["stress"]["intrinsics_error"]["realised"]
+    assert real["focal_written_px"] == pytest.approx(1.02 * real["focal_true_px"])
+    with pytest.raises(ValueError, match=r"clip z: unknown intrinsics_error keys \['cx'\]"):
+        render_clip(tmp_path / "c", "z", "test", **kw, intrinsics_error={"cx": 1})
+
+
 # sha256 over (relative path, bytes) of every file of three bundled-sample clips rendered small,
 # taken with the renderer as it was before the stress options existed
 SAMPLE_TREE_SHA256 = "2e34053d019a8b1735f6387f9a4ccdc7a3655ac113e8c23fbf9cc9dce3c812b0"
@@ -420,7 +439,8 @@ def test_bundled_sample_renders_byte_identically_as_before(tmp_path):
 def test_stress_definition_covers_every_stressor():
     defn = load_definition(ROOT / "data_manifests" / "stress.yaml")
     specs = _clip_specs(defn)
-    assert 12 <= len(specs) <= 18
+    assert 12 <= len(specs) <= 20
+    assert any(s.get("intrinsics_error", {}).get("focal") for s in specs)
     kinds = [s["kind"] for s in specs]
     assert kinds.count("rotation_pan") >= 2 and "walk" in kinds
     assert any(s["kind"] == "slow_pan" and s["n_frames"] >= 300 for s in specs)

@@ -59,6 +59,7 @@ STRESS_KINDS = ("rotation_pan", "slow_pan", "walk")
 POSE_NOISE_KEYS = ("rot_deg", "trans_m", "drift_m", "drift_deg", "time_offset_frames", "seed")
 DEPTH_NOISE_KEYS = ("frame_bias", "smooth", "edge_px", "seed")
 ROLLING_SHUTTER_KEYS = ("readout_ms",)
+INTRINSICS_ERROR_KEYS = ("focal",)
 
 
 def _checked_noise(clip_id: str, what: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def render_clip(
     texture: str | float = "normal",
     write_exact_depth: bool = False,
     rolling_shutter: dict[str, Any] | None = None,
+    intrinsics_error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
 
@@ -124,8 +126,11 @@ def render_clip(
     row's), while the written pose and ``metric_w2c`` stay the pose at the frame time, as a
     SLAM system reports it; the depth (``depth/`` and ``depth_exact/``) is rendered with the
     same per-row poses, i.e. the exact depth of what each pixel shows, as a depth network sees
-    the rolling image. A zero readout renders exactly as without the key. What was realised is
-    under the extra key ``stress``.
+    the rolling image. A zero readout renders exactly as without the key.
+    ``intrinsics_error`` (``focal``: relative error) writes fx, fy times ``1 + focal`` into the
+    pose file and the row (the frames are rendered with the true focal): a SLAM/calibration
+    focal error, which nothing downstream corrects. What was realised is under the extra key
+    ``stress``.
     """
     out_root = Path(out_root).resolve()
     seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
@@ -138,6 +143,11 @@ def render_clip(
     pose_noise = _checked_noise(clip_id, "pose_noise", pose_noise, POSE_NOISE_KEYS)
     depth_noise = _checked_noise(clip_id, "depth_noise", depth_noise, DEPTH_NOISE_KEYS)
     rolling = _checked_noise(clip_id, "rolling_shutter", rolling_shutter, ROLLING_SHUTTER_KEYS)
+    intr_err = _checked_noise(clip_id, "intrinsics_error", intrinsics_error,
+                              INTRINSICS_ERROR_KEYS)
+    focal_err = float(intr_err.get("focal", 0.0))
+    if not (np.isfinite(focal_err) and focal_err > -1):
+        raise ValueError(f"clip {clip_id}: intrinsics_error.focal must be > -1, got {focal_err}")
     readout_ms = float(rolling.get("readout_ms", 0.0))
     if not (np.isfinite(readout_ms) and readout_ms >= 0):
         raise ValueError(f"clip {clip_id}: rolling_shutter.readout_ms must be >= 0, "
@@ -166,7 +176,14 @@ def render_clip(
                          "top_bottom_rot_deg": [], "top_bottom_centre_m": []},
         }
     K = intrinsics_matrix(width, height, fov_deg)
-    intr = [K[0, 0] / width, K[1, 1] / height, K[0, 2] / width, K[1, 2] / height]
+    # written intrinsics: the true ones unless a focal error is asked for (frames use K)
+    intr = [K[0, 0] * (1 + focal_err) / width, K[1, 1] * (1 + focal_err) / height,
+            K[0, 2] / width, K[1, 2] / height]
+    if intr_err:
+        stress["intrinsics_error"] = {
+            "requested": intr_err,
+            "realised": {"focal_written_px": K[0, 0] * (1 + focal_err), "focal_true_px": K[0, 0]},
+        }
     frame_dir = out_root / "frames" / split / clip_id
     depth_dir = out_root / "depth" / split / clip_id
     frame_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +295,7 @@ def definition_hash(defn: dict[str, Any]) -> str:
 
 
 _REQUIRED = ("clip_id", "split", "seed", "kind", "n_frames", "width", "height", "rel_scale")
-_STRESS_KEYS = ("pose_noise", "depth_noise", "texture", "rolling_shutter")
+_STRESS_KEYS = ("pose_noise", "depth_noise", "texture", "rolling_shutter", "intrinsics_error")
 _OPTIONAL = ("fov_deg", "frame_interval_us", *_STRESS_KEYS)
 
 
