@@ -159,7 +159,8 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
     from pipeline.sfm.triangulation import triangulate_clip
 
     key = stable_hash({"cfg": tcfg, "clip": row["clip_id"], "w2c": row["w2c"],
-                       "frames": row["frame_paths"], "video": row["video_path"]})[:20]
+                       "frames": row["frame_paths"], "video": row["video_path"],
+                       "intrinsics": row["intrinsics"]})[:20]
     pq_path = cache / f"{key}.parquet" if cache else None
     meta_path = cache / f"{key}.json" if cache else None
     if pq_path is not None and meta_path.is_file():
@@ -355,7 +356,7 @@ def triangulate_cli_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Pat
     key = stable_hash({"cli": CLI_RECIPE, "colmap": colmap_version(binary),
                        "filters": tcfg["filters"], "min_points": tcfg["min_points"],
                        "clip": row["clip_id"], "w2c": row["w2c"], "frames": row["frame_paths"],
-                       "video": row["video_path"]})
+                       "video": row["video_path"], "intrinsics": row["intrinsics"]})
     pq_path = cache / f"cli_{key}.parquet" if cache else None
     meta_path = cache / f"cli_{key}.json" if cache else None
     if meta_path is not None and meta_path.is_file():
