@@ -258,6 +258,29 @@ def test_focal_consistency_finds_a_wrong_focal_under_fixed_poses() -> None:
     assert focal_consistency(*args, wrong, 0.15, 0.01, 4.0) == pytest.approx(500 / 510 - 1,
                                                                                abs=0.002)
     assert focal_consistency(*args, K, 0.15, 0.01, 4.0) == pytest.approx(0.0, abs=0.002)
+    # the best value outside a +-1% search lies on its edge: no verdict rather than "1%"
+    assert np.isnan(focal_consistency(*args, wrong, 0.01, 0.005, 4.0))
     empty = np.zeros(0, np.int64)
     assert np.isnan(focal_consistency(empty, empty, empty * 1.0, empty * 1.0, w2c, K,
                                       0.15, 0.01, 4.0))
+
+
+def test_focal_check_term_counts_only_the_error_beyond_its_tolerance() -> None:
+    """Given f = 510 for tracks made with 500: the check finds g = 500/510 - 1 (|log| ~1.98%)
+    and the term is |sensitivity| x (|log(1 + g)| - tolerance); within the tolerance, 0."""
+    frame, point, u, v, z, w2c, K = _pan(3, 0.1)
+    wrong = K.copy()
+    wrong[0, 0] = wrong[1, 1] = 510.0
+    chk = {"bootstrap": 20, "seed": 0, "gain": 0.0, "floor": 0.005, "frames_gain": 0.0,
+           "focal_check_gain": 1.0, "focal_search": 0.15, "focal_search_step": 0.01,
+           "focal_cap_px": 4.0}
+    args = ("pan", len(w2c), frame, z, 1.7 * z, np.ones(z.size, bool), 3, 1)
+    kw = {"point_id": point, "uv": np.stack([u, v], 1), "w2c": w2c, "K": wrong}
+    out = frame_factors(*args, ucfg={**chk, "focal_check_tolerance": 0.0075}, **kw)
+    g = out["focal_consistency"]
+    assert g == pytest.approx(500 / 510 - 1, abs=0.002)
+    expected = abs(out["scale_focal_sensitivity"]) * (abs(np.log1p(g)) - 0.0075)
+    assert out["scale_sigma_focal"] == pytest.approx(expected, rel=1e-9)
+    assert out["scale_sigma_focal"] > 0.02  # a pan: the 2% error is worth several percent
+    within = frame_factors(*args, ucfg={**chk, "focal_check_tolerance": 0.03}, **kw)
+    assert within["scale_sigma_focal"] == 0.0

@@ -176,10 +176,12 @@ def frame_factors(
                 *args, w2c, K, float(ucfg["focal_search"]), float(ucfg["focal_search_step"]),
                 float(ucfg["focal_cap_px"]),
             )
-    # relative focal error believed: the prior, and what the tracks say (log units)
+    # relative focal error believed: the prior, and what the tracks say beyond the check's own
+    # noise (log units)
+    excess = (max(0.0, abs(np.log1p(focal_fit)) - float(ucfg.get("focal_check_tolerance", 0.0)))
+              if np.isfinite(focal_fit) else 0.0)
     focal_err = np.hypot(float(ucfg.get("focal_sigma", 0.0)),
-                         float(ucfg.get("focal_check_gain", 0.0))
-                         * (abs(np.log1p(focal_fit)) if np.isfinite(focal_fit) else 0.0))
+                         float(ucfg.get("focal_check_gain", 0.0)) * excess)
     focal_sigma = abs(focal_sens) * focal_err if np.isfinite(focal_sens) else 0.0
     sigma = (float(np.sqrt(boot**2 + sys_sigma**2 + frames_sigma**2 + focal_sigma**2))
              if np.isfinite(boot) else float("nan"))

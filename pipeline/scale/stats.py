@@ -254,7 +254,8 @@ def focal_consistency(
 
     Cost: mean of ``min(err, cap_px)^2`` (a wrong track costs at most ``cap_px``); a grid over
     ``[-search, search]`` in ``step``, refined by a parabola through the best three. About 0 when
-    the given intrinsics agree with the poses; NaN without observations.
+    the given intrinsics agree with the poses; NaN without observations or when the best value
+    lies on the edge of the search (the residuals are not a focal error's).
     """
     from pipeline.geometry.poses import midpoint_depths
 
@@ -269,9 +270,12 @@ def focal_consistency(
         _, err = midpoint_depths(u, v, frame, point, w2c, Kp, reproj=True)
         cost[j] = np.mean(np.minimum(np.nan_to_num(err, nan=cap_px), cap_px) ** 2)
     k = int(np.argmin(cost))
+    if k in (0, grid.size - 1):
+        # still falling at the edge of the search: the poses, not the focal, explain the
+        # residuals (seen on clips with translation noise and drift): no verdict
+        return float("nan")
     best = float(grid[k])
-    if 0 < k < grid.size - 1:
-        curv = cost[k - 1] - 2 * cost[k] + cost[k + 1]
-        if curv > 0:
-            best += 0.5 * step * (cost[k - 1] - cost[k + 1]) / curv
+    curv = cost[k - 1] - 2 * cost[k] + cost[k + 1]
+    if curv > 0:
+        best += 0.5 * step * (cost[k - 1] - cost[k + 1]) / curv
     return best
