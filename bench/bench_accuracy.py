@@ -151,6 +151,20 @@ def cpu_seconds() -> float:
     return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
+def _store(cache: Path | None, pq_path: Path | None, meta_path: Path | None,
+           meta: dict[str, Any], df: pd.DataFrame | None) -> dict[str, Any]:
+    """Cache one triangulation (observations + figures; the table first, the figures last, so
+    a half-written entry is never taken for a complete one) and return it."""
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        if df is not None:
+            tmp = pq_path.with_suffix(".tmp")
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, pq_path)
+        meta_path.write_text(json.dumps(meta))
+    return {**meta, "df": df}
+
+
 def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | None,
                        threads: int) -> dict[str, Any]:
     """Observations + CPU figures of one clip, from the cache when the same inputs ran before."""
@@ -178,14 +192,7 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
     meta["cpu_s"] = cpu_seconds() - c0
     meta["points"] = int(stats.get("points", 0))
     meta["frames_without_obs"] = int(stats.get("frames_without_obs", 0))
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        if df is not None:
-            tmp = pq_path.with_suffix(".tmp")
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, pq_path)
-        meta_path.write_text(json.dumps(meta))
-    return {**meta, "df": df}
+    return _store(cache, pq_path, meta_path, meta, df)
 
 
 # ------------------------------------------------------------------------------ colmap CLI
@@ -375,14 +382,7 @@ def triangulate_cli_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Pat
     meta["cpu_children_s"] = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
     meta["points"] = int(stats.get("points", 0))
     meta["cpu_steps"] = stats.get("cpu_steps", {})
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        if df is not None:
-            tmp = pq_path.with_suffix(".tmp")
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, pq_path)
-        meta_path.write_text(json.dumps(meta))
-    return {**meta, "df": df}
+    return _store(cache, pq_path, meta_path, meta, df)
 
 
 def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) -> np.ndarray:
