@@ -85,9 +85,16 @@ def metric_relative_c2w(w2c: np.ndarray, scale: float, ref: int = 0) -> np.ndarr
     return scale_translation(relative_poses(c2w_from_w2c(w2c), ref), scale)
 
 
+def point_index(point: np.ndarray) -> np.ndarray:
+    """Dense 0..P-1 index of each observation's point id: what ``midpoint_depths`` groups by.
+    Callers that re-triangulate the same tracks many times compute it once and pass it in."""
+    return np.unique(np.asarray(point), return_inverse=True)[1].reshape(-1)
+
+
 def midpoint_depths(
     u: np.ndarray, v: np.ndarray, frame: np.ndarray, point: np.ndarray,
     w2c: np.ndarray, K: np.ndarray, reproj: bool = False,
+    pidx: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Camera-space depth of every observation after re-triangulating its point from all of the
     point's rays (least-squares midpoint: the 3D point closest to the rays), with the given
@@ -96,7 +103,8 @@ def midpoint_depths(
     Not a replacement for COLMAP's triangulation (no outlier handling, no reprojection
     refinement): it exists so the same observations can be re-triangulated under a perturbed
     ``K`` to measure how strongly the scale depends on the intrinsics. ``reproj=True`` also
-    returns each observation's reprojection error (pixels) under that ``K``.
+    returns each observation's reprojection error (pixels) under that ``K``. ``pidx``: the
+    observations' ``point_index(point)``, when the caller already has it.
     """
     u = np.asarray(u, np.float64)
     v = np.asarray(v, np.float64)
@@ -108,12 +116,14 @@ def midpoint_depths(
     ray = np.einsum("nji,nj->ni", R[frame], ray_cam)  # R^T d: world direction
     ray /= np.linalg.norm(ray, axis=1, keepdims=True)
     proj = np.eye(3)[None] - ray[:, :, None] * ray[:, None, :]  # onto the ray's normal plane
-    _, pidx = np.unique(np.asarray(point), return_inverse=True)
+    if pidx is None:
+        pidx = point_index(point)
     n_pts = int(pidx.max()) + 1 if pidx.size else 0
-    A = np.zeros((n_pts, 3, 3))
-    b = np.zeros((n_pts, 3))
-    np.add.at(A, pidx, proj)
-    np.add.at(b, pidx, np.einsum("nij,nj->ni", proj, centre[frame]))
+    # per-point sums (bincount: one pass per component, far cheaper than np.add.at)
+    rhs = np.einsum("nij,nj->ni", proj, centre[frame])
+    A = np.stack([np.bincount(pidx, proj[:, i, j], n_pts) for i in range(3) for j in range(3)],
+                 1).reshape(n_pts, 3, 3)
+    b = np.stack([np.bincount(pidx, rhs[:, i], n_pts) for i in range(3)], 1).reshape(n_pts, 3)
     # a point seen along parallel rays has no depth: singular A -> NaN, not an exception
     det = np.linalg.det(A)
     ok = np.abs(det) > 1e-18

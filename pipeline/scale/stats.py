@@ -216,6 +216,14 @@ def systematic_sigma(ray_err: float, angle_deg: float, gain: float, floor: float
     return float(np.hypot(gain * ray_err / np.radians(angle_deg), floor))
 
 
+def _with_focal(K: np.ndarray, rel: float) -> np.ndarray:
+    """``K`` with both focal lengths scaled by ``1 + rel`` (principal point unchanged)."""
+    Kp = np.array(K, np.float64)
+    Kp[0, 0] *= 1.0 + rel
+    Kp[1, 1] *= 1.0 + rel
+    return Kp
+
+
 def focal_sensitivity(
     frame: np.ndarray, point: np.ndarray, u: np.ndarray, v: np.ndarray, depth: np.ndarray,
     valid: np.ndarray, w2c: np.ndarray, K: np.ndarray, num_frames: int, min_obs: int,
@@ -228,14 +236,12 @@ def focal_sensitivity(
     as the stage's (median of frame medians), so the figure describes the reported number.
     NaN when a perturbed re-triangulation leaves no measured frame.
     """
-    from pipeline.geometry.poses import midpoint_depths
+    from pipeline.geometry.poses import midpoint_depths, point_index
 
+    pidx = point_index(point)
     logs = []
     for sign in (1.0, -1.0):
-        Kp = np.array(K, np.float64)
-        Kp[0, 0] *= 1.0 + sign * step
-        Kp[1, 1] *= 1.0 + sign * step
-        z = midpoint_depths(u, v, frame, point, w2c, Kp)
+        z = midpoint_depths(u, v, frame, point, w2c, _with_focal(K, sign * step), pidx=pidx)
         with np.errstate(invalid="ignore", divide="ignore"):
             ok = np.asarray(valid, bool) & np.isfinite(z) & (z > 0)
         data = FrameRatios.build(frame[ok], depth[ok] / z[ok], point[ok], num_frames)
@@ -257,17 +263,16 @@ def focal_consistency(
     the given intrinsics agree with the poses; NaN without observations or when the best value
     lies on the edge of the search (the residuals are not a focal error's).
     """
-    from pipeline.geometry.poses import midpoint_depths
+    from pipeline.geometry.poses import midpoint_depths, point_index
 
     if frame.size == 0:
         return float("nan")
+    pidx = point_index(point)
     grid = np.arange(-search, search + step / 2, step)
     cost = np.empty(grid.size)
     for j, g in enumerate(grid):
-        Kp = np.array(K, np.float64)
-        Kp[0, 0] *= 1.0 + g
-        Kp[1, 1] *= 1.0 + g
-        _, err = midpoint_depths(u, v, frame, point, w2c, Kp, reproj=True)
+        _, err = midpoint_depths(u, v, frame, point, w2c, _with_focal(K, g), reproj=True,
+                                 pidx=pidx)
         cost[j] = np.mean(np.minimum(np.nan_to_num(err, nan=cap_px), cap_px) ** 2)
     k = int(np.argmin(cost))
     if k in (0, grid.size - 1):
