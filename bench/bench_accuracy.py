@@ -12,6 +12,8 @@ Clip sets (``--sets``):
 - ``real``: every sequence in ``../shared/data/rgbd`` as one whole clip (translations x
   ``--relative-scale``, true factor 1/that; sensor depth as the metric depth);
 - ``clips``: the same sequences cut into ``--clip-length``-frame clips (the pipeline default);
+- ``cuts``: the same sequences cut at other lengths (``--cut-lengths``, default 33 and 50
+  frames): clip boundaries the defaults were not chosen on;
 - ``stress``: the synthetic stress set (``data_manifests/stress.yaml``: pose noise, time
   offsets, rotation-dominated pans, long slow clips, weak texture, depth-model errors,
   rolling shutter);
@@ -109,7 +111,8 @@ def _ingest_rows(overrides: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def real_rows(whole: bool, clip_length: int, rel: float) -> list[dict[str, Any]]:
+def real_rows(whole: bool, clip_length: int, rel: float,
+              set_name: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for seq in sorted(p for p in RGBD.iterdir() if p.is_dir()) if RGBD.is_dir() else []:
         n = len(list(seq.glob("frame-*.pose.txt")))
@@ -118,7 +121,9 @@ def real_rows(whole: bool, clip_length: int, rel: float) -> list[dict[str, Any]]
             "dataset=rgbd", f"dataset.root={seq}", f"dataset.clip_length={length}",
             f"dataset.relative_scale={rel}",
         ]):
-            r["set"] = "real" if whole else "clips"
+            r["set"] = set_name or ("real" if whole else "clips")
+            if set_name:  # several cut lengths in one set: the same clip id, another clip
+                r["label"] = f"{r['clip_id']}@{length}"
             r["seq"] = seq.name
             rows.append(r)
     return rows
@@ -439,7 +444,8 @@ def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str
         tri = triangulate_cached(row, tcfg, cache, threads)
     n = int(row["num_frames"])
     out: dict[str, Any] = {
-        "config": name, "set": row["set"], "seq": row["seq"], "clip": row["clip_id"],
+        "config": name, "set": row["set"], "seq": row["seq"],
+        "clip": row.get("label", row["clip_id"]),
         "frames": n, "cpu_per_frame": tri["cpu_s"] / n, "points": tri["points"],
         "error": tri["error"],
     }
@@ -490,14 +496,14 @@ def _pct(x: Any, signed: bool = False) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print(f"\n{'set':6s} {'clip':28s} {'config':10s} {'n':>4s} {'err':>8s} {'ratio med':>9s}"
+    print(f"\n{'set':6s} {'clip':31s} {'config':10s} {'n':>4s} {'err':>8s} {'ratio med':>9s}"
           f" {'frame med':>9s}"
           f" {'p90':>8s} {'max':>8s} {'cpu/f':>7s} {'points':>6s} {'+-95%':>8s} {'in CI':>5s}"
           f" {'angle':>6s} status")
     for r in results:
         status = ("FAILED: " + r["error"][:70]) if r.get("error") else (
             "kept" if r.get("kept", True) else "flagged")
-        print(f"{r['set']:6s} {r['clip'][:28]:28s} {r['config']:10s} {r['frames']:4d}"
+        print(f"{r['set']:6s} {r['clip'][:31]:31s} {r['config']:10s} {r['frames']:4d}"
               f" {_pct(r.get('err'), True):>8s} {_pct(r.get('err_ratio_median'), True):>9s}"
               f" {_pct(r.get('frame_med')):>9s}"
               f" {_pct(r.get('frame_p90')):>8s} {_pct(r.get('frame_max')):>8s}"
@@ -515,6 +521,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                            if r.get("err_ratio_median") is not None])
         kept = np.array([abs(r["err"]) for r in rs if r.get("err") is not None and r["kept"]])
         cov = [r["covered"] for r in rs if r.get("covered") is not None]
+        cov_kept = [r["covered"] for r in rs if r.get("covered") is not None and r["kept"]]
         frames = sum(r["frames"] for r in rs)
         out["/".join(key)] = {
             "clips": len(rs),
@@ -528,6 +535,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "frame_p90_median": float(np.median([r["frame_p90"] for r in rs if "frame_p90" in r]))
             if any("frame_p90" in r for r in rs) else None,
             "coverage": float(np.mean(cov)) if cov else None,
+            "coverage_kept": float(np.mean(cov_kept)) if cov_kept else None,
             "cpu_per_frame": sum(r["cpu_per_frame"] * r["frames"] for r in rs) / max(frames, 1),
             "points_per_frame": sum(r["points"] for r in rs) / max(frames, 1),
         }
@@ -536,14 +544,16 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"\n{'config/set':18s} {'clips':>5s} {'fail':>4s} {'flag':>4s} {'med|err|':>8s}"
-          f" {'max|err|':>8s} {'max kept':>8s} {'fr p90':>7s} {'in CI':>6s} {'cpu/f':>7s}"
+          f" {'max|err|':>8s} {'max kept':>8s} {'fr p90':>7s} {'in CI':>6s} {'kept in CI':>10s}"
+          f" {'cpu/f':>7s}"
           f" {'pts/f':>6s} {'ratio med|err|':>14s} {'ratio max|err|':>14s}")
     for k, s in summary.items():
         cov = "-" if s["coverage"] is None else f"{100 * s['coverage']:.0f}%"
+        cov_k = "-" if s["coverage_kept"] is None else f"{100 * s['coverage_kept']:.0f}%"
         print(f"{k:18s} {s['clips']:5d} {s['failed']:4d} {s['flagged']:4d}"
               f" {_pct(s['median_abs_err']):>8s} {_pct(s['max_abs_err']):>8s}"
               f" {_pct(s['max_abs_err_kept']):>8s} {_pct(s['frame_p90_median']):>7s}"
-              f" {cov:>6s} {s['cpu_per_frame']:7.3f} {s['points_per_frame']:6.1f}"
+              f" {cov:>6s} {cov_k:>10s} {s['cpu_per_frame']:7.3f} {s['points_per_frame']:6.1f}"
               f" {_pct(s['median_abs_err_ratio']):>14s} {_pct(s['max_abs_err_ratio']):>14s}")
     sets = sorted({k.split("/", 1)[1] for k in summary})
     others = sorted({k.split("/", 1)[0] for k in summary} - {"default"})
@@ -589,6 +599,9 @@ def main() -> None:
                     help="only clips whose id matches one of these comma-separated shell "
                          "patterns, e.g. 'st_walk*,st_pan_rs30'")
     ap.add_argument("--clip-length", type=int, default=25)
+    ap.add_argument("--cut-lengths", default="33,50",
+                    help="set 'cuts': the real sequences cut at these other clip lengths "
+                         "(clip boundaries the defaults were not chosen on)")
     ap.add_argument("--relative-scale", type=float, default=0.37)
     ap.add_argument("--jobs", type=int, default=2, help="clips triangulated at once")
     ap.add_argument("--threads", type=int, default=1, help="COLMAP threads per clip")
@@ -606,6 +619,9 @@ def main() -> None:
         rows += real_rows(True, args.clip_length, args.relative_scale)
     if "clips" in sets:
         rows += real_rows(False, args.clip_length, args.relative_scale)
+    if "cuts" in sets:
+        for length in (int(x) for x in args.cut_lengths.split(",")):
+            rows += real_rows(False, length, args.relative_scale, "cuts")
     if "stress" in sets:
         rows += stress_rows(args.cache)
     if "re10k" in sets:

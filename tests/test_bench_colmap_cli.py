@@ -140,3 +140,36 @@ def test_cli_recipe_recovers_the_true_scale_of_a_rendered_clip(tmp_path):
     ok = np.isfinite(depth)
     rel = np.abs(depth[ok] / df["z_cam"].to_numpy()[ok] / row["true_scale"] - 1.0)
     assert ok.sum() > 500 and np.median(rel) < 0.005
+
+
+def test_summary_coverage_of_all_and_of_kept_clips() -> None:
+    """Calibration is reported twice: over every clip with a truth, and over the clips curate
+    keeps (a flagged clip never reaches the dataset). Failed clips count in neither."""
+    b = _bench()
+    base = {"config": "default", "set": "cuts", "frames": 10, "cpu_per_frame": 0.1,
+            "points": 100}
+    rs = [{**base, "clip": "a@33", "err": 0.01, "kept": True, "covered": True},
+          {**base, "clip": "b@33", "err": 0.04, "kept": True, "covered": False},
+          {**base, "clip": "c@50", "err": 0.15, "kept": False, "covered": False},
+          {**base, "clip": "d@50", "err": 0.02, "kept": False, "covered": True},
+          {**base, "clip": "e@50", "error": "too few triangulated points"}]
+    s = b.summarise(rs)["default/cuts"]
+    assert s["coverage"] == pytest.approx(2 / 4)
+    assert s["coverage_kept"] == pytest.approx(1 / 2)
+    assert (s["clips"], s["failed"], s["flagged"]) == (5, 1, 2)
+    assert s["max_abs_err_kept"] == pytest.approx(0.04)
+
+
+def test_cuts_set_labels_each_clip_with_its_length() -> None:
+    """The 'cuts' set holds several cuts of one sequence; clip ids repeat across lengths, so
+    each row carries ``<clip id>@<length>`` and the tables stay unambiguous."""
+    b = _bench()
+    if not b.RGBD.is_dir():
+        pytest.skip(f"no real RGB-D data at {b.RGBD}")
+    rows = b.real_rows(False, 33, 0.37, "cuts") + b.real_rows(False, 50, 0.37, "cuts")
+    labels = [r["label"] for r in rows]
+    assert rows and len(set(labels)) == len(labels)
+    assert all(r["set"] == "cuts" for r in rows)
+    assert all(lab.endswith(("@33", "@50")) and lab.split("@")[0] == r["clip_id"]
+               for lab, r in zip(labels, rows))
+    assert all(r["num_frames"] <= 50 for r in rows)
