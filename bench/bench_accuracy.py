@@ -35,7 +35,7 @@ of depth / z_cam over all observations (the reporter's "median of depth ratios")
 Triangulations are cached under ``--cache`` by (configuration, clip) content hash, so tuning
 align or curate settings re-runs in seconds; ``--no-cache`` recomputes. Usage:
 
-    python bench/bench_accuracy.py [--sets real,clips,stress,re10k] [--jobs 2] [--json out.json]
+    python bench/bench_accuracy.py [--sets real,clips,cuts,stress,re10k] [--jobs 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -591,7 +591,7 @@ def select_configs(requested: str | None, tcfg: dict[str, Any],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sets", default="real,clips,stress,re10k")
+    ap.add_argument("--sets", default="real,clips,cuts,stress,re10k")
     ap.add_argument("--configs", default=None,
                     help="default,colmap[,colmap_cli]; colmap_cli is in the default list only "
                          "when the `colmap` binary is on PATH")
