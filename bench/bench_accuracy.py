@@ -35,7 +35,8 @@ of depth / z_cam over all observations (the reporter's "median of depth ratios")
 Triangulations are cached under ``--cache`` by (configuration, clip) content hash, so tuning
 align or curate settings re-runs in seconds; ``--no-cache`` recomputes. Usage:
 
-    python bench/bench_accuracy.py [--sets real,clips,cuts,stress,re10k] [--jobs 2] [--json out.json]
+    python bench/bench_accuracy.py [--sets real,clips,cuts,stress,re10k] [--jobs 2]
+        [--json out.json]
 """
 
 from __future__ import annotations
