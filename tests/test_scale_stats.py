@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.geometry.poses import midpoint_depths
+from pipeline.geometry.poses import midpoint_depths, point_index
 from pipeline.scale.factors import frame_factors
 from pipeline.scale.stats import (
     SQRT_HALF_PI,
@@ -213,6 +213,9 @@ def test_focal_sensitivity_known_answers(motion: str, expected: float) -> None:
                   rng.uniform(2.5, 5.0, 200)], 1)
     frame, point, u, v, z = _observe(w2c, K, X)
     assert np.allclose(midpoint_depths(u, v, frame, point, w2c, K), z, rtol=1e-9)
+    # the point index computed once by the caller gives the same depths, bit for bit
+    assert np.array_equal(midpoint_depths(u, v, frame, point, w2c, K, pidx=point_index(point)),
+                          midpoint_depths(u, v, frame, point, w2c, K))
     depth = 1.7 * z
     s = focal_sensitivity(frame, point, u, v, depth, np.ones(z.size, bool), w2c, K, n, 3, 0.02)
     assert s == pytest.approx(expected, abs=1e-6)
