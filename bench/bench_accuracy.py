@@ -403,17 +403,18 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
     return np.where(valid, depth, np.nan)
 
 
-def ratio_median(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) -> float:
+def ratio_median(df: pd.DataFrame, depth: np.ndarray) -> float:
     """The issue reporter's scale: the plain median of depth / z_cam over every observation
-    with a depth (no per-frame factors, weights, shrinkage or outlier rules), NaN if none."""
-    depth = sample_depth(row, df, dcfg)
+    with a depth (``sample_depth``; no per-frame factors, weights, shrinkage or outlier rules),
+    NaN if none."""
     z = df["z_cam"].to_numpy(np.float64)
     ok = np.isfinite(depth) & (z > 0)
     return float(np.median(depth[ok] / z[ok])) if ok.any() else float("nan")
 
 
-def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
+def align_clip(row: dict[str, Any], df: pd.DataFrame, depth: np.ndarray, cfg: dict[str, Any],
                tcfg: dict[str, Any]) -> dict[str, Any]:
+    """Align's factors for one clip from its observations and their sampled depth."""
     from pipeline.scale.factors import (
         camera_arrays,
         frame_factors,
@@ -422,7 +423,6 @@ def align_clip(row: dict[str, Any], df: pd.DataFrame, cfg: dict[str, Any],
     )
 
     acfg = cfg["align"]
-    depth = sample_depth(row, df, cfg["depth"])
     man = pd.DataFrame([{k: row[k] for k in ("clip_id", "intrinsics", "width", "height")}])
     focal = working_focal(man, tcfg["image"]["max_long_side"])[row["clip_id"]]
     w2c, K = camera_arrays(row)
@@ -456,8 +456,9 @@ def evaluate(row: dict[str, Any], name: str, tcfg: dict[str, Any], cfg: dict[str
     if tri["df"] is None or not row.get("depth_paths"):
         return out
     try:
-        al = align_clip(row, tri["df"], cfg, tcfg)
-        ratio = ratio_median(row, tri["df"], cfg["depth"])
+        depth = sample_depth(row, tri["df"], cfg["depth"])  # read each depth map once
+        al = align_clip(row, tri["df"], depth, cfg, tcfg)
+        ratio = ratio_median(tri["df"], depth)
     except ClipError as exc:
         out["error"] = exc.reason
         return out

@@ -108,7 +108,8 @@ def test_ratio_median_is_the_plain_median_of_depth_over_z(tmp_path):
     df = pd.DataFrame({"frame_idx": [0, 0, 0], "u": [1.5, 4.5, 4.5], "v": [1.5, 2.5, 1.5],
                        "z_cam": [1.0, 2.0, 4.0]})
     dcfg = load_config(["depth=sensor"])["depth"]
-    assert b.ratio_median(row, df, dcfg) == pytest.approx(np.median([2.0, 3.0, 1.5]))
+    depth_at_obs = b.sample_depth(row, df, dcfg)
+    assert b.ratio_median(df, depth_at_obs) == pytest.approx(np.median([2.0, 3.0, 1.5]))
 
 
 @pytest.mark.skipif(shutil.which("colmap") is None,
