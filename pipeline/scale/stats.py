@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.geometry.poses import midpoint_depths, point_index
+
 #: two-sided normal quantile of the reported interval (95%)
 Z95 = 1.959963984540054
 #: MAD -> standard deviation for normal data
@@ -64,7 +66,7 @@ class FrameRatios:
     ) -> FrameRatios:
         frame = np.asarray(frame, np.int64)
         ratio = np.asarray(ratio, np.float64)
-        _, point_idx = np.unique(np.asarray(point, np.int64), return_inverse=True)
+        point_idx = point_index(np.asarray(point, np.int64))
         order = np.lexsort((ratio, frame))
         f = frame[order]
         frames = np.arange(num_frames)
@@ -236,8 +238,6 @@ def focal_sensitivity(
     as the stage's (median of frame medians), so the figure describes the reported number.
     NaN when a perturbed re-triangulation leaves no measured frame.
     """
-    from pipeline.geometry.poses import midpoint_depths, point_index
-
     pidx = point_index(point)
     logs = []
     for sign in (1.0, -1.0):
@@ -263,8 +263,6 @@ def focal_consistency(
     the given intrinsics agree with the poses; NaN without observations or when the best value
     lies on the edge of the search (the residuals are not a focal error's).
     """
-    from pipeline.geometry.poses import midpoint_depths, point_index
-
     if frame.size == 0:
         return float("nan")
     pidx = point_index(point)
