@@ -23,6 +23,10 @@ The trajectory file format (``.json``, written by ``save_trajectory`` and by a U
       "source": {"kind": "preset", "preset": "orbit", ...}   # optional provenance, free form
     }
 
+Every ``c2w`` must be rigid: an orthonormal rotation (det +1) and a bottom row of
+``[0, 0, 0, 1]``, each within ``RIGID_TOL`` (1e-4, absolute): files written with a few decimals
+pass, a scaled or projective matrix is rejected with the file and frame in the message.
+
 When ``frames`` is present it is used as is (re-expressed relative to its first pose, so a file
 in any world frame works); otherwise ``num_frames`` frames are interpolated from ``keyframes``
 (``interpolate_keyframes``). ``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
@@ -44,7 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry.poses import relative_poses, scale_translation, w2c_to_mat44
+from pipeline.geometry.poses import (
+    RIGID_TOL,
+    bottom_row_problem,
+    relative_poses,
+    scale_translation,
+    w2c_to_mat44,
+)
 from pipeline.geometry.poses import rigid_inverse as _rigid_inverse
 
 FORMAT = "metric-align.trajectory"
@@ -314,13 +324,21 @@ def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
 
 
 def _mat16(v: Any, where: str) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64)
+    """A file's c2w as a checked rigid 4x4: orthonormal rotation and bottom row [0, 0, 0, 1]
+    within ``RIGID_TOL`` (anything else would be silently treated as rigid downstream)."""
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.empty(0)
     if a.size != 16 or not np.all(np.isfinite(a)):
         raise TrajectoryError(f"{where}: c2w must be 16 finite numbers (row-major 4x4)")
     a = a.reshape(4, 4)
     R = a[:3, :3]
-    if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or abs(np.linalg.det(R) - 1) > 1e-4:
+    if np.abs(R @ R.T - np.eye(3)).max() > RIGID_TOL or abs(np.linalg.det(R) - 1) > RIGID_TOL:
         raise TrajectoryError(f"{where}: c2w rotation is not orthonormal")
+    problem = bottom_row_problem(a)
+    if problem:
+        raise TrajectoryError(f"{where}: {problem}")
     return a
 
 
