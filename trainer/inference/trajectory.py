@@ -342,30 +342,66 @@ def _mat16(v: Any, where: str) -> np.ndarray:
     return a
 
 
-def trajectory_from_dict(doc: dict[str, Any], where: str = "trajectory") -> Trajectory:
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _json_kind(v: Any) -> str:
+    return _JSON_KINDS.get(type(v), type(v).__name__)
+
+
+def _pose_list(doc: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """``doc[key]`` as a list of objects ([] when absent); a wrong type names the key."""
+    items = doc.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise TrajectoryError(f"{where}: '{key}' must be a list of poses, "
+                              f"got a {_json_kind(items)}")
+    what = key[:-1]  # frame / keyframe
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise TrajectoryError(f"{where}: {what} {i} must be an object like "
+                                  f'{{"c2w": [16 numbers]}}, got a {_json_kind(item)}')
+    return items
+
+
+def trajectory_from_dict(doc: Any, where: str = "trajectory") -> Trajectory:
     """Parse the JSON document (see the module docstring); ``where`` names it in errors."""
+    if not isinstance(doc, dict):
+        raise TrajectoryError(f"{where}: expected a JSON object with 'frames' or 'keyframes', "
+                              f"got a {_json_kind(doc)}")
     if doc.get("format") != FORMAT:
         raise TrajectoryError(f"{where}: 'format' must be '{FORMAT}', got {doc.get('format')!r}")
-    if int(doc.get("version", -1)) != VERSION:
-        raise TrajectoryError(f"{where}: unsupported version {doc.get('version')!r}")
+    try:
+        version_ok = int(doc.get("version", -1)) == VERSION
+    except (TypeError, ValueError, OverflowError):
+        version_ok = False
+    if not version_ok:
+        raise TrajectoryError(f"{where}: unsupported version {doc.get('version')!r} (this reader "
+                              f"reads version {VERSION})")
     fps = doc.get("fps")
+    raw_frames = _pose_list(doc, "frames", where)
+    raw_kfs = _pose_list(doc, "keyframes", where)
     kfs = None
-    if doc.get("keyframes"):
-        raw = doc["keyframes"]
-        default_t = np.linspace(0.0, 1.0, len(raw))
+    if raw_kfs:
+        default_t = np.linspace(0.0, 1.0, len(raw_kfs))
         kfs = [Keyframe(float(k.get("time", default_t[i])),
                         _mat16(k.get("c2w"), f"{where} keyframe {i}"),
-                        float(k.get("focal_scale", 1.0))) for i, k in enumerate(raw)]
-    if doc.get("frames"):
-        frames = doc["frames"]
-        c2w = np.stack([_mat16(f.get("c2w"), f"{where} frame {i}") for i, f in enumerate(frames)])
-        focal = np.array([float(f.get("focal_scale", 1.0)) for f in frames])
+                        float(k.get("focal_scale", 1.0))) for i, k in enumerate(raw_kfs)]
+    if raw_frames:
+        c2w = np.stack([_mat16(f.get("c2w"), f"{where} frame {i}")
+                        for i, f in enumerate(raw_frames)])
+        focal = np.array([float(f.get("focal_scale", 1.0)) for f in raw_frames])
         traj = Trajectory(relative_poses(c2w), focal, keyframes=kfs)
     elif kfs:
         if "num_frames" not in doc:
             raise TrajectoryError(f"{where}: keyframes without 'num_frames'")
         traj = interpolate_keyframes(kfs, int(doc["num_frames"]))
     else:
+        empty = [k for k in ("frames", "keyframes") if k in doc]
+        if empty:
+            raise TrajectoryError(f"{where}: '{empty[0]}' is empty: give at least one pose")
         raise TrajectoryError(f"{where}: neither 'frames' nor 'keyframes'")
     traj.fps = float(fps) if fps is not None else None
     traj.source = dict(doc.get("source") or traj.source)
