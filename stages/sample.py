@@ -36,7 +36,7 @@ class SampleStage(Stage):
                             on_step=sample_progress(task.cfg, "sample"),
                             **scene_inputs(task.cfg))
         log.info(f"[sample] {out['frames']} frames -> {out['mp4']}")
-        write_json_atomic(out, task.output)
+        write_json_atomic(out, task.output, allow_nan=False)
         return ShardResult(n_clips=1, n_ok=1, stats={"frames": out["frames"]})
 
 

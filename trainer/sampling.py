@@ -314,6 +314,6 @@ def sample_to_mp4(
     path = write_mp4(frames_u8, sdir / f"{name}.mp4", float(s["fps"]))
     json_path = sdir / f"{name}.json"
     report["outputs"] = {"mp4": path.name, **{k: Path(v).name for k, v in out.items()}}
-    write_json_atomic(report, json_path)
+    write_json_atomic(report, json_path, allow_nan=False)  # strict: other tools read it
     return {"mp4": str(path), "frames": int(len(frames_u8)), "checkpoint": str(checkpoint_path),
             "source": name, "json": str(json_path), **out}

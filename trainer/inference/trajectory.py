@@ -30,6 +30,9 @@ pass, a scaled or projective matrix is rejected with the file and frame in the m
 When ``frames`` is present it is used as is (re-expressed relative to its first pose, so a file
 in any world frame works); otherwise ``num_frames`` frames are interpolated from ``keyframes``
 (``interpolate_keyframes``). ``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
+Every number must be finite (no NaN / Infinity, which JSON does not have but Python reads);
+``focal_scale`` and ``fps`` must be > 0, ``num_frames`` a whole number >= 1. Files are written
+as strict JSON.
 
 Other readers (``load_trajectory`` dispatches on content): a c2w text file (16 numbers per line,
 row-major, metres) and a RealEstate10K pose file (URL line + 19 numbers per line, relative
@@ -92,8 +95,10 @@ class Trajectory:
         ).copy()
         if len(self.c2w) == 0:
             raise TrajectoryError("trajectory has no frames")
-        if not (np.all(np.isfinite(self.c2w)) and np.all(self.focal_scale > 0)):
-            raise TrajectoryError("trajectory has non-finite poses or non-positive focal_scale")
+        if not np.all(np.isfinite(self.c2w)):
+            raise TrajectoryError("trajectory has non-finite poses")
+        if not (np.all(np.isfinite(self.focal_scale)) and np.all(self.focal_scale > 0)):
+            raise TrajectoryError("trajectory focal_scale must be finite numbers > 0")
 
     def __len__(self) -> int:
         return len(self.c2w)
@@ -314,11 +319,13 @@ def preset_trajectory(
 
 # ------------------------------------------------------------------------------- files
 def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
-    """Write the JSON format atomically (temp file + rename)."""
+    """Write the JSON format atomically (temp file + rename). Strict JSON: a NaN or infinity
+    raises ``ValueError`` before anything is written (other readers reject them)."""
+    text = json.dumps(traj.to_dict(), indent=1, allow_nan=False) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(traj.to_dict(), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -340,6 +347,42 @@ def _mat16(v: Any, where: str) -> np.ndarray:
     if problem:
         raise TrajectoryError(f"{where}: {problem}")
     return a
+
+
+def _number(v: Any, what: str, positive: bool = False) -> float:
+    """A finite number from a file, else a ``TrajectoryError`` naming it: Python's JSON reader
+    accepts NaN and Infinity (and 1e999 overflows to infinity), which no pose or zoom means."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = float("nan")
+    if isinstance(v, bool) or not np.isfinite(x) or (positive and x <= 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise TrajectoryError(f"{what} must be {need}, got {v!r}")
+    return x
+
+
+def _count(v: Any, what: str) -> int:
+    """A whole number >= 1 from a file (a frame count), else a ``TrajectoryError``."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = float("nan")
+    if isinstance(v, bool) or not np.isfinite(x) or x < 1 or x != int(x):
+        raise TrajectoryError(f"{what} must be a whole number >= 1, got {v!r}")
+    return int(x)
+
+
+def _non_finite_path(v: Any, path: str = "") -> str | None:
+    """Where a NaN / infinity sits in a free-form JSON value (``source``), or None."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return path or "value"
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        hit = _non_finite_path(x, f"{path}.{k}" if path else str(k))
+        if hit:
+            return hit
+    return None
 
 
 _JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
@@ -381,29 +424,40 @@ def trajectory_from_dict(doc: Any, where: str = "trajectory") -> Trajectory:
         raise TrajectoryError(f"{where}: unsupported version {doc.get('version')!r} (this reader "
                               f"reads version {VERSION})")
     fps = doc.get("fps")
+    if fps is not None:
+        fps = _number(fps, f"{where}: 'fps'", positive=True)
+    num_frames = doc.get("num_frames")
+    if num_frames is not None:
+        num_frames = _count(num_frames, f"{where}: 'num_frames'")
+    bad = _non_finite_path(doc.get("source"))
+    if bad:
+        raise TrajectoryError(f"{where}: 'source' has a NaN or infinite number at {bad}")
     raw_frames = _pose_list(doc, "frames", where)
     raw_kfs = _pose_list(doc, "keyframes", where)
     kfs = None
     if raw_kfs:
         default_t = np.linspace(0.0, 1.0, len(raw_kfs))
-        kfs = [Keyframe(float(k.get("time", default_t[i])),
+        kfs = [Keyframe(_number(k.get("time", default_t[i]), f"{where} keyframe {i}: time"),
                         _mat16(k.get("c2w"), f"{where} keyframe {i}"),
-                        float(k.get("focal_scale", 1.0))) for i, k in enumerate(raw_kfs)]
+                        _number(k.get("focal_scale", 1.0), f"{where} keyframe {i}: focal_scale",
+                                positive=True))
+               for i, k in enumerate(raw_kfs)]
     if raw_frames:
         c2w = np.stack([_mat16(f.get("c2w"), f"{where} frame {i}")
                         for i, f in enumerate(raw_frames)])
-        focal = np.array([float(f.get("focal_scale", 1.0)) for f in raw_frames])
+        focal = np.array([_number(f.get("focal_scale", 1.0), f"{where} frame {i}: focal_scale",
+                                  positive=True) for i, f in enumerate(raw_frames)])
         traj = Trajectory(relative_poses(c2w), focal, keyframes=kfs)
     elif kfs:
-        if "num_frames" not in doc:
+        if num_frames is None:
             raise TrajectoryError(f"{where}: keyframes without 'num_frames'")
-        traj = interpolate_keyframes(kfs, int(doc["num_frames"]))
+        traj = interpolate_keyframes(kfs, num_frames)
     else:
         empty = [k for k in ("frames", "keyframes") if k in doc]
         if empty:
             raise TrajectoryError(f"{where}: '{empty[0]}' is empty: give at least one pose")
         raise TrajectoryError(f"{where}: neither 'frames' nor 'keyframes'")
-    traj.fps = float(fps) if fps is not None else None
+    traj.fps = fps
     traj.source = dict(doc.get("source") or traj.source)
     return traj
 
