@@ -241,7 +241,7 @@ def sample_to_mp4(
     chosen = pv.choose_trajectory(s, depth, n, curated_scale)
     if chosen is not None and own_traj is not None:  # the clip's real frames no longer apply
         reference, real_full, plucker = None, None, None
-    traj = (chosen or own_traj).head(n)
+    traj = (chosen or own_traj).fit(n)
     if real_full is not None:
         real_full = real_full[:n]
     K_model = adjust_intrinsics(K0, w0, h0, hw)

@@ -168,14 +168,16 @@ def choose_trajectory(
     curated_scale: dict[str, float] | None = None,
 ) -> Trajectory | None:
     """``sampling.trajectory`` (file) or ``sampling.trajectory_preset`` (sized from the depth),
-    or None when neither is set. A RealEstate10K pose file takes ``trajectory_scale`` or, when
-    0, the curated ``frame_scale`` of its first frame (the clip id is the file name)."""
+    or None when neither is set; a file with another frame count than ``num_frames`` is
+    resampled along its whole path (``Trajectory.fit``). A RealEstate10K pose file takes
+    ``trajectory_scale`` or, when 0, the curated ``frame_scale`` of its first frame (the clip id
+    is the file name)."""
     if s.get("trajectory"):
         scale = float(s.get("trajectory_scale") or 0.0)
         stem = Path(str(s["trajectory"])).stem
         if scale <= 0 and curated_scale and stem in curated_scale:
             scale = curated_scale[stem]
-        return load_trajectory(s["trajectory"], re10k_scale=scale or None).head(num_frames)
+        return load_trajectory(s["trajectory"], re10k_scale=scale or None).fit(num_frames)
     if s.get("trajectory_preset"):
         if depth is None:
             raise TrajectoryError(

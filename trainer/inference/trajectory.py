@@ -29,7 +29,9 @@ pass, a scaled or projective matrix is rejected with the file and frame in the m
 
 When ``frames`` is present it is used as is (re-expressed relative to its first pose, so a file
 in any world frame works); otherwise ``num_frames`` frames are interpolated from ``keyframes``
-(``interpolate_keyframes``). ``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
+(``interpolate_keyframes``). Sampling needs the model's frame count: a trajectory with another
+count is resampled along its whole path (``resample_trajectory``), and a log line says so.
+``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
 Every number must be finite (no NaN / Infinity, which JSON does not have but Python reads);
 ``focal_scale`` and ``fps`` must be > 0, ``num_frames`` a whole number >= 1. Files are written
 as strict JSON.
@@ -59,6 +61,7 @@ from pipeline.geometry.poses import (
     w2c_to_mat44,
 )
 from pipeline.geometry.poses import rigid_inverse as _rigid_inverse
+from pipeline.log import log
 
 FORMAT = "metric-align.trajectory"
 VERSION = 1
@@ -111,12 +114,17 @@ class Trajectory:
         Ks[:, 1, 1] *= self.focal_scale
         return Ks
 
-    def head(self, n: int) -> Trajectory:
-        """The first ``n`` frames; a clear error if there are fewer."""
-        if len(self) < n:
-            raise TrajectoryError(f"trajectory has {len(self)} poses, {n} are needed")
-        return Trajectory(self.c2w[:n], self.focal_scale[:n], self.fps, self.keyframes,
-                          dict(self.source))
+    def fit(self, n: int) -> Trajectory:
+        """Exactly ``n`` frames (the model's count): itself when it has them, else the whole path
+        resampled (``resample_trajectory``) with one log line saying so. Cutting a long path to
+        its first ``n`` poses would silently drop almost all of the camera move."""
+        if len(self) == int(n):
+            return self
+        out = resample_trajectory(self, n)
+        name = self.source.get("file") or self.source.get("kind") or "trajectory"
+        log.info(f"trajectory {name}: {len(self)} poses resampled to the model's {int(n)} frames "
+                 "along the whole path (evenly in time; SLERP rotations, spline positions)")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of the module docstring (frames always written)."""
@@ -266,6 +274,25 @@ def interpolate_keyframes(keyframes: Sequence[Keyframe], num_frames: int) -> Tra
         focal[i] = (1 - u) * fs[k] + u * fs[k + 1]
     return Trajectory(relative_poses(out), focal, keyframes=list(kfs),
                       source={"kind": "keyframes"})
+
+
+def resample_trajectory(traj: Trajectory, num_frames: int) -> Trajectory:
+    """``num_frames`` poses evenly spaced in time from the first pose to the last.
+
+    Time is the frame index (a file's frames are taken as evenly timed), so the path keeps its
+    speed profile: each output pose lies between its two neighbouring input poses, rotation by
+    SLERP, position by the keyframes' C1 Hermite spline, ``focal_scale`` linearly (the input
+    frames are used as keyframes of ``interpolate_keyframes``). Works both ways: a long recording
+    is thinned along its whole length, a short one is interpolated. ``fps`` is scaled so the
+    duration stays; ``source["resampled_from"]`` records the input's frame count.
+    """
+    kfs = [Keyframe(float(i), m, float(f))
+           for i, (m, f) in enumerate(zip(traj.c2w, traj.focal_scale))]
+    out = interpolate_keyframes(kfs, num_frames)
+    out.keyframes = traj.keyframes  # the editor's keyframes, not thousands of frames
+    out.fps = traj.fps * len(out) / len(traj) if traj.fps else traj.fps
+    out.source = {**traj.source, "resampled_from": len(traj)}
+    return out
 
 
 # ------------------------------------------------------------------------------- presets
