@@ -26,6 +26,12 @@ class SampleStage(Stage):
     def out_dir_name(self, cfg: dict) -> str:
         return f"{train_out_dir(cfg)}/samples"
 
+    def check_ready(self, cfg: dict) -> None:
+        """An unusable own image or trajectory file: one line before any stage runs."""
+        from trainer.sampling import check_sampling_inputs
+
+        check_sampling_inputs(cfg["train"])
+
     def process_shard(self, task: ShardTask) -> ShardResult:
         from trainer.sampling import sample_to_mp4, scene_inputs
 
