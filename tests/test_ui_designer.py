@@ -207,3 +207,24 @@ def test_non_loopback_host_warns(
         assert network_warning(host) is None, host
     for host in ("0.0.0.0", "::", "192.168.1.5", "myhost.example"):
         assert network_warning(host), host
+
+
+def test_large_image_is_loaded_at_working_size(tmp_path: Path) -> None:
+    """The designer reads images with the sample stage's rules: a large one (and its depth map
+    at the same size) is downscaled before the point cloud is built."""
+    import cv2
+
+    from pipeline.config import load_config
+    from pipeline.ui import expand_overrides, load_scene
+
+    img = tmp_path / "big.png"
+    assert cv2.imwrite(str(img), np.full((600, 800, 3), 90, np.uint8))
+    np.save(tmp_path / "big.npy", np.full((600, 800), 2.5, np.float32))
+    cfg = load_config(expand_overrides([f"image={img}", f"ui.depth={tmp_path / 'big.npy'}",
+                                        f"paths.work_dir={tmp_path / 'work'}"]))
+    cfg["train"]["sampling"]["max_image_side"] = 200
+    scene = load_scene(cfg, "cpu")
+    assert scene.rgb.shape == (150, 200, 3) and scene.depth.shape == (150, 200)
+    assert scene.median_depth == pytest.approx(2.5)
+    # the intrinsics belong to the working size (centred principal point)
+    np.testing.assert_allclose(scene.K[:2, 2], [100.0, 75.0])
