@@ -85,8 +85,11 @@ def write_bytes_atomic(data: bytes, path: Any) -> None:
         tmp.write_bytes(data)
 
 
-def write_json_atomic(obj: Any, path: Any) -> None:
-    write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), path)
+def write_json_atomic(obj: Any, path: Any, allow_nan: bool = True) -> None:
+    """``allow_nan=False``: strict JSON for files other programs read (a NaN or infinity
+    raises ``ValueError`` before anything is written, instead of an unparsable file)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=allow_nan)
+    write_bytes_atomic(text.encode(), path)
 
 
 def read_json(path: Any) -> Any:

@@ -14,8 +14,10 @@ torch or CUDA dependency), it is maintained (nerfstudio's viewer), and its callb
 Python, so the page calls the project's renderer and sampler directly. Gradio or a hand-written
 three.js page would need the 3D scene, gizmos and the websocket sync written here.
 
-Every failure a user can cause (unreadable image, no depth, no checkpoint, a bad edit) is shown
-in the page as one sentence (the status line plus a notification); the page never dies.
+A bad ``image=`` or ``clip=`` stops at start-up with one line and exit code 2, and a
+non-loopback ``host=`` gets a warning line. Every later failure a user can cause (no depth, no
+checkpoint, an unreadable upload, a bad edit) is shown in the page as one sentence (the status
+line plus a notification); the page never dies.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import ipaddress
 import shutil
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -85,13 +89,15 @@ def expand_overrides(overrides: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- scene
-def _read_rgb(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise SceneError(f"{what} not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise SceneError(f"cannot read {what} {path}: not an image OpenCV can decode")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def _read_rgb(path: Path, what: str, cfg: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The condition image at its working size and its own (W, H), with the sample stage's size
+    rules (``train.sampling.min_image_side`` / ``max_image_side``)."""
+    s = cfg["train"]["sampling"]
+    try:
+        return pv.read_condition_image(path, int(s["min_image_side"]), int(s["max_image_side"]),
+                                       what)
+    except pv.ImageError as exc:
+        raise SceneError(str(exc)) from None
 
 
 def _depth_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -103,13 +109,14 @@ def _depth_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _depth(rgb: np.ndarray, depth_file: str | None, dataset_file: Path | None,
-           cfg: dict[str, Any], device: str) -> tuple[np.ndarray, str]:
+           cfg: dict[str, Any], device: str,
+           full_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     dcfg = _depth_cfg(cfg)
     if not (depth_file or dcfg or dataset_file):
         raise SceneError("no depth for this image: start the designer with depth=da2_metric "
                          "(Depth Anything V2 metric weights on disk) or ui.depth=FILE")
     try:
-        return pv.condition_depth(rgb, depth_file, dataset_file, dcfg, device)
+        return pv.condition_depth(rgb, depth_file, dataset_file, dcfg, device, full_wh)
     except pv.DepthUnavailable as exc:
         raise SceneError(str(exc)) from None
     except (OSError, ValueError) as exc:  # transformers: weights not on disk, bad checkpoint
@@ -176,18 +183,19 @@ def load_scene(cfg: dict[str, Any], device: str) -> Scene:
     s = cfg["train"]["sampling"]
     if u.get("image"):
         path = Path(str(u["image"]))
-        rgb = _read_rgb(path, "image")
+        rgb, full_wh = _read_rgb(path, "image", cfg)
         h, w = rgb.shape[:2]
         try:
             K, _ = pv.image_intrinsics(path, w, h, s.get("intrinsics"), float(s["fov_deg"]))
         except ValueError as exc:
             raise SceneError(str(exc)) from None
-        depth, src = _depth(rgb, str(u.get("depth") or "") or None, None, cfg, device)
+        depth, src = _depth(rgb, str(u.get("depth") or "") or None, None, cfg, device, full_wh)
         return Scene(path.stem, path, rgb, depth, K, src)
     frame, intr, depth_file = find_clip(cfg, str(u.get("clip") or ""))
-    rgb = _read_rgb(frame, "frame")
+    rgb, full_wh = _read_rgb(frame, "frame", cfg)
     h, w = rgb.shape[:2]
-    depth, src = _depth(rgb, str(u.get("depth") or "") or None, depth_file, cfg, device)
+    depth, src = _depth(rgb, str(u.get("depth") or "") or None, depth_file, cfg, device,
+                        full_wh)
     return Scene(frame.parent.name, frame, rgb, depth, intrinsics_from_normalised(intr, w, h),
                  src)
 
@@ -673,11 +681,55 @@ class DesignerApp:
         self.server.stop()
 
 
+def check_start(cfg: dict[str, Any]) -> None:
+    """``image=`` / ``clip=`` checked before the server starts (``SceneError``): a typo is one
+    line in the terminal, not a page that opens on an error. Depth is left to the page, which
+    can still take an uploaded image."""
+    u = cfg["ui"]
+    if u.get("image"):
+        _read_rgb(Path(str(u["image"])), "image", cfg)
+    elif u.get("clip"):
+        ds = cfg["dataset"]
+        if ds.get("definition"):
+            from pipeline.synthetic.sample_data import MARKER
+
+            if not (Path(ds["root"]) / MARKER).is_file():
+                print(f"trajectory designer: rendering dataset '{ds.get('name')}' on first use "
+                      "(a few minutes)...", flush=True)
+        frame, _, _ = find_clip(cfg, str(u["clip"]))
+        _read_rgb(frame, "frame", cfg)
+
+
+def network_warning(host: str) -> str | None:
+    """Why serving on ``host`` is risky, or None for a loopback address: the page writes files
+    and starts generation for whoever can open it (there is no login)."""
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(h).is_loopback:
+            return None
+    except ValueError:  # a host name: it may resolve to a network interface
+        pass
+    return (f"ui.host={host}: the designer is reachable from the network, and anyone who can "
+            "open it can write files and start generation (127.0.0.1 plus `ssh -L` keeps it "
+            "private)")
+
+
 def main_ui(overrides: list[str]) -> int:
-    """Entry of ``python -m pipeline ui``: load config, start the page, serve until Ctrl-C."""
+    """Entry of ``python -m pipeline ui``: load config, check ``image=`` / ``clip=`` (exit 2
+    with one line when unusable), start the page, serve until Ctrl-C."""
     from pipeline.config import load_config
 
     cfg = load_config(expand_overrides(overrides))
+    try:
+        check_start(cfg)
+    except SceneError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    warning = network_warning(str(cfg["ui"]["host"]))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     app = DesignerApp(cfg)
     print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
     try:

@@ -26,6 +26,12 @@ class SampleStage(Stage):
     def out_dir_name(self, cfg: dict) -> str:
         return f"{train_out_dir(cfg)}/samples"
 
+    def check_ready(self, cfg: dict) -> None:
+        """An unusable own image or trajectory file: one line before any stage runs."""
+        from trainer.sampling import check_sampling_inputs
+
+        check_sampling_inputs(cfg["train"])
+
     def process_shard(self, task: ShardTask) -> ShardResult:
         from trainer.sampling import sample_to_mp4, scene_inputs
 
@@ -36,7 +42,7 @@ class SampleStage(Stage):
                             on_step=sample_progress(task.cfg, "sample"),
                             **scene_inputs(task.cfg))
         log.info(f"[sample] {out['frames']} frames -> {out['mp4']}")
-        write_json_atomic(out, task.output)
+        write_json_atomic(out, task.output, allow_nan=False)
         return ShardResult(n_clips=1, n_ok=1, stats={"frames": out["frames"]})
 
 

@@ -65,7 +65,8 @@ class TrainStage(Stage):
         return train_out_dir(cfg)
 
     def check_ready(self, cfg: dict[str, Any]) -> None:
-        """The SVD backbone's weights must be loadable before the data stages run."""
+        """The SVD backbone's weights must be loadable, and the after-train sample's own image
+        and trajectory usable, before the data stages run."""
         tcfg = cfg["train"]
         if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
             from pipeline.config import ConfigError
@@ -73,6 +74,10 @@ class TrainStage(Stage):
             raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
                               "filesystem: use a local/shared paths.work_dir with it, or "
                               "train.distributed.backend=local with an s3:// work dir")
+        if tcfg["sampling"]["after_train"]:  # the sample it writes: own image / trajectory
+            from trainer.sampling import check_sampling_inputs
+
+            check_sampling_inputs(tcfg)
         if tcfg["backbone"] != "svd":
             return
         from pipeline.depth.model import model_source_problem

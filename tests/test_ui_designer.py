@@ -141,3 +141,90 @@ def test_export_round_trip(tmp_path: Path) -> None:
         np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-12)
         assert a.focal_scale == pytest.approx(b.focal_scale)
     np.testing.assert_allclose(back.trajectory().c2w, traj.c2w, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ start-up
+class _StubApp:
+    """Stands in for the web server: records that it was started, stops at once."""
+
+    started: list[dict] = []
+
+    def __init__(self, cfg: dict) -> None:
+        self.started.append(cfg)
+        self.url = "http://stub"
+
+    def load(self) -> bool:
+        raise KeyboardInterrupt  # what Ctrl-C does while serving
+
+    def stop(self) -> None:
+        pass
+
+
+def _ui(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> int:
+    import pipeline.ui as ui
+    from pipeline.cli import main
+
+    _StubApp.started = []
+    monkeypatch.setattr(ui, "DesignerApp", _StubApp)
+    return main(["ui", f"dataset.root={tmp_path / 'data'}", "dataset.definition=null",
+                 "depth=sensor", f"paths.work_dir={tmp_path / 'work'}", *args])
+
+
+def test_bad_image_or_clip_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    for arg, msg in ((f"image={tmp_path / 'nope.png'}", "image not found"),
+                     (f"image={tmp_path / 'junk.png'}", "cannot read image"),
+                     (f"image={tmp_path / 'dot.png'}", "is 1x1 pixels"),
+                     ("clip=no_such_clip", "clip no_such_clip not found")):
+        assert _ui(monkeypatch, tmp_path, arg) == 2, arg
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+        assert not _StubApp.started  # nothing was served
+
+
+def test_non_loopback_host_warns(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    img = tmp_path / "room.png"
+    assert cv2.imwrite(str(img), np.full((96, 128, 3), 120, np.uint8))
+    assert _ui(monkeypatch, tmp_path, f"image={img}", "host=0.0.0.0") == 0
+    out = capsys.readouterr()
+    assert len(_StubApp.started) == 1
+    warn = [ln for ln in out.err.splitlines() if ln.startswith("warning: ")]
+    assert len(warn) == 1 and "reachable from the network" in warn[0] and "0.0.0.0" in warn[0]
+    assert _ui(monkeypatch, tmp_path, f"image={img}") == 0  # the default 127.0.0.1: silent
+    assert "warning" not in capsys.readouterr().err
+    from pipeline.ui import network_warning
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert network_warning(host) is None, host
+    for host in ("0.0.0.0", "::", "192.168.1.5", "myhost.example"):
+        assert network_warning(host), host
+
+
+def test_large_image_is_loaded_at_working_size(tmp_path: Path) -> None:
+    """The designer reads images with the sample stage's rules: a large one (and its depth map
+    at the same size) is downscaled before the point cloud is built."""
+    import cv2
+
+    from pipeline.config import load_config
+    from pipeline.ui import expand_overrides, load_scene
+
+    img = tmp_path / "big.png"
+    assert cv2.imwrite(str(img), np.full((600, 800, 3), 90, np.uint8))
+    np.save(tmp_path / "big.npy", np.full((600, 800), 2.5, np.float32))
+    cfg = load_config(expand_overrides([f"image={img}", f"ui.depth={tmp_path / 'big.npy'}",
+                                        f"paths.work_dir={tmp_path / 'work'}"]))
+    cfg["train"]["sampling"]["max_image_side"] = 200
+    scene = load_scene(cfg, "cpu")
+    assert scene.rgb.shape == (150, 200, 3) and scene.depth.shape == (150, 200)
+    assert scene.median_depth == pytest.approx(2.5)
+    # the intrinsics belong to the working size (centred principal point)
+    np.testing.assert_allclose(scene.K[:2, 2], [100.0, 75.0])

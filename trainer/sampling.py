@@ -107,6 +107,32 @@ def load_trajectory(path: str | Path) -> np.ndarray:
     return np.linalg.inv(mats[0])[None] @ mats
 
 
+def check_sampling_inputs(tcfg: dict[str, Any]) -> None:
+    """Read the own condition image and trajectory file of ``train.sampling`` now: a bad one
+    stops the run on the driver with one ``ConfigError`` line, before any stage runs, instead of
+    failing the sample shard (with a traceback in its log) after training."""
+    from pipeline.errors import ConfigError
+    from trainer.inference import preview as pv
+    from trainer.inference.trajectory import TrajectoryError
+    from trainer.inference.trajectory import load_trajectory as load_traj
+
+    s = tcfg["sampling"]
+    if s.get("image"):
+        if not (s.get("trajectory") or s.get("trajectory_preset")):
+            raise ConfigError("train.sampling.image needs train.sampling.trajectory (a trajectory "
+                              "file) or train.sampling.trajectory_preset (dolly|orbit|pan|zoom)")
+        try:
+            pv.read_condition_image(s["image"], int(s["min_image_side"]), int(s["max_image_side"]))
+        except pv.ImageError as exc:
+            raise ConfigError(f"train.sampling.image: {exc}") from None
+    if s.get("trajectory"):
+        scale = float(s.get("trajectory_scale") or 0.0)
+        try:  # a RealEstate10K file's own scale may come from the curated data: checked later
+            load_traj(s["trajectory"], re10k_scale=scale if scale > 0 else 1.0)
+        except TrajectoryError as exc:
+            raise ConfigError(f"train.sampling.trajectory: {exc}") from None
+
+
 def load_model(tcfg: dict[str, Any], checkpoint_path: str | Path, device: str) -> torch.nn.Module:
     model = build_backbone(tcfg)
     model.load_trainable_state_dict(ckpt.load(checkpoint_path)["model"])
@@ -187,15 +213,14 @@ def sample_to_mp4(
     real_full = None
     own_traj = None
     dataset_file = None
+    full_wh = None
     plucker = None
     if s.get("image"):
         if not (s.get("trajectory") or s.get("trajectory_preset")):
             raise ValueError("sampling.image needs sampling.trajectory (a trajectory file) or "
                              "sampling.trajectory_preset (dolly|orbit|pan|zoom)")
-        bgr = cv2.imread(str(s["image"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"cannot read image {s['image']}")
-        rgb0 = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb0, full_wh = pv.read_condition_image(s["image"], int(s["min_image_side"]),
+                                                int(s["max_image_side"]))
         h0, w0 = rgb0.shape[:2]
         K0, k_src = pv.image_intrinsics(s["image"], w0, h0, s.get("intrinsics"),
                                         float(s["fov_deg"]))
@@ -233,7 +258,7 @@ def sample_to_mp4(
     if bool(s["preview"]) or shaping_on or s.get("trajectory_preset"):
         try:
             depth, depth_src = pv.condition_depth(rgb0, s.get("depth") or None, dataset_file,
-                                                  depth_cfg, device)
+                                                  depth_cfg, device, full_wh)
         except pv.DepthUnavailable as exc:
             if shaping_on or s.get("trajectory_preset"):
                 raise
@@ -241,7 +266,7 @@ def sample_to_mp4(
     chosen = pv.choose_trajectory(s, depth, n, curated_scale)
     if chosen is not None and own_traj is not None:  # the clip's real frames no longer apply
         reference, real_full, plucker = None, None, None
-    traj = (chosen or own_traj).head(n)
+    traj = (chosen or own_traj).fit(n)
     if real_full is not None:
         real_full = real_full[:n]
     K_model = adjust_intrinsics(K0, w0, h0, hw)
@@ -257,7 +282,8 @@ def sample_to_mp4(
         "checkpoint": str(checkpoint_path),
         "trajectory": traj.to_dict(),
         "intrinsics": {"source": k_src, "condition_image": K0.tolist(),
-                       "condition_size_wh": [w0, h0], "model": K_model.tolist(),
+                       "condition_size_wh": [w0, h0], "original_size_wh": list(full_wh or (w0, h0)),
+                       "model": K_model.tolist(),
                        "model_size_hw": list(hw)},
         "sns": {"noise_shaping": shaping_on, "t_threshold": float(s["sns_t_threshold"]),
                 "edge_k": int(s["sns_edge_k"]), "latent_margin": int(s["sns_latent_margin"]),
@@ -314,6 +340,6 @@ def sample_to_mp4(
     path = write_mp4(frames_u8, sdir / f"{name}.mp4", float(s["fps"]))
     json_path = sdir / f"{name}.json"
     report["outputs"] = {"mp4": path.name, **{k: Path(v).name for k, v in out.items()}}
-    write_json_atomic(report, json_path)
+    write_json_atomic(report, json_path, allow_nan=False)  # strict: other tools read it
     return {"mp4": str(path), "frames": int(len(frames_u8)), "checkpoint": str(checkpoint_path),
             "source": name, "json": str(json_path), **out}

@@ -34,6 +34,7 @@ from pipeline import storage
 from pipeline.depth.model import bilinear_sample, finalize_samples, sample_sensor
 from pipeline.errors import ClipError
 from pipeline.geometry import camera_metrics as cm
+from pipeline.geometry.poses import bottom_row_problem
 from pipeline.sfm.incremental import SfmFailure, estimate_poses, write_frames
 
 #: metric names, in report order
@@ -299,6 +300,10 @@ def read_trajectory(path: str | Path) -> np.ndarray:
     mats = vals.reshape(-1, 4, 4)
     if not np.all(np.isfinite(mats)):
         raise ValueError(f"trajectory {path}: non-finite values")
+    for i, m in enumerate(mats):
+        problem = bottom_row_problem(m)
+        if problem:
+            raise ValueError(f"trajectory {path} line {i + 1}: {problem}")
     return mats
 
 

@@ -12,6 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
+#: How far a camera-to-world file's bottom row may be from [0, 0, 0, 1] (absolute, per entry).
+#: Files written with a few decimals pass; a scale or projective row, which ``rigid_inverse``
+#: would silently treat as [0, 0, 0, 1], does not.
+RIGID_TOL = 1e-4
+
+
+def bottom_row_problem(mat: np.ndarray, tol: float = RIGID_TOL) -> str | None:
+    """Why a 4x4 is not a rigid transform's homogeneous form (its bottom row), or None."""
+    row = np.asarray(mat, dtype=np.float64).reshape(4, 4)[3]
+    if np.abs(row - [0.0, 0.0, 0.0, 1.0]).max() <= tol:
+        return None
+    got = ", ".join(f"{x:g}" for x in row)
+    return f"c2w bottom row must be [0, 0, 0, 1] (within {tol:g}), got [{got}]"
+
 
 def pixel_K(intrinsics: list[float] | np.ndarray, w: int, h: int) -> np.ndarray:
     """Pixel K at (w, h) from normalised [fx/W, fy/H, cx/W, cy/H] (exact for any resize in the

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline import storage
+from pipeline.log import log
 from trainer.inference.render import (
     Render,
     coverage,
@@ -45,6 +46,42 @@ FULL_FRAME_WIDTH_MM = 36.0  # the 35 mm-equivalent focal is relative to a 36 mm 
 
 class DepthUnavailable(RuntimeError):
     """No depth for the condition image (the message says what to configure)."""
+
+
+class ImageError(ValueError):
+    """A condition image that cannot be used (the message names the file and the problem)."""
+
+
+# ------------------------------------------------------------------------------- image
+def read_condition_image(
+    path: str | Path, min_side: int, max_side: int, what: str = "image"
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An own condition image as RGB uint8 at its working size, and the file's own (W, H).
+
+    Below ``min_side`` pixels on a side it is rejected (nothing to condition on); above
+    ``max_side`` on the long side it is downscaled (area) before depth, the point cloud and the
+    preview ever see it, since their memory grows with its pixels (a 64-megapixel photo would
+    make the preview a tensor of tens of GB for detail the model's resolution drops anyway).
+    Intrinsics taken after this (normalised, EXIF or field of view) hold at the working size.
+    """
+    p = Path(str(path))
+    if not p.is_file():
+        raise ImageError(f"{what} not found: {p}")
+    bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"cannot read {what} {p}: not an image OpenCV can decode")
+    h, w = bgr.shape[:2]
+    if min(h, w) < int(min_side):
+        raise ImageError(f"{what} {p} is {w}x{h} pixels: too small to condition on (at least "
+                         f"{int(min_side)} on each side, train.sampling.min_image_side)")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    f = int(max_side) / max(h, w)
+    if f < 1:
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        log.info(f"{what} {p.name} is {w}x{h}: downscaled to {size[0]}x{size[1]} for depth and "
+                 f"the preview (train.sampling.max_image_side={int(max_side)})")
+    return rgb, (w, h)
 
 
 # ------------------------------------------------------------------------------- intrinsics
@@ -143,8 +180,13 @@ def condition_depth(
     dataset_file: Path | None,
     depth_cfg: dict[str, Any] | None,
     device: str,
+    full_wh: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """The condition image's metric depth and where it came from (see the module docstring)."""
+    """The condition image's metric depth and where it came from (see the module docstring).
+
+    ``full_wh``: the image file's own size when ``rgb`` was downscaled to its working size
+    (``read_condition_image``); a depth map of that size is downscaled with it (nearest: a
+    blend of two surfaces' depths would be a point floating between them)."""
     if depth_file:
         d, src = read_depth_file(depth_file), f"file {Path(depth_file).name}"
     elif depth_cfg is not None and depth_cfg.get("backend") == "da2_metric":
@@ -156,9 +198,14 @@ def condition_depth(
             "no depth for the condition image: give train.sampling.depth=FILE (.npy metres) or "
             "train.sampling.depth_model=HUB_ID_OR_DIR (Depth Anything V2 metric)"
         )
-    if d.shape != rgb.shape[:2]:
-        raise DepthUnavailable(f"depth ({src}) is {d.shape[1]}x{d.shape[0]}, the image "
-                               f"{rgb.shape[1]}x{rgb.shape[0]}")
+    h, w = rgb.shape[:2]
+    if full_wh is not None and d.shape == (full_wh[1], full_wh[0]) and d.shape != (h, w):
+        d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
+    if d.shape != (h, w):
+        size = f"{w}x{h}"
+        if full_wh is not None and tuple(full_wh) != (w, h):
+            size = f"{full_wh[0]}x{full_wh[1]} (working size {w}x{h})"
+        raise DepthUnavailable(f"depth ({src}) is {d.shape[1]}x{d.shape[0]}, the image {size}")
     return d, src
 
 
@@ -168,14 +215,16 @@ def choose_trajectory(
     curated_scale: dict[str, float] | None = None,
 ) -> Trajectory | None:
     """``sampling.trajectory`` (file) or ``sampling.trajectory_preset`` (sized from the depth),
-    or None when neither is set. A RealEstate10K pose file takes ``trajectory_scale`` or, when
-    0, the curated ``frame_scale`` of its first frame (the clip id is the file name)."""
+    or None when neither is set; a file with another frame count than ``num_frames`` is
+    resampled along its whole path (``Trajectory.fit``). A RealEstate10K pose file takes
+    ``trajectory_scale`` or, when 0, the curated ``frame_scale`` of its first frame (the clip id
+    is the file name)."""
     if s.get("trajectory"):
         scale = float(s.get("trajectory_scale") or 0.0)
         stem = Path(str(s["trajectory"])).stem
         if scale <= 0 and curated_scale and stem in curated_scale:
             scale = curated_scale[stem]
-        return load_trajectory(s["trajectory"], re10k_scale=scale or None).head(num_frames)
+        return load_trajectory(s["trajectory"], re10k_scale=scale or None).fit(num_frames)
     if s.get("trajectory_preset"):
         if depth is None:
             raise TrajectoryError(

@@ -23,9 +23,18 @@ The trajectory file format (``.json``, written by ``save_trajectory`` and by a U
       "source": {"kind": "preset", "preset": "orbit", ...}   # optional provenance, free form
     }
 
+Every ``c2w`` must be rigid: an orthonormal rotation (det +1) and a bottom row of
+``[0, 0, 0, 1]``, each within ``RIGID_TOL`` (1e-4, absolute): files written with a few decimals
+pass, a scaled or projective matrix is rejected with the file and frame in the message.
+
 When ``frames`` is present it is used as is (re-expressed relative to its first pose, so a file
 in any world frame works); otherwise ``num_frames`` frames are interpolated from ``keyframes``
-(``interpolate_keyframes``). ``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
+(``interpolate_keyframes``). Sampling needs the model's frame count: a trajectory with another
+count is resampled along its whole path (``resample_trajectory``), and a log line says so.
+``focal_scale`` defaults to 1 and ``time`` to evenly spaced values.
+Every number must be finite (no NaN / Infinity, which JSON does not have but Python reads);
+``focal_scale`` and ``fps`` must be > 0, ``num_frames`` a whole number >= 1. Files are written
+as strict JSON.
 
 Other readers (``load_trajectory`` dispatches on content): a c2w text file (16 numbers per line,
 row-major, metres) and a RealEstate10K pose file (URL line + 19 numbers per line, relative
@@ -44,8 +53,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry.poses import relative_poses, scale_translation, w2c_to_mat44
+from pipeline.geometry.poses import (
+    RIGID_TOL,
+    bottom_row_problem,
+    relative_poses,
+    scale_translation,
+    w2c_to_mat44,
+)
 from pipeline.geometry.poses import rigid_inverse as _rigid_inverse
+from pipeline.log import log
 
 FORMAT = "metric-align.trajectory"
 VERSION = 1
@@ -82,8 +98,10 @@ class Trajectory:
         ).copy()
         if len(self.c2w) == 0:
             raise TrajectoryError("trajectory has no frames")
-        if not (np.all(np.isfinite(self.c2w)) and np.all(self.focal_scale > 0)):
-            raise TrajectoryError("trajectory has non-finite poses or non-positive focal_scale")
+        if not np.all(np.isfinite(self.c2w)):
+            raise TrajectoryError("trajectory has non-finite poses")
+        if not (np.all(np.isfinite(self.focal_scale)) and np.all(self.focal_scale > 0)):
+            raise TrajectoryError("trajectory focal_scale must be finite numbers > 0")
 
     def __len__(self) -> int:
         return len(self.c2w)
@@ -96,12 +114,17 @@ class Trajectory:
         Ks[:, 1, 1] *= self.focal_scale
         return Ks
 
-    def head(self, n: int) -> Trajectory:
-        """The first ``n`` frames; a clear error if there are fewer."""
-        if len(self) < n:
-            raise TrajectoryError(f"trajectory has {len(self)} poses, {n} are needed")
-        return Trajectory(self.c2w[:n], self.focal_scale[:n], self.fps, self.keyframes,
-                          dict(self.source))
+    def fit(self, n: int) -> Trajectory:
+        """Exactly ``n`` frames (the model's count): itself when it has them, else the whole path
+        resampled (``resample_trajectory``) with one log line saying so. Cutting a long path to
+        its first ``n`` poses would silently drop almost all of the camera move."""
+        if len(self) == int(n):
+            return self
+        out = resample_trajectory(self, n)
+        name = self.source.get("file") or self.source.get("kind") or "trajectory"
+        log.info(f"trajectory {name}: {len(self)} poses resampled to the model's {int(n)} frames "
+                 "along the whole path (evenly in time; SLERP rotations, spline positions)")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of the module docstring (frames always written)."""
@@ -253,6 +276,25 @@ def interpolate_keyframes(keyframes: Sequence[Keyframe], num_frames: int) -> Tra
                       source={"kind": "keyframes"})
 
 
+def resample_trajectory(traj: Trajectory, num_frames: int) -> Trajectory:
+    """``num_frames`` poses evenly spaced in time from the first pose to the last.
+
+    Time is the frame index (a file's frames are taken as evenly timed), so the path keeps its
+    speed profile: each output pose lies between its two neighbouring input poses, rotation by
+    SLERP, position by the keyframes' C1 Hermite spline, ``focal_scale`` linearly (the input
+    frames are used as keyframes of ``interpolate_keyframes``). Works both ways: a long recording
+    is thinned along its whole length, a short one is interpolated. ``fps`` is scaled so the
+    duration stays; ``source["resampled_from"]`` records the input's frame count.
+    """
+    kfs = [Keyframe(float(i), m, float(f))
+           for i, (m, f) in enumerate(zip(traj.c2w, traj.focal_scale))]
+    out = interpolate_keyframes(kfs, num_frames)
+    out.keyframes = traj.keyframes  # the editor's keyframes, not thousands of frames
+    out.fps = traj.fps * len(out) / len(traj) if traj.fps else traj.fps
+    out.source = {**traj.source, "resampled_from": len(traj)}
+    return out
+
+
 # ------------------------------------------------------------------------------- presets
 def scene_depth(depth: np.ndarray) -> float:
     """Median of the valid (finite, positive) depths: the scale presets are sized by."""
@@ -304,52 +346,145 @@ def preset_trajectory(
 
 # ------------------------------------------------------------------------------- files
 def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
-    """Write the JSON format atomically (temp file + rename)."""
+    """Write the JSON format atomically (temp file + rename). Strict JSON: a NaN or infinity
+    raises ``ValueError`` before anything is written (other readers reject them)."""
+    text = json.dumps(traj.to_dict(), indent=1, allow_nan=False) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(traj.to_dict(), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def _mat16(v: Any, where: str) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64)
+    """A file's c2w as a checked rigid 4x4: orthonormal rotation and bottom row [0, 0, 0, 1]
+    within ``RIGID_TOL`` (anything else would be silently treated as rigid downstream)."""
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.empty(0)
     if a.size != 16 or not np.all(np.isfinite(a)):
         raise TrajectoryError(f"{where}: c2w must be 16 finite numbers (row-major 4x4)")
     a = a.reshape(4, 4)
     R = a[:3, :3]
-    if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or abs(np.linalg.det(R) - 1) > 1e-4:
+    if np.abs(R @ R.T - np.eye(3)).max() > RIGID_TOL or abs(np.linalg.det(R) - 1) > RIGID_TOL:
         raise TrajectoryError(f"{where}: c2w rotation is not orthonormal")
+    problem = bottom_row_problem(a)
+    if problem:
+        raise TrajectoryError(f"{where}: {problem}")
     return a
 
 
-def trajectory_from_dict(doc: dict[str, Any], where: str = "trajectory") -> Trajectory:
+def _number(v: Any, what: str, positive: bool = False) -> float:
+    """A finite number from a file, else a ``TrajectoryError`` naming it: Python's JSON reader
+    accepts NaN and Infinity (and 1e999 overflows to infinity), which no pose or zoom means."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = float("nan")
+    if isinstance(v, bool) or not np.isfinite(x) or (positive and x <= 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise TrajectoryError(f"{what} must be {need}, got {v!r}")
+    return x
+
+
+def _count(v: Any, what: str) -> int:
+    """A whole number >= 1 from a file (a frame count), else a ``TrajectoryError``."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = float("nan")
+    if isinstance(v, bool) or not np.isfinite(x) or x < 1 or x != int(x):
+        raise TrajectoryError(f"{what} must be a whole number >= 1, got {v!r}")
+    return int(x)
+
+
+def _non_finite_path(v: Any, path: str = "") -> str | None:
+    """Where a NaN / infinity sits in a free-form JSON value (``source``), or None."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return path or "value"
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        hit = _non_finite_path(x, f"{path}.{k}" if path else str(k))
+        if hit:
+            return hit
+    return None
+
+
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _json_kind(v: Any) -> str:
+    return _JSON_KINDS.get(type(v), type(v).__name__)
+
+
+def _pose_list(doc: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """``doc[key]`` as a list of objects ([] when absent); a wrong type names the key."""
+    items = doc.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise TrajectoryError(f"{where}: '{key}' must be a list of poses, "
+                              f"got a {_json_kind(items)}")
+    what = key[:-1]  # frame / keyframe
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise TrajectoryError(f"{where}: {what} {i} must be an object like "
+                                  f'{{"c2w": [16 numbers]}}, got a {_json_kind(item)}')
+    return items
+
+
+def trajectory_from_dict(doc: Any, where: str = "trajectory") -> Trajectory:
     """Parse the JSON document (see the module docstring); ``where`` names it in errors."""
+    if not isinstance(doc, dict):
+        raise TrajectoryError(f"{where}: expected a JSON object with 'frames' or 'keyframes', "
+                              f"got a {_json_kind(doc)}")
     if doc.get("format") != FORMAT:
         raise TrajectoryError(f"{where}: 'format' must be '{FORMAT}', got {doc.get('format')!r}")
-    if int(doc.get("version", -1)) != VERSION:
-        raise TrajectoryError(f"{where}: unsupported version {doc.get('version')!r}")
+    try:
+        version_ok = int(doc.get("version", -1)) == VERSION
+    except (TypeError, ValueError, OverflowError):
+        version_ok = False
+    if not version_ok:
+        raise TrajectoryError(f"{where}: unsupported version {doc.get('version')!r} (this reader "
+                              f"reads version {VERSION})")
     fps = doc.get("fps")
+    if fps is not None:
+        fps = _number(fps, f"{where}: 'fps'", positive=True)
+    num_frames = doc.get("num_frames")
+    if num_frames is not None:
+        num_frames = _count(num_frames, f"{where}: 'num_frames'")
+    bad = _non_finite_path(doc.get("source"))
+    if bad:
+        raise TrajectoryError(f"{where}: 'source' has a NaN or infinite number at {bad}")
+    raw_frames = _pose_list(doc, "frames", where)
+    raw_kfs = _pose_list(doc, "keyframes", where)
     kfs = None
-    if doc.get("keyframes"):
-        raw = doc["keyframes"]
-        default_t = np.linspace(0.0, 1.0, len(raw))
-        kfs = [Keyframe(float(k.get("time", default_t[i])),
+    if raw_kfs:
+        default_t = np.linspace(0.0, 1.0, len(raw_kfs))
+        kfs = [Keyframe(_number(k.get("time", default_t[i]), f"{where} keyframe {i}: time"),
                         _mat16(k.get("c2w"), f"{where} keyframe {i}"),
-                        float(k.get("focal_scale", 1.0))) for i, k in enumerate(raw)]
-    if doc.get("frames"):
-        frames = doc["frames"]
-        c2w = np.stack([_mat16(f.get("c2w"), f"{where} frame {i}") for i, f in enumerate(frames)])
-        focal = np.array([float(f.get("focal_scale", 1.0)) for f in frames])
+                        _number(k.get("focal_scale", 1.0), f"{where} keyframe {i}: focal_scale",
+                                positive=True))
+               for i, k in enumerate(raw_kfs)]
+    if raw_frames:
+        c2w = np.stack([_mat16(f.get("c2w"), f"{where} frame {i}")
+                        for i, f in enumerate(raw_frames)])
+        focal = np.array([_number(f.get("focal_scale", 1.0), f"{where} frame {i}: focal_scale",
+                                  positive=True) for i, f in enumerate(raw_frames)])
         traj = Trajectory(relative_poses(c2w), focal, keyframes=kfs)
     elif kfs:
-        if "num_frames" not in doc:
+        if num_frames is None:
             raise TrajectoryError(f"{where}: keyframes without 'num_frames'")
-        traj = interpolate_keyframes(kfs, int(doc["num_frames"]))
+        traj = interpolate_keyframes(kfs, num_frames)
     else:
+        empty = [k for k in ("frames", "keyframes") if k in doc]
+        if empty:
+            raise TrajectoryError(f"{where}: '{empty[0]}' is empty: give at least one pose")
         raise TrajectoryError(f"{where}: neither 'frames' nor 'keyframes'")
-    traj.fps = float(fps) if fps is not None else None
+    traj.fps = fps
     traj.source = dict(doc.get("source") or traj.source)
     return traj
 
