@@ -22,7 +22,7 @@ Clip sets (``--sets``):
 Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``), ``colmap``
 (COLMAP's default settings in-process: 8192 SIFT at full resolution with upsampling,
 sequential overlap 10 + quadratic, RANSAC verification, no extra filters) and ``colmap_cli``
-(the issue reporter's recipe run with the ``colmap`` binary, e.g. Debian's 3.8: all frames at
+(a plain COLMAP recipe run with the ``colmap`` binary, e.g. Debian's 3.8: all frames at
 full resolution, ``feature_extractor`` 8192 SIFT with a single PINHOLE camera of the clip's
 intrinsics, ``sequential_matcher`` overlap 10 with COLMAP's default quadratic overlap,
 ``point_triangulator`` on a text model of the fixed poses without intrinsics refinement; the
@@ -30,7 +30,7 @@ model is read back with pycolmap into the same observation table; its CPU is the
 processes' plus this process's). ``colmap_cli`` is in the default list only when ``colmap`` is
 on PATH; asked for without it, it is skipped with one line.
 Besides align's clip factor, every configuration also reports ``ratio med``: the plain median
-of depth / z_cam over all observations (the reporter's "median of depth ratios").
+of depth / z_cam over all observations (the plain "median of depth ratios").
 
 Triangulations are cached under ``--cache`` by (configuration, clip) content hash, so tuning
 align or curate settings re-runs in seconds; ``--no-cache`` recomputes. Usage:
@@ -202,7 +202,7 @@ def triangulate_cached(row: dict[str, Any], tcfg: dict[str, Any], cache: Path | 
 
 
 # ------------------------------------------------------------------------------ colmap CLI
-# The issue reporter's recipe, run with the `colmap` binary (Debian ships 3.8): 8192 SIFT at
+# A plain COLMAP recipe, run with the `colmap` binary (Debian ships 3.8): 8192 SIFT at
 # full resolution (COLMAP's defaults: upsampling, max_image_size 3200), sequential matching with
 # overlap 10 (COLMAP's default quadratic_overlap=1 kept: also frames i+2^k), RANSAC
 # verification, then point_triangulator on a text model holding the fixed poses and intrinsics.
@@ -404,7 +404,7 @@ def sample_depth(row: dict[str, Any], df: pd.DataFrame, dcfg: dict[str, Any]) ->
 
 
 def ratio_median(df: pd.DataFrame, depth: np.ndarray) -> float:
-    """The issue reporter's scale: the plain median of depth / z_cam over every observation
+    """The plain scale: the median of depth / z_cam over every observation
     with a depth (``sample_depth``; no per-frame factors, weights, shrinkage or outlier rules),
     NaN if none."""
     z = df["z_cam"].to_numpy(np.float64)

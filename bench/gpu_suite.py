@@ -1,6 +1,6 @@
-"""Every GPU figure of issue 15 in one run: depth throughput/parity/OOM, SVD step, triangulation.
+"""Every GPU figure in one run: depth throughput/parity/OOM, SVD step, triangulation.
 
-Why one script: a lent accelerator comes with a few minutes of device time for the whole issue,
+Why one script: a borrowed accelerator often comes with a few minutes of device time in all,
 start-up included, so every measurement has to run from one prepared command that cannot lose
 what it measured. The script therefore
 
@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 SECTIONS = ("depth", "depth_parity", "depth_oom", "svd_train", "builtin_train", "triangulate",
             "depth_opts")
 
-#: Shapes per mode. ``full`` is what issue 15 asks for; ``quick`` exercises the same code paths
+#: Shapes per mode. ``full`` is the full measurement; ``quick`` exercises the same code paths
 #: with tiny shapes so a CPU run takes seconds.
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: observations gain tri_angle and unique (clip, frame, point) keys; align/curated gain the
-#    scale uncertainty, raw and shrunk frame factors and the conditioning figures (issue 12)
+#    scale uncertainty, raw and shrunk frame factors and the conditioning figures
 # 3: align gains the intrinsics columns (scale_sigma_focal, scale_focal_sensitivity,
 #    focal_consistency)
 SCHEMA_VERSION = 3
@@ -65,7 +65,7 @@ DEPTH_SAMPLES = pa.schema(
     ]
 )
 
-# Added with the align/curate stages (issue 5). Column definitions: pipeline/scale/factors.py and
+# Added with the align/curate stages. Column definitions: pipeline/scale/factors.py and
 # docs_curated_columns.md.
 ALIGN = pa.schema(
     [

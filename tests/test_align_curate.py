@@ -309,7 +309,7 @@ def test_align_process_shard(tmp_path: Path, cfg: dict[str, Any]) -> None:
 
 def test_clip_failed_in_depth_and_repeated_keys_keep_the_shards_good_clips(
         tmp_path: Path, cfg: dict[str, Any]) -> None:
-    """Issue 9, bug 1: a clip that failed in the depth stage has no depth rows, so the
+    """Regression: a clip that failed in the depth stage has no depth rows, so the
     row-order fast path does not apply; the key join must not trip over a (clip, frame, point)
     key repeated by an older triangulate output, and every good clip of the shard is aligned."""
     rng = np.random.default_rng(8)

@@ -1,7 +1,7 @@
 """The engine contract: a toy stage registered from its own module runs, resumes and reports
 like the real ones; failure kinds (input cached, error retried with a cap, non-zero exit);
 global stages through fingerprint/ledger/force/status; `status` agrees with `run`; config
-errors are one line before any output; regressions of issue #9's bugs."""
+errors are one line before any output; regressions of earlier bugs."""
 
 from __future__ import annotations
 

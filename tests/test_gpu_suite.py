@@ -1,7 +1,7 @@
 """bench/gpu_suite.py in --quick mode on CPU: every section runs through the project's own code
 paths with tiny shapes and writes figures that make sense; the budget guard stops cleanly.
 
-The suite exists to be run once on a lent GPU with a few minutes of device time, so anything
+The suite exists to be run once on a borrowed GPU with a few minutes of device time, so anything
 that would break there (a section that crashes, a figure not written, a budget that does not
 stop) must be caught here first.
 """

@@ -47,7 +47,7 @@ EYE_HEIGHT_RANGE = (1.2, 1.7)
 MAX_TRAJECTORY_TRIES = 2000
 
 # Stress-set trajectory kinds (metres, degrees). The ranges are the hard cases real footage
-# produced (issue #12): a turn on the spot with little travel, long slow RealEstate10K-style
+# produced: a turn on the spot with little travel, long slow RealEstate10K-style
 # pans, and forward walks with more travel than the bundled "forward" kind.
 ROTATION_PAN_TRAVEL = (0.10, 0.25)  # camera-centre travel over the clip
 ROTATION_PAN_TURN_DEG = (15.0, 30.0)  # rotation between first and last frame
