@@ -202,10 +202,11 @@ class ObjectPath:
         scheme, sep, rest = uri.partition("://")
         if not sep or scheme.lower() not in OBJECT_SCHEMES:
             raise ValueError(f"not an object-storage URI: {uri}")
-        rest = rest.strip("/")
-        bucket, _, key = rest.partition("/")
+        # only trailing slashes go: ``s3:///x`` has an empty bucket, it is not bucket ``x``
+        bucket, _, key = rest.rstrip("/").partition("/")
         if not bucket:
-            raise ValueError(f"URI without a bucket: {uri}")
+            raise ValueError(f"no bucket in {uri} (expected {scheme}://bucket/prefix)")
+        key = key.strip("/")
         self.scheme = scheme.lower()
         self.bucket = bucket
         self.key = posixpath.normpath(key) if key else ""

@@ -57,3 +57,20 @@ def test_unreachable_gs_dataset_is_one_line_before_any_stage(gcs_unreachable, tm
     assert "dataset.root=gs://some-bucket/re10k" in err and "cannot access" in err, err
     assert "GOOGLE_APPLICATION_CREDENTIALS" in err and "AWS" not in err, err
     assert not work.exists(), "something was written before the check"
+
+
+# ------------------------------------------------------------------ URI without a bucket
+@pytest.mark.parametrize("uri", ["s3://", "s3:///x", "gs://", "s3:////"])
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_uri_without_bucket_is_one_line(uri, command, capsys):
+    assert main([command, f"paths.work_dir={uri}"]) == 2
+    err = _one_line(capsys)
+    assert f"paths.work_dir={uri}" in err and "no bucket" in err, err
+
+
+def test_object_path_refuses_an_empty_bucket():
+    """``s3:///x`` is not bucket ``x``: the empty authority is a missing bucket."""
+    for uri in ("s3://", "s3:///x", "gs:///a/b"):
+        with pytest.raises(ValueError, match="no bucket"):
+            storage.path(uri)
+    assert str(storage.path("s3://b/x/")) == "s3://b/x"
