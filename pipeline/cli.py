@@ -1,7 +1,8 @@
 """Command line: ``python -m pipeline run [stage=NAME] [hydra overrides...]`` and ``status``.
 
 User mistakes (unknown stage, key or option, a value out of range, missing model weights, an
-empty dataset) print one line and exit 2 before any stage runs; only genuine bugs show a
+empty dataset) print one line and exit 2 before any stage runs; storage failing under a run
+(an object store outage, a lost run lock) prints one line and exits 1; only genuine bugs show a
 traceback. Exit codes are listed in ``EPILOG``.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline import storage
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import StorageError
 from pipeline.stage import StageNotImplemented
 
 EPILOG = """\
@@ -32,7 +35,9 @@ failures:
 
 exit codes (run):
   0  everything done; clips may have failed for input reasons (see the summary)
-  1  clips hit unexpected errors, shards failed or are pending, or no clip survived
+  1  clips hit unexpected errors, shards failed or are pending, or no clip survived; or
+     storage failed under the run (one line; the run log is kept locally if it cannot be
+     uploaded, at the path that line names)
   2  configuration or usage error (one line, nothing was computed)
   130  interrupted: re-run the same command to resume
 
@@ -93,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import runner
 
         if args.command == "status":
-            print(runner.format_status(runner.status(cfg)))
+            try:
+                print(runner.format_status(runner.status(cfg)))
+            except OSError as exc:  # status only reads: an unreachable bucket, a lost mount
+                raise StorageError(f"cannot read {cfg['paths']['work_dir']}: "
+                                   f"{storage.describe(exc)}") from None
             return 0
         summary = runner.Runner(cfg).run(cfg["stage"]["name"])
         if summary["exit_code"]:
@@ -104,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageNotImplemented) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

@@ -17,6 +17,7 @@ survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.config import ConfigError, stage_config_view
+from pipeline.errors import StorageError
 from pipeline.io import file_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import (
@@ -150,12 +152,30 @@ class Runner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = work_lock.acquire(self.work_root,
                                        float(self.cfg["storage"]["lock_ttl_s"]))
+        failure: StorageError | None = None
+        summary: dict[str, Any] | None = None
         try:
             plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
-            return self._run_locked(target, chain)
+            summary = self._run_locked(target, chain)
+            return summary
+        except OSError as exc:  # the work dir's storage failed under the driver
+            plog.to_file("storage failed during the run")
+            failure = StorageError(f"storage failed during the run on {self.work_root}: "
+                                   f"{storage.describe(exc)}")
+            raise failure from None
         finally:
-            plog.flush_remote()  # on object storage the run log is uploaded at the end
+            kept = plog.flush_remote()  # on object storage the run log is uploaded at the end
             self._lock.close()
+            if kept is not None:
+                note = (f"the run log could not be uploaded to {self.work_root}; it is kept at "
+                        f"{kept}")
+                if failure is not None:
+                    failure.details.append(note)
+                elif summary is not None:
+                    summary["problems"].append(note)
+                    summary["exit_code"] = 1
+                else:  # an interrupt or a bug is on its way out: say it beside it
+                    print(f"warning: {note}", file=sys.stderr)
 
     def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         ray_utils.init_ray(self.cfg)

@@ -70,6 +70,11 @@ def configure(section: dict[str, Any] | None) -> None:
                        gcs_anonymous=bool(section.get("gcs_anonymous", False)))
 
 
+def options() -> Options:
+    """The storage options in force (for clients built outside this module: the S3 lease)."""
+    return _OPTIONS
+
+
 def scheme_of(p: Any) -> str:
     """``s3``/``gs`` for an object-storage URI, ``""`` for a local path."""
     if isinstance(p, ObjectPath):
@@ -505,8 +510,13 @@ def _short(msg: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a storage exception (an ``OSError`` of pyarrow, boto3 or the OS)."""
-    return _short(" ".join(str(exc).split())) or type(exc).__name__
+    """One line for a storage exception (an ``OSError`` of pyarrow or the OS), keeping the
+    object it concerns (``When uploading ... key 'x' in bucket 'b': AWS Error ...``)."""
+    msg = " ".join(str(exc).split())
+    if "google::cloud::Status(" in msg:
+        head = msg.split("google::cloud::Status(")[0]
+        msg = head + _short(msg)
+    return msg or type(exc).__name__
 
 
 def append_object(target: Any, local: str | os.PathLike) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.config import ConfigError
+from pipeline.errors import StorageError
 
 
 def acquire(work_dir: Any, ttl_s: float) -> Any:
@@ -68,9 +69,15 @@ class FileLock:
 
 
 def _s3_client() -> Any:
-    import boto3  # conditional writes: pyarrow.fs cannot send If-None-Match / If-Match
+    """boto3, for conditional writes (pyarrow.fs cannot send If-None-Match / If-Match), with the
+    ``storage`` timeouts of every other request; endpoint, region and credentials come from the
+    standard AWS environment."""
+    import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3")  # endpoint, region, credentials: the standard AWS environment
+    opts = storage.options()
+    return boto3.client("s3", config=Config(connect_timeout=opts.connect_timeout_s,
+                                            read_timeout=opts.request_timeout_s))
 
 
 def _precondition_failed(exc: Exception) -> bool:
@@ -142,8 +149,8 @@ class S3Lease:
     def check(self) -> None:
         """Raise when the lease was lost (another run took it over, or renewals failed)."""
         if self._lost:
-            raise ConfigError(f"lost the run lock {self.key}: {self._lost}; stopping so that two "
-                              "runs never write the same work dir")
+            raise StorageError(f"lost the run lock {self.key}: {self._lost}; stopping so that two "
+                               "runs never write the same work dir")
 
     def close(self) -> None:
         self._stop.set()

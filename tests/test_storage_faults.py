@@ -6,12 +6,20 @@ closed local port stands for an unreachable Google Cloud Storage endpoint.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline import storage
 from pipeline.cli import main
+from pipeline.runner import Runner
+from tests.conftest import S3_ENV
 
 
 def _closed_port() -> int:
@@ -74,3 +82,107 @@ def test_object_path_refuses_an_empty_bucket():
         with pytest.raises(ValueError, match="no bucket"):
             storage.path(uri)
     assert str(storage.path("s3://b/x/")) == "s3://b/x"
+
+
+# ------------------------------------------------------------------ S3 outage mid-run
+class OwnS3:
+    """A moto S3 server of one test's own, which the test may stop (an outage) while the
+    session server of conftest.py keeps serving the other tests."""
+
+    def __init__(self) -> None:
+        server_mod = pytest.importorskip("moto.server", reason="needs moto[server] (dev extra)")
+        self.server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0,
+                                                    verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.up = True
+
+    def stop(self) -> None:
+        """The outage: stop serving and close the socket, so connections are refused."""
+        if self.up:
+            self.up = False
+            self.server.stop()
+            self.server._server.server_close()
+
+
+@pytest.fixture
+def own_s3(monkeypatch) -> Iterator[tuple[OwnS3, str]]:
+    """A function-scoped S3 server with one bucket; the AWS environment points at it."""
+    import boto3
+
+    s3 = OwnS3()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(storage, "_FS_CACHE", {})
+    monkeypatch.setattr(storage, "_OPTIONS", storage._OPTIONS)
+    bucket = f"ma-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    try:
+        yield s3, bucket
+    finally:
+        s3.stop()
+
+
+FAST_S3 = ["storage.connect_timeout_s=1", "storage.request_timeout_s=2",
+           "storage.lock_ttl_s=30", "progress=false"]
+
+
+def test_s3_outage_mid_run_is_one_line_and_keeps_the_run_log(own_s3, tmp_path, monkeypatch,
+                                                             capsys):
+    """The bucket goes away while the driver works: the run stops with one line naming the
+    storage failure (exit 1), and the run log, which could not be uploaded, is kept on this
+    node with its path in that line. The stages themselves are replaced by the driver's own
+    writes (log lines, then a JSON record, as ``plan.json`` and the ledger are written)."""
+    from pipeline import log as plog
+    from pipeline.io import write_json_atomic
+
+    s3, bucket = own_s3
+    uri = f"s3://{bucket}/work"
+
+    def stages(self: Runner, target: str, chain: list[str]) -> dict[str, Any]:
+        plog.log.info("work done before the outage")
+        s3.stop()
+        write_json_atomic({"shards": {}}, self.work_dir / "plan.json")
+        raise AssertionError("the write to a stopped server succeeded")
+
+    monkeypatch.setattr(Runner, "_run_locked", stages)
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "stage=ingest", f"paths.work_dir={uri}", *FAST_S3])
+    err = _one_line(capsys)
+    assert code == 1, err
+    assert "storage failed" in err and uri in err, err
+    kept = re.search(r"kept at (\S+)", err)
+    assert kept, err
+    text = Path(kept.group(1)).read_text()
+    assert "work done before the outage" in text
+    assert "Traceback" in text, "the full traceback belongs in the kept run log"
+    assert not any(tmp_path.glob("s3*"))
+    os.unlink(kept.group(1))
+    # status only reads: the same outage is one line too
+    assert main(["status", f"paths.work_dir={uri}"]) == 1
+    err = _one_line(capsys)
+    assert f"cannot read {uri}" in err and "Could not connect" in err, err
+
+
+def test_lease_lost_to_an_outage_stops_the_run_with_one_line(own_s3, capsys):
+    """Renewals of the S3 lease fail while the bucket is down: the run's next check raises a
+    ``StorageError`` (exit 1 at the command line), not a configuration error."""
+    import time
+
+    from pipeline import work_lock
+    from pipeline.errors import StorageError
+
+    s3, bucket = own_s3
+    storage.configure({"connect_timeout_s": 1, "request_timeout_s": 1})
+    lease = work_lock.acquire(f"s3://{bucket}/work", ttl_s=1.0)
+    try:
+        s3.stop()
+        deadline = time.monotonic() + 30
+        while lease._lost is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(StorageError, match="lost the run lock"):
+            lease.check()
+    finally:
+        lease.close()
