@@ -17,7 +17,9 @@ survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -494,9 +496,28 @@ def _chained_digest(e: Entry) -> str | None:
     return e.output_digest if extra is None else stable_hash([e.output_digest, extra])
 
 
+def check_writable(work_dir: str) -> None:
+    """A local work dir must take files: create it and a probe file in it, else one
+    ``ConfigError`` line. Checked before the run lock and any stage, so a read-only directory
+    or mount never surfaces as a traceback from whichever write happens to come first."""
+    d = storage.path(work_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"paths.work_dir={work_dir} is not writable "
+                          f"({exc.strerror or type(exc).__name__}): choose a writable directory "
+                          "or fix its permissions") from None
+
+
 def preflight(cfg: dict[str, Any]) -> None:
     """Every object-storage location of the run is reachable with the node's credentials and
-    its bucket exists: one ``ConfigError`` line otherwise, before any stage runs or writes."""
+    its bucket exists, and a local work dir is writable: one ``ConfigError`` line otherwise,
+    before any stage runs or writes."""
+    if not storage.is_uri(cfg["paths"]["work_dir"]):
+        check_writable(str(cfg["paths"]["work_dir"]))
     places = [("paths.work_dir", cfg["paths"]["work_dir"])]
     ds = cfg.get("dataset") or {}
     places += [(f"dataset.{k}", ds[k]) for k in ("root", "frames_root", "videos_root",

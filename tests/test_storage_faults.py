@@ -6,9 +6,15 @@ closed local port stands for an unreachable Google Cloud Storage endpoint.
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +25,7 @@ import pytest
 from pipeline import storage
 from pipeline.cli import main
 from pipeline.runner import Runner
-from tests.conftest import S3_ENV
+from tests.conftest import ROOT, S3_ENV
 
 
 def _closed_port() -> int:
@@ -186,3 +192,80 @@ def test_lease_lost_to_an_outage_stops_the_run_with_one_line(own_s3, capsys):
             lease.check()
     finally:
         lease.close()
+
+
+# ------------------------------------------------------------------ read-only work dir
+def _refuse_writes_under(monkeypatch, root: Path) -> None:
+    """What the kernel does in a read-only directory, for a process it would let through (root
+    ignores a 0o555 mode): every open for writing under ``root`` fails with EACCES. Covers the
+    ways Python creates files: ``open``/``io.open`` (``Path.open``, ``open(...)``) and ``os.open``
+    (``tempfile``)."""
+    real_os_open, real_open = os.open, builtins.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def under(path: Any) -> bool:
+        try:
+            return Path(os.fsdecode(path)).resolve().is_relative_to(root)
+        except (TypeError, ValueError):
+            return False
+
+    def denied(path: Any) -> PermissionError:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    def os_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & write_flags and under(path):
+            raise denied(path)
+        return real_os_open(path, flags, *args, **kw)
+
+    def py_open(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wax+") \
+                and under(file):
+            raise denied(file)
+        return real_open(file, mode, *args, **kw)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", py_open)
+    monkeypatch.setattr(io, "open", py_open)
+
+
+def test_read_only_work_dir_is_one_line_before_any_stage(tmp_path, monkeypatch, capsys):
+    """A work dir this user cannot write: one line, exit 2, before any stage runs (it used to
+    be a PermissionError traceback from the run lock). The directory is chmod 0o555; tests run
+    as root here, where that mode stops nothing, so the kernel's refusal is simulated
+    (``_refuse_writes_under``); as another user the mode alone does it.
+    ``test_work_dir_on_a_read_only_mount`` checks a real read-only mount where it can."""
+    work = tmp_path / "ro"
+    work.mkdir()
+    work.chmod(0o555)
+    if os.geteuid() == 0:
+        _refuse_writes_under(monkeypatch, work)
+    try:
+        code = main(["run", "stage=ingest", f"paths.work_dir={work}", "progress=false"])
+        err = _one_line(capsys)
+    finally:
+        monkeypatch.undo()
+        work.chmod(0o755)
+    assert code == 2, err
+    assert f"paths.work_dir={work}" in err and "not writable" in err, err
+    assert list(work.iterdir()) == [], "something was written"
+
+
+def test_work_dir_on_a_read_only_mount(tmp_path):
+    """The real thing: the CLI in a private mount namespace (``unshare -m``) where the work
+    dir's parent is a read-only tmpfs (nothing is mounted outside that namespace). Skipped
+    where namespaces or mounts are not permitted."""
+    unshare = shutil.which("unshare")
+    probe = [unshare, "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs {tmp_path}"] \
+        if unshare else None
+    if probe is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs unshare -m and mount rights)")
+    work = tmp_path / "work"
+    script = (f"mount -t tmpfs -o ro tmpfs {tmp_path} && exec {sys.executable} -m pipeline run "
+              f"stage=ingest paths.work_dir={work} progress=false")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    out = subprocess.run([unshare, "-m", "sh", "-c", script], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    err = out.stderr.strip()
+    assert out.returncode == 2, out.stdout + err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"paths.work_dir={work}" in err and "not writable" in err, err
