@@ -269,3 +269,28 @@ def test_work_dir_on_a_read_only_mount(tmp_path):
     assert out.returncode == 2, out.stdout + err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert f"paths.work_dir={work}" in err and "not writable" in err, err
+
+
+# ------------------------------------------------------------------ designer on object storage
+@pytest.mark.parametrize("overrides", [
+    ["paths.work_dir=s3://some-bucket/work"],
+    ["paths.work_dir=s3://some-bucket/work", "image=photo.jpg"],
+    ["dataset=re10k", "dataset.root=s3://some-bucket/re10k", "clip=abc"],
+])
+def test_designer_refuses_object_storage_with_one_line(overrides, tmp_path, monkeypatch,
+                                                       capsys):
+    """The designer reads images, depth and checkpoints through libraries that take file
+    names: an s3:// work dir (or clip dataset) is refused at start-up with one line, where it
+    used to become a local folder named 's3:'. The page itself never starts."""
+    from pipeline import ui
+
+    def no_page(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("the designer page was started")
+
+    monkeypatch.setattr(ui, "DesignerApp", no_page)
+    monkeypatch.chdir(tmp_path)
+    assert main(["ui", *overrides]) == 2
+    err = _one_line(capsys)
+    key = overrides[0].split("=")[0] if "work_dir" in overrides[0] else "dataset.root"
+    assert key in err and "s3://some-bucket" in err and "local" in err, err
+    assert not any(tmp_path.iterdir()), "the designer created local files"
