@@ -158,6 +158,8 @@ class Runner:
         summary: dict[str, Any] | None = None
         try:
             plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
+            if self._lock.note:  # a killed run's lock, taken over
+                log.info(self._lock.note)
             summary = self._run_locked(target, chain)
             return summary
         except OSError as exc:  # the work dir's storage failed under the driver
@@ -516,8 +518,6 @@ def preflight(cfg: dict[str, Any]) -> None:
     """Every object-storage location of the run is reachable with the node's credentials and
     its bucket exists, and a local work dir is writable: one ``ConfigError`` line otherwise,
     before any stage runs or writes."""
-    if not storage.is_uri(cfg["paths"]["work_dir"]):
-        check_writable(str(cfg["paths"]["work_dir"]))
     places = [("paths.work_dir", cfg["paths"]["work_dir"])]
     ds = cfg.get("dataset") or {}
     places += [(f"dataset.{k}", ds[k]) for k in ("root", "frames_root", "videos_root",
@@ -534,6 +534,8 @@ def preflight(cfg: dict[str, Any]) -> None:
             storage.check_access(str(value), key)
         except OSError as exc:
             raise ConfigError(str(exc)) from None
+    if not storage.is_uri(cfg["paths"]["work_dir"]):  # last: it creates the work dir
+        check_writable(str(cfg["paths"]["work_dir"]))
 
 
 def _last_line(text: str | None) -> str:

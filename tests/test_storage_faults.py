@@ -294,3 +294,139 @@ def test_designer_refuses_object_storage_with_one_line(overrides, tmp_path, monk
     key = overrides[0].split("=")[0] if "work_dir" in overrides[0] else "dataset.root"
     assert key in err and "s3://some-bucket" in err and "local" in err, err
     assert not any(tmp_path.iterdir()), "the designer created local files"
+
+
+# ------------------------------------------------------------------ stale run locks
+LEASE_TTL_S = 600.0  # far in the future: only a dead holder makes these leases stale
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _put_lease(bucket: str, key: str, pid: int, host: str | None = None) -> None:
+    """The lease object as a driver writes it (``owner`` is host:pid:token), unexpired."""
+    import json
+    import time
+
+    import boto3
+
+    body = {"owner": f"{host or socket.gethostname()}:{pid}:feedc0de",
+            "expires_at": time.time() + LEASE_TTL_S, "ttl_s": LEASE_TTL_S}
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+
+
+def _lease_exists(bucket: str, key: str) -> bool:
+    import boto3
+
+    return boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) > 0
+
+
+@pytest.fixture
+def s3_work(s3_server, monkeypatch, tmp_path) -> tuple[str, str]:
+    """A fresh prefix in a bucket of the session S3 server, with a plan (status needs one)."""
+    import boto3
+
+    monkeypatch.setattr(storage, "_OPTIONS", storage._OPTIONS)
+    monkeypatch.chdir(tmp_path)
+    bucket = f"ma-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    storage.path(f"s3://{bucket}/work/plan.json").write_text('{"shards": {}}')
+    return bucket, f"s3://{bucket}/work"
+
+
+def _fake_run(monkeypatch) -> None:
+    """``run`` without its stages: the lock is taken, the run log set up, and released."""
+    def stages(self: Runner, target: str, chain: list[str]) -> dict[str, Any]:
+        return {"exit_code": 0, "problems": []}
+
+    monkeypatch.setattr(Runner, "_run_locked", stages)
+
+
+def test_stale_lease_of_a_dead_driver_on_this_host(s3_work, monkeypatch, capsys):
+    """A driver killed with -9 leaves its lease for up to storage.lock_ttl_s. Its host is this
+    one and its pid is gone, so: status shows the holder as stale, unlock removes the lease,
+    and a run takes it over at once (saying so) instead of waiting for the expiry."""
+    bucket, uri = s3_work
+    host, pid = socket.gethostname(), _dead_pid()
+    _put_lease(bucket, "work/.run.lock", pid)
+    assert main(["status", f"paths.work_dir={uri}"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("run lock"))
+    assert f"{host}" in line and f"pid {pid}" in line and "stale" in line, line
+    assert "expires in" in line and "age" in line, line
+    assert "unlock" in line, line
+
+    assert main(["unlock", f"paths.work_dir={uri}"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert not _lease_exists(bucket, "work/.run.lock")
+    assert main(["unlock", f"paths.work_dir={uri}"]) == 0  # nothing left: says so, exit 0
+    assert "no run lock" in capsys.readouterr().out
+
+    _put_lease(bucket, "work/.run.lock", pid)
+    _fake_run(monkeypatch)
+    assert main(["run", "stage=ingest", f"paths.work_dir={uri}", *FAST_S3]) == 0
+    out = capsys.readouterr().out
+    assert "took over the run lock" in out and f"pid {pid}" in out, out
+    assert not _lease_exists(bucket, "work/.run.lock"), "released at the end"
+
+
+def test_lease_of_a_live_process_is_not_broken(s3_work, capsys):
+    """A holder on this host whose process runs (or any unexpired holder on another host) is
+    alive: unlock refuses with one line and exit 1, status says it is held, a run is refused."""
+    bucket, uri = s3_work
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        for pid, host in ((sleeper.pid, None), (_dead_pid(), "some-other-host")):
+            _put_lease(bucket, "work/.run.lock", pid, host)
+            assert main(["unlock", f"paths.work_dir={uri}"]) == 1
+            err = _one_line(capsys)
+            assert "still held" in err and f"pid {pid}" in err, err
+            assert _lease_exists(bucket, "work/.run.lock")
+            assert main(["status", f"paths.work_dir={uri}"]) == 0
+            line = next(ln for ln in capsys.readouterr().out.splitlines()
+                        if ln.startswith("run lock"))
+            assert "held by" in line and "stale" not in line, line
+            assert main(["run", "stage=ingest", f"paths.work_dir={uri}", *FAST_S3]) == 2
+            assert "another `run` is using" in _one_line(capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_local_lock_holder_in_status_and_unlock(tmp_path, capsys):
+    """The local flock: status names the holder while a run holds it and unlock refuses; a
+    record left behind by a killed run (the flock itself died with it) is shown as stale and
+    removed by unlock."""
+    import json
+
+    from pipeline import work_lock
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "plan.json").write_text('{"shards": {}}')
+    lock = work_lock.acquire(str(work), LEASE_TTL_S)
+    try:
+        assert main(["status", f"paths.work_dir={work}"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines()
+                    if ln.startswith("run lock"))
+        assert f"pid {os.getpid()}" in line and socket.gethostname() in line, line
+        assert "held by" in line and "stale" not in line, line
+        assert main(["unlock", f"paths.work_dir={work}"]) == 1
+        assert "still held" in _one_line(capsys)
+    finally:
+        lock.close()
+    assert main(["status", f"paths.work_dir={work}"]) == 0
+    assert "run lock" not in capsys.readouterr().out  # released: nothing to show
+
+    pid = _dead_pid()
+    (work / ".run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid,
+                                                "started_at": 0.0}))
+    assert main(["status", f"paths.work_dir={work}"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("run lock"))
+    assert "stale" in line and f"pid {pid}" in line, line
+    assert main(["unlock", f"paths.work_dir={work}"]) == 0
+    assert not (work / ".run.lock").exists()
