@@ -163,6 +163,8 @@ class Runner:
             summary = self._run_locked(target, chain)
             return summary
         except OSError as exc:  # the work dir's storage failed under the driver
+            if isinstance(exc, ConnectionError):  # sockets (Ray's), never a filesystem's error
+                raise
             plog.to_file("storage failed during the run")
             failure = StorageError(f"storage failed during the run on {self.work_root}: "
                                    f"{storage.describe(exc)}")

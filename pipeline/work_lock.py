@@ -88,8 +88,8 @@ class Holder:
         now = time.time() if now is None else now
         who = f"{self.host} pid {self.pid}" if self.pid is not None else "an unknown process"
         age = f"age {now - self.started_at:.0f} s" if self.started_at else "age unknown"
-        if self.expires_at is None:
-            expiry = "no expiry (released when that process ends)"
+        if self.expires_at is None:  # a flock
+            expiry = "held until that process ends" if self.alive else "no longer held"
         elif self.expires_at > now:
             expiry = f"expires in {self.expires_at - now:.0f} s unless renewed"
         else:
