@@ -151,7 +151,10 @@ class Runner:
         preflight(self.cfg)  # buckets, credentials, endpoints: one line before any stage runs
         for name in chain:  # weights, devices...: fail before any stage writes anything
             load_stage(name).check_ready(self.cfg)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if storage.is_uri(self.work_root):
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        else:  # the first write: a read-only directory or mount is one line, not a traceback
+            check_writable(self.work_root)
         self._lock = work_lock.acquire(self.work_root,
                                        float(self.cfg["storage"]["lock_ttl_s"]))
         failure: StorageError | None = None
@@ -502,8 +505,9 @@ def _chained_digest(e: Entry) -> str | None:
 
 def check_writable(work_dir: str) -> None:
     """A local work dir must take files: create it and a probe file in it, else one
-    ``ConfigError`` line. Checked before the run lock and any stage, so a read-only directory
-    or mount never surfaces as a traceback from whichever write happens to come first."""
+    ``ConfigError`` line. Checked after the other start-up checks (it creates the work dir) and
+    before the run lock and any stage, so a read-only directory or mount never surfaces as a
+    traceback from whichever write happens to come first."""
     d = storage.path(work_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -518,8 +522,7 @@ def check_writable(work_dir: str) -> None:
 
 def preflight(cfg: dict[str, Any]) -> None:
     """Every object-storage location of the run is reachable with the node's credentials and
-    its bucket exists, and a local work dir is writable: one ``ConfigError`` line otherwise,
-    before any stage runs or writes."""
+    its bucket exists: one ``ConfigError`` line otherwise, before any stage runs or writes."""
     places = [("paths.work_dir", cfg["paths"]["work_dir"])]
     ds = cfg.get("dataset") or {}
     places += [(f"dataset.{k}", ds[k]) for k in ("root", "frames_root", "videos_root",
@@ -536,8 +539,6 @@ def preflight(cfg: dict[str, Any]) -> None:
             storage.check_access(str(value), key)
         except OSError as exc:
             raise ConfigError(str(exc)) from None
-    if not storage.is_uri(cfg["paths"]["work_dir"]):  # last: it creates the work dir
-        check_writable(str(cfg["paths"]["work_dir"]))
 
 
 def _last_line(text: str | None) -> str:
