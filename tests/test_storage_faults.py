@@ -430,3 +430,18 @@ def test_local_lock_holder_in_status_and_unlock(tmp_path, capsys):
     assert "stale" in line and f"pid {pid}" in line, line
     assert main(["unlock", f"paths.work_dir={work}"]) == 0
     assert not (work / ".run.lock").exists()
+
+
+def test_task_log_is_kept_when_its_upload_fails(own_s3, tmp_path, caplog):
+    """A task's log on an object-storage work dir is uploaded when the task ends; with the
+    bucket down it stays on the node, and the warning says where."""
+    from pipeline.stage import _upload_log
+
+    s3, bucket = own_s3
+    storage.configure({"connect_timeout_s": 1, "request_timeout_s": 1})
+    local = tmp_path / "metric-align-ingest-shard-0.log"
+    local.write_text("what the task did\n")
+    s3.stop()
+    _upload_log(str(local), f"s3://{bucket}/work/logs/ingest/shard-0.log")
+    assert local.read_text() == "what the task did\n"
+    assert f"kept at {local}" in caplog.text
