@@ -1,7 +1,9 @@
-"""Command line: ``python -m pipeline run [stage=NAME] [hydra overrides...]`` and ``status``.
+"""Command line: ``python -m pipeline run [stage=NAME] [hydra overrides...]``, ``status``,
+``unlock`` and ``ui``.
 
 User mistakes (unknown stage, key or option, a value out of range, missing model weights, an
-empty dataset) print one line and exit 2 before any stage runs; only genuine bugs show a
+empty dataset) print one line and exit 2 before any stage runs; storage failing under a run
+(an object store outage, a lost run lock) prints one line and exits 1; only genuine bugs show a
 traceback. Exit codes are listed in ``EPILOG``.
 """
 
@@ -10,8 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline import storage
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import StorageError
 from pipeline.stage import StageNotImplemented
+from pipeline.work_lock import LockHeld
 
 EPILOG = """\
 overrides (Hydra syntax, key=value; checked before any work starts):
@@ -30,9 +35,11 @@ failures:
           good clips are kept, the shard is retried on the next run up to retry.max_attempts
           times (force=true starts over)
 
-exit codes (run):
+exit codes (run; unlock: 1 while the lock's holder is alive):
   0  everything done; clips may have failed for input reasons (see the summary)
-  1  clips hit unexpected errors, shards failed or are pending, or no clip survived
+  1  clips hit unexpected errors, shards failed or are pending, or no clip survived; or
+     storage failed under the run (one line; the run log is kept locally if it cannot be
+     uploaded, at the path that line names)
   2  configuration or usage error (one line, nothing was computed)
   130  interrupted: re-run the same command to resume
 
@@ -44,6 +51,7 @@ examples:
   python -m pipeline run stage=align
   python -m pipeline run stage=ingest dataset=rgbd dataset.root=../shared/data/rgbd/redkitchen-seq
   python -m pipeline status paths.work_dir=work
+  python -m pipeline unlock paths.work_dir=s3://bucket/work   # a killed driver's stale lease
 """
 
 
@@ -67,11 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=epilog,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status,ui}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,status,unlock,ui}")
     for name, text in (
         ("run", "run a stage and every upstream shard that is missing, failed or stale"),
         ("status", "per stage: shards done / with errors / failed / pending, what `run` would "
-                   "compute, and every failure reason"),
+                   "compute, and every failure reason; who holds the run lock"),
+        ("unlock", "remove a stale run lock (its holder's process is gone or its lease "
+                   "expired); refused while the holder is alive"),
         ("ui", "trajectory designer web page: ui [image=PATH | clip=CLIP_ID] [ui.port=N]"),
     ):
         p = sub.add_parser(
@@ -90,10 +101,23 @@ def main(argv: list[str] | None = None) -> int:
 
             return main_ui(args.overrides)
         cfg = load_config(args.overrides, strict=args.command == "run")
-        from pipeline import runner
+        from pipeline import runner, work_lock
 
+        work_dir = cfg["paths"]["work_dir"]
+        if args.command == "unlock":
+            try:
+                print(work_lock.unlock(work_dir))
+            except OSError as exc:
+                raise StorageError(f"cannot unlock {work_dir}: {storage.describe(exc)}") from None
+            return 0
         if args.command == "status":
-            print(runner.format_status(runner.status(cfg)))
+            try:
+                print(runner.format_status(runner.status(cfg), work_lock.holder(work_dir)))
+            except OSError as exc:  # status only reads: an unreachable bucket, a lost mount
+                raise StorageError(f"cannot read {work_dir}: {storage.describe(exc)}") from None
+            except ConfigError as exc:  # nothing has run: a lock may still stand
+                held = work_lock.holder(work_dir)
+                raise ConfigError(f"{exc}; {held.describe()}" if held else str(exc)) from None
             return 0
         summary = runner.Runner(cfg).run(cfg["stage"]["name"])
         if summary["exit_code"]:
@@ -104,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageNotImplemented) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (StorageError, LockHeld) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

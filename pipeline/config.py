@@ -218,14 +218,19 @@ def check(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
                           + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
-def _absolute(value: str, cwd: Path) -> str:
+def _absolute(value: str, cwd: Path, key: str = "paths.work_dir") -> str:
     """A user path made absolute against ``cwd``. Object-storage URIs (``s3://``, ``gs://``)
-    stay as they are; ``~`` stays too, expanded by ``pipeline.storage`` on each node (each
-    node's own home: the shared-directory check refuses it on a cluster whose homes differ).
-    Other ``scheme://`` values are a one-line error instead of a local folder named ``s3:``."""
+    stay as they are, once they name a bucket; ``~`` stays too, expanded by ``pipeline.storage``
+    on each node (each node's own home: the shared-directory check refuses it on a cluster
+    whose homes differ). Other ``scheme://`` values, and a URI without a bucket, are a one-line
+    error (``key`` names the setting) instead of a local folder named ``s3:`` or a traceback."""
     from pipeline import storage
 
     if storage.is_uri(value):
+        try:
+            storage.path(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}={value}: {exc}") from None
         return value
     bad = storage.unsupported_scheme(value)
     if bad:
@@ -243,24 +248,24 @@ def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
     run in other directories. Project-bundled files (``definition``) resolve against the repo."""
     cwd = Path(os.getcwd())
 
-    def fix(value: Any) -> Any:
-        return _absolute(value, cwd) if isinstance(value, str) and value else value
+    def fix(value: Any, key: str) -> Any:
+        return _absolute(value, cwd, key) if isinstance(value, str) and value else value
 
-    cfg["paths"]["work_dir"] = fix(cfg["paths"]["work_dir"])
+    cfg["paths"]["work_dir"] = fix(cfg["paths"]["work_dir"], "paths.work_dir")
     ds = cfg["dataset"]
     for key in ("root", "frames_root", "videos_root", "depth_root", "clip_list"):
         if ds.get(key) and ds[key] != "???":
-            ds[key] = fix(ds[key])
+            ds[key] = fix(ds[key], f"dataset.{key}")
     if ds.get("definition"):
         ds["definition"] = str((PROJECT_ROOT / ds["definition"]).resolve())
     # "hub id or local directory": a relative directory must reach the Ray actors as absolute
     # (a hub id such as org/name is left alone unless such a folder exists here)
-    model_dirs = [(cfg.get("depth") or {}, "model"),
-                  ((cfg.get("train") or {}).get("svd") or {}, "pretrained")]
-    for holder, key in model_dirs:
+    model_dirs = [(cfg.get("depth") or {}, "model", "depth.model"),
+                  ((cfg.get("train") or {}).get("svd") or {}, "pretrained", "train.svd.pretrained")]
+    for holder, key, name in model_dirs:
         value = holder.get(key)
         if isinstance(value, str) and value and (cwd / value).is_dir():
-            holder[key] = fix(value)
+            holder[key] = fix(value, name)
     return cfg
 
 

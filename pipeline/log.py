@@ -5,12 +5,15 @@ Progress bars are drawn only on a terminal; redirected output gets a plain line 
 ``log.progress_every_s`` seconds instead of cursor escapes.
 
 A work dir on object storage cannot be appended to: the log is written to the node's temp dir
-and uploaded (appended to the earlier runs' log) when the run ends (``flush_remote``).
+and uploaded (appended to the earlier runs' log) when the run ends (``flush_remote``); if that
+upload fails the local file is kept and its path reported, so the log of a run that storage
+broke is never lost.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +51,8 @@ def setup(work_dir: Path | None, level: str = "INFO") -> None:
 
         path = storage.path(work_dir) / "logs" / "run.log"
         if storage.is_uri(path):
-            local = storage.scratch_root() / f".run-{id(log)}-{time.time_ns()}.log"
+            # a visible name: when the upload fails this file is what the user is pointed to
+            local = storage.scratch_root() / f"metric-align-run-{time.time_ns()}-{os.getpid()}.log"
             _REMOTE.append((local, path))
             path = local
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,15 +65,39 @@ def setup(work_dir: Path | None, level: str = "INFO") -> None:
 _REMOTE: list[tuple[Path, Any]] = []
 
 
-def flush_remote() -> None:
-    """Upload a run log kept locally for an object-storage work dir (after earlier runs' log)."""
+def to_file(msg: str, exc_info: bool = True) -> None:
+    """A record (with the current exception's traceback) for the run log only: the console
+    shows one line for a failure, the file keeps the full story."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, (),
+                            sys.exc_info() if exc_info else None)
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def flush_remote() -> Path | None:
+    """Upload a run log kept locally for an object-storage work dir (after earlier runs' log).
+
+    Never raises: the upload runs while a failure may be propagating, and storage that is down
+    must not replace that failure's message nor lose the log. The local copy is removed once
+    uploaded; when the upload fails it stays, and its path is returned for the user."""
     from pipeline.storage import append_object
 
+    kept = None
     for local, target in _REMOTE:
         for h in list(log.handlers):
-            if isinstance(h, logging.FileHandler):
-                h.flush()
-        append_object(target, local)
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == local:
+                log.removeHandler(h)
+                h.close()
+        try:
+            append_object(target, local)
+        except Exception as exc:  # noqa: BLE001 - OSError of pyarrow, or anything on the way
+            kept = local
+            log.debug("run log not uploaded to %s: %s", target, exc)
+        else:
+            local.unlink(missing_ok=True)
+    _REMOTE.clear()
+    return kept
 
 
 def is_terminal() -> bool:

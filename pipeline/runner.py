@@ -17,6 +17,9 @@ survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.config import ConfigError, stage_config_view
+from pipeline.errors import StorageError
 from pipeline.io import file_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import (
@@ -147,15 +151,40 @@ class Runner:
         preflight(self.cfg)  # buckets, credentials, endpoints: one line before any stage runs
         for name in chain:  # weights, devices...: fail before any stage writes anything
             load_stage(name).check_ready(self.cfg)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if storage.is_uri(self.work_root):
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        else:  # the first write: a read-only directory or mount is one line, not a traceback
+            check_writable(self.work_root)
         self._lock = work_lock.acquire(self.work_root,
                                        float(self.cfg["storage"]["lock_ttl_s"]))
+        failure: StorageError | None = None
+        summary: dict[str, Any] | None = None
         try:
             plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
-            return self._run_locked(target, chain)
+            if self._lock.note:  # a killed run's lock, taken over
+                log.info(self._lock.note)
+            summary = self._run_locked(target, chain)
+            return summary
+        except OSError as exc:  # the work dir's storage failed under the driver
+            if isinstance(exc, ConnectionError):  # sockets (Ray's), never a filesystem's error
+                raise
+            plog.to_file("storage failed during the run")
+            failure = StorageError(f"storage failed during the run on {self.work_root}: "
+                                   f"{storage.describe(exc)}")
+            raise failure from None
         finally:
-            plog.flush_remote()  # on object storage the run log is uploaded at the end
+            kept = plog.flush_remote()  # on object storage the run log is uploaded at the end
             self._lock.close()
+            if kept is not None:
+                note = (f"the run log could not be uploaded to {self.work_root}; it is kept at "
+                        f"{kept}")
+                if failure is not None:
+                    failure.details.append(note)
+                elif summary is not None:
+                    summary["problems"].append(note)
+                    summary["exit_code"] = 1
+                else:  # an interrupt or a bug is on its way out: say it beside it
+                    print(f"warning: {note}", file=sys.stderr)
 
     def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         ray_utils.init_ray(self.cfg)
@@ -472,6 +501,23 @@ def _chained_digest(e: Entry) -> str | None:
     triangulate/depth must be redone on them."""
     extra = e.inputs_digest
     return e.output_digest if extra is None else stable_hash([e.output_digest, extra])
+
+
+def check_writable(work_dir: str) -> None:
+    """A local work dir must take files: create it and a probe file in it, else one
+    ``ConfigError`` line. Checked after the other start-up checks (it creates the work dir) and
+    before the run lock and any stage, so a read-only directory or mount never surfaces as a
+    traceback from whichever write happens to come first."""
+    d = storage.path(work_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"paths.work_dir={work_dir} is not writable "
+                          f"({exc.strerror or type(exc).__name__}): choose a writable directory "
+                          "or fix its permissions") from None
 
 
 def preflight(cfg: dict[str, Any]) -> None:

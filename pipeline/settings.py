@@ -86,6 +86,7 @@ class Ray:
 class Storage:
     connect_timeout_s: POS_FLOAT
     request_timeout_s: POS_FLOAT
+    gcs_anonymous: bool
     lock_ttl_s: Annotated[float, Range(1)]
 
 

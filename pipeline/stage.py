@@ -258,7 +258,9 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutc
     storage.configure(task.cfg.get("storage"))
     target = shard_log_path(task.work_dir, task.stage, task.shard_id)
     if storage.is_uri(target):  # no append on object storage: a local file, uploaded at the end
-        path = os.path.join(storage.scratch_root(), f".shard-{os.getpid()}-{time.time_ns()}.log")
+        # a visible name: kept, and named in a warning, when the upload fails
+        path = os.path.join(storage.scratch_root(), f"metric-align-{task.stage}-{task.shard_id}-"
+                                                    f"{os.getpid()}-{time.time_ns()}.log")
     else:
         path = str(storage.path(target))
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -291,18 +293,21 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutc
 
 
 def _upload_log(local: str, target: str) -> None:
-    """Append a task's local log to its object-storage log (never fails the task)."""
+    """Append a task's local log to its object-storage log (never fails the task). When the
+    upload fails the local file stays, named in a warning: storage being down must not lose
+    the log that would explain the shard."""
     from pipeline import storage
 
     try:
         storage.append_object(target, local)
-    except Exception:  # noqa: BLE001 - a log upload must not turn a good shard into a failure
-        log.warning("could not upload %s to %s", local, target)
-    finally:
-        try:
-            os.unlink(local)
-        except OSError:
-            pass
+    except Exception as exc:  # noqa: BLE001 - a log upload must not turn a good shard into a failure
+        log.warning("could not upload the task log to %s (%s); it is kept at %s on node %s",
+                    target, storage.describe(exc), local, ray_utils.node_id())
+        return
+    try:
+        os.unlink(local)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------- reporting

@@ -11,7 +11,8 @@ Why pyarrow.fs rather than fsspec/s3fs: pyarrow is already the Parquet engine of
 Ray Data and pandas; its S3/GCS filesystems need no extra dependency, use the AWS SDK's standard
 credential chain (environment variables, ``AWS_PROFILE`` and ``~/.aws`` files, instance
 roles) and stream reads. The one thing it does not pick up by itself here is
-``AWS_ENDPOINT_URL`` (S3-compatible servers), which ``filesystem_for`` passes explicitly.
+``AWS_ENDPOINT_URL`` (S3-compatible servers), which ``filesystem_for`` passes explicitly; for
+``gs://`` the same holds for ``STORAGE_EMULATOR_HOST`` (Google's convention for emulators).
 
 Writes to object storage: an object becomes visible only when its upload completes (a single
 PUT, or a multipart upload completed at close), so a reader never sees a partial object. The
@@ -35,6 +36,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,13 @@ import pyarrow.fs as pafs
 OBJECT_SCHEMES = ("s3", "gs", "gcs")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
     """Network settings of the object-storage clients (``conf/config.yaml: storage``)."""
 
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 60.0
+    gcs_anonymous: bool = False
 
 
 _OPTIONS = Options()
@@ -63,7 +66,13 @@ def configure(section: dict[str, Any] | None) -> None:
     if not section:
         return
     _OPTIONS = Options(connect_timeout_s=float(section["connect_timeout_s"]),
-                       request_timeout_s=float(section["request_timeout_s"]))
+                       request_timeout_s=float(section["request_timeout_s"]),
+                       gcs_anonymous=bool(section.get("gcs_anonymous", False)))
+
+
+def options() -> Options:
+    """The storage options in force (for clients built outside this module: the S3 lease)."""
+    return _OPTIONS
 
 
 def scheme_of(p: Any) -> str:
@@ -111,9 +120,26 @@ def join(base: Any, *parts: str) -> str:
 
 # ---------------------------------------------------------------------- filesystems
 def _endpoint(scheme: str) -> str | None:
-    if scheme != "s3":
-        return None
+    if scheme == "gs":
+        return os.environ.get("STORAGE_EMULATOR_HOST") or None
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _gcs_filesystem(endpoint: str | None) -> pafs.FileSystem:
+    """``GcsFileSystem`` takes no per-request timeouts (unlike ``S3FileSystem``): transient
+    errors are retried for ``retry_time_limit``, so ``storage.request_timeout_s`` bounds that
+    (a wrong endpoint fails after this long). An emulator (``STORAGE_EMULATOR_HOST``) is used
+    without credentials, as Google's own clients do; ``storage.gcs_anonymous`` reads public
+    buckets without them."""
+    kwargs: dict[str, Any] = {
+        "retry_time_limit": timedelta(seconds=_OPTIONS.request_timeout_s),
+        "anonymous": _OPTIONS.gcs_anonymous or bool(endpoint),
+    }
+    if endpoint:
+        scheme, sep, host = endpoint.partition("://")
+        kwargs["endpoint_override"] = host.rstrip("/") if sep else endpoint
+        kwargs["scheme"] = scheme if sep else "http"
+    return pafs.GcsFileSystem(**kwargs)
 
 
 def filesystem_for(uri: str | ObjectPath) -> tuple[pafs.FileSystem, str]:
@@ -129,8 +155,8 @@ def filesystem_for(uri: str | ObjectPath) -> tuple[pafs.FileSystem, str]:
     scheme = "gs" if op.scheme == "gcs" else op.scheme
     endpoint = _endpoint(scheme)
     # credentials in the key too: a process that switches AWS_PROFILE/keys gets a new client
-    key = (scheme, endpoint or "", _OPTIONS.connect_timeout_s, _OPTIONS.request_timeout_s,
-           os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_PROFILE", ""))
+    key = (scheme, endpoint or "", _OPTIONS, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+           os.environ.get("AWS_PROFILE", ""), os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", ""))
     with _LOCK:
         fs = _FS_CACHE.get(key)
         if fs is None:
@@ -148,7 +174,7 @@ def filesystem_for(uri: str | ObjectPath) -> tuple[pafs.FileSystem, str]:
                         kwargs["scheme"] = "http"
                 fs = pafs.S3FileSystem(**kwargs)
             else:
-                fs = pafs.GcsFileSystem(request_timeout=_OPTIONS.request_timeout_s)
+                fs = _gcs_filesystem(endpoint)
             _FS_CACHE[key] = fs
     return fs, op.key_path
 
@@ -181,10 +207,11 @@ class ObjectPath:
         scheme, sep, rest = uri.partition("://")
         if not sep or scheme.lower() not in OBJECT_SCHEMES:
             raise ValueError(f"not an object-storage URI: {uri}")
-        rest = rest.strip("/")
-        bucket, _, key = rest.partition("/")
+        # only trailing slashes go: ``s3:///x`` has an empty bucket, it is not bucket ``x``
+        bucket, _, key = rest.rstrip("/").partition("/")
         if not bucket:
-            raise ValueError(f"URI without a bucket: {uri}")
+            raise ValueError(f"no bucket in {uri} (expected {scheme}://bucket/prefix)")
+        key = key.strip("/")
         self.scheme = scheme.lower()
         self.bucket = bucket
         self.key = posixpath.normpath(key) if key else ""
@@ -440,6 +467,16 @@ def upload_tree(local_dir: str | os.PathLike, dest: Any) -> None:
                     destination_filesystem=d.fs)
 
 
+#: where each object store's client takes its credentials and endpoint from (for messages)
+_CREDENTIAL_HINT = {
+    "s3": "credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+          "~/.aws; the endpoint from AWS_ENDPOINT_URL",
+    "gs": "credentials come from GOOGLE_APPLICATION_CREDENTIALS or the machine's service "
+          "account, storage.gcs_anonymous=true reads public buckets without them; an emulator "
+          "from STORAGE_EMULATOR_HOST",
+}
+
+
 def check_access(uri: str, what: str) -> None:
     """Raise ``OSError`` with one line when ``uri``'s bucket cannot be used: missing bucket,
     wrong credentials, unreachable endpoint. Runs before any stage (the pre-flight)."""
@@ -455,15 +492,31 @@ def check_access(uri: str, what: str) -> None:
         msg = " ".join(str(exc).split())
         if msg.startswith(f"{what}="):
             raise
-        raise OSError(f"{what}={uri}: cannot access the bucket: {_short(msg)} (credentials come "
-                      "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws; "
-                      "the endpoint from AWS_ENDPOINT_URL)") from None
+        hint = _CREDENTIAL_HINT["gs" if op.scheme in ("gs", "gcs") else "s3"]
+        raise OSError(f"{what}={uri}: cannot access the bucket: {_short(msg)} ({hint})") from None
 
 
 def _short(msg: str) -> str:
-    """The useful part of an AWS SDK error (``AWS Error X during Y operation: text``)."""
+    """The useful part of a cloud SDK error: ``AWS Error X during Y operation: text``, or the
+    status of a ``google::cloud::Status(...)`` without its retry metadata."""
     i = msg.find("AWS Error")
-    return msg[i:] if i >= 0 else msg
+    if i >= 0:
+        return msg[i:]
+    head = "google::cloud::Status("
+    i = msg.find(head)
+    if i >= 0:
+        return msg[i + len(head):].split(" error_info=")[0].rstrip(")")
+    return msg
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a storage exception (an ``OSError`` of pyarrow or the OS), keeping the
+    object it concerns (``When uploading ... key 'x' in bucket 'b': AWS Error ...``)."""
+    msg = " ".join(str(exc).split())
+    if "google::cloud::Status(" in msg:
+        head = msg.split("google::cloud::Status(")[0]
+        msg = head + _short(msg)
+    return msg or type(exc).__name__
 
 
 def append_object(target: Any, local: str | os.PathLike) -> None:

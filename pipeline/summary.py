@@ -193,7 +193,9 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_status(st: dict[str, Any]) -> str:
+def format_status(st: dict[str, Any], lock: Any = None) -> str:
+    """The status table and reasons; ``lock`` (a ``work_lock.Holder``) adds who holds the run
+    lock, so a stale one left by a killed driver is visible where users look first."""
     lines = [f"{'stage':<12}{'done':>6}{'errors':>8}{'failed':>8}{'pending':>9}{'to run':>8}"
              f"{'clip failures':>15}"]
     for name, r in st.items():
@@ -211,4 +213,6 @@ def format_status(st: dict[str, Any]) -> str:
     if any(r["to_run"] for r in st.values()):
         lines.append("`python -m pipeline run` with the same settings computes the shards counted "
                      "under 'to run'; per-shard logs: <work_dir>/logs/<stage>/<shard>.log")
+    if lock is not None:
+        lines.append(lock.describe())
     return "\n".join(lines)

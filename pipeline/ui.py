@@ -716,12 +716,32 @@ def network_warning(host: str) -> str | None:
             "private)")
 
 
+def check_local(cfg: dict[str, Any]) -> None:
+    """The designer reads images, depth maps and checkpoints through libraries that take file
+    names, and writes its exports beside them, so every place it uses must be local: an
+    ``s3://`` value is one ``ConfigError`` line here, not a local folder named ``s3:``."""
+    from pipeline import storage
+    from pipeline.config import ConfigError
+
+    u, ds = cfg["ui"], cfg["dataset"]
+    places = [("paths.work_dir", cfg["paths"]["work_dir"]), ("ui.image", u.get("image")),
+              ("ui.depth", u.get("depth"))]
+    if not u.get("image"):  # a clip of the dataset
+        places += [(f"dataset.{k}", ds.get(k)) for k in ("root", "frames_root", "depth_root")]
+    for key, value in places:
+        if value and storage.is_uri(value):
+            raise ConfigError(f"{key}={value}: the trajectory designer works on local files "
+                              f"only; give a local {key} (a model trained on a bucket: copy "
+                              "its train/checkpoints folder into a local paths.work_dir)")
+
+
 def main_ui(overrides: list[str]) -> int:
     """Entry of ``python -m pipeline ui``: load config, check ``image=`` / ``clip=`` (exit 2
     with one line when unusable), start the page, serve until Ctrl-C."""
     from pipeline.config import load_config
 
     cfg = load_config(expand_overrides(overrides))
+    check_local(cfg)
     try:
         check_start(cfg)
     except SceneError as exc:
