@@ -10,8 +10,9 @@ shards stale. Outputs are written by the workers atomically; ledger entries by t
 the output exists, so a crash anywhere leaves a consistent state.
 
 Exit status of ``run`` (``Summary["exit_code"]``): 0 when every shard is done and no clip hit an
-unexpected error; 1 when shards failed or are pending, clips hit unexpected errors, or no clip
-survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
+unexpected error; 1 when shards or a dataset-wide step failed, shards are pending, clips hit
+unexpected errors, or no clip survived; the CLI adds 2 for configuration errors and 130 for an
+interrupt.
 """
 
 from __future__ import annotations
@@ -323,8 +324,11 @@ class Runner:
         def fin(_task: ShardTask) -> Any:
             from pipeline.stage import ShardResult
 
-            metrics = stage.finalize(ctx) or {}
-            return ShardResult(n_clips=0, n_ok=0, stats=metrics)
+            result = ShardResult(n_clips=0, n_ok=0)
+            # set after construction: dataset-wide metrics are kept exactly as returned, never
+            # read as the legacy per-shard keys of ``ShardResult.stats``
+            result.stats = dict(stage.finalize(ctx) or {})
+            return result
 
         self._record(ledger, entry, execute(fin, task))
         if entry.status != DONE:

@@ -105,10 +105,11 @@ class ShardResult:
         if kinds:
             self.failure_kinds = {**kinds, **self.failure_kinds}
         self.failures = dict(self.failures)
-        # the earlier spelling, magic keys in stats: still understood, moved to their fields
-        if "filtered" in self.stats and not self.filtered:
-            self.filtered = dict(self.stats.pop("filtered") or {})
-        if "inputs_digest" in self.stats and self.inputs_digest is None:
+        # the earlier spelling, magic keys in stats: still understood, moved to their fields,
+        # but only when they have that spelling's shape (a count named ``filtered`` is a metric)
+        if isinstance(self.stats.get("filtered"), dict) and not self.filtered:
+            self.filtered = dict(self.stats.pop("filtered"))
+        if isinstance(self.stats.get("inputs_digest"), str) and self.inputs_digest is None:
             self.inputs_digest = self.stats.pop("inputs_digest")
 
     @property

@@ -12,7 +12,7 @@ cut-off. With distinct values that removes exactly k clips per tail; ties at a c
 k = 0 removes nothing. A clip is recorded under the first rule it breaks, in the order
 ``scale_max_low, scale_max_high, scale_min_low, scale_min_high``.
 
-Filtered clips are not failures: they go to ``ShardResult.stats["filtered"]`` (clip -> rule).
+Filtered clips are not failures: they go to ``ShardResult.filtered`` (clip -> rule).
 ``finalize`` writes ``_dataset.json``, the CamI2V/RealCam-I2V compatibility export and the
 report beside the shards. Column definitions: ``docs_curated_columns.md``.
 """

@@ -1,0 +1,104 @@
+"""Integrity of results across runs: a dataset-wide step that fails is a failed run, the trained
+model survives sampling options and a train run that cannot train, every file a stage reads
+fingerprints it, a truncated checkpoint falls back to the previous one, and ``curated/`` always
+reads as one table.
+
+One small synthetic pipeline run (ingest -> curate, 3 clips of 12 frames) is made once per
+module; each test works on its own copy of that work dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import load_config
+from pipeline.ledger import DONE, Ledger
+from pipeline.runner import Runner, status
+from pipeline.stage import GLOBAL_SHARD
+from tests.conftest import ROOT
+
+CLIPS = [
+    {"clip_id": "in_fwd", "split": "train", "seed": 71, "kind": "forward", "rel_scale": 0.25},
+    {"clip_id": "in_pan", "split": "train", "seed": 72, "kind": "pan", "rel_scale": 1.7},
+    {"clip_id": "in_orbit", "split": "test", "seed": 73, "kind": "orbit", "rel_scale": 4.0},
+]
+#: settings that make training and sampling take about a second on the sample's 12-frame clips
+TINY_TRAIN = ["train.max_steps=2", "train.checkpoint_every=1", "train.batch_size=1",
+              "train.data.num_frames=4", "train.data.resolution=[16,16]",
+              "train.data.num_workers=0", "train.builtin.latent_factor=2",
+              "train.builtin.channels=[8,16]", "train.builtin.camera_channels=[8,16]",
+              "train.builtin.heads=2", "train.builtin.temb_dim=16", "train.sampling.steps=2",
+              "train.sampling.preview=false", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, ray_cluster):
+    base = tmp_path_factory.mktemp("integrity")
+    definition = base / "definition.yaml"
+    defn = OmegaConf.to_container(OmegaConf.load(ROOT / "data_manifests" / "sample.yaml"))
+    defn["defaults"].update({"n_frames": 12})
+    defn["clips"] = CLIPS
+    OmegaConf.save(OmegaConf.create(defn), definition)
+    data, work = base / "data", base / "ref"
+    common = [f"dataset.root={data}", f"dataset.definition={definition}", "shards.size=1",
+              "progress=false"]
+    summary = Runner(load_config([f"paths.work_dir={work}", *common])).run("curate")
+    assert summary["exit_code"] == 0, summary["problems"]
+    return {"base": base, "work": work, "common": common}
+
+
+@pytest.fixture
+def work(base_run, tmp_path):
+    """A private copy of the module's work dir (mtimes kept) and a config maker for it."""
+    w = tmp_path / "work"
+    shutil.copytree(base_run["work"], w)
+
+    def cfg(*extra: str) -> dict:
+        return load_config([f"paths.work_dir={w}", *base_run["common"], *extra])
+
+    return w, cfg
+
+
+# ---------------------------------------------------------------------- dataset-wide step
+def test_curate_with_filtered_clips_finalizes_and_reports_done(work):
+    w, cfg = work
+    # q = 0.34 of 3 clips: k = 1 per tail, so the filter drops clips
+    summary = Runner(cfg("curate.quantile=0.34")).run("curate")
+    assert summary["filtered"], summary
+    fin = Ledger(w, "curate").get(GLOBAL_SHARD)
+    assert fin.status == DONE, fin.error
+    assert fin.stats["filtered"] == len(summary["filtered"])
+    assert summary["exit_code"] == 0, summary["problems"]
+    st = status(cfg())["curate"]
+    assert st["dataset_step"] == "done" and st["to_run"] == 0, st
+    assert len(pd.read_parquet(w / "curated")) == 3 - len(summary["filtered"])
+
+
+def test_failed_dataset_wide_step_fails_the_run(work, monkeypatch):
+    from stages.curate import STAGE as CURATE
+
+    w, cfg = work
+
+    def broken(ctx):
+        raise RuntimeError("report writer broke")
+
+    monkeypatch.setattr(CURATE, "finalize", broken)
+    summary = Runner(cfg("force=true")).run("curate")
+    assert Ledger(w, "curate").get(GLOBAL_SHARD).status != DONE
+    assert summary["exit_code"] == 1
+    assert any("curate" in p for p in summary["problems"]), summary["problems"]
+
+
+def test_metrics_named_like_legacy_keys_stay_metrics():
+    """A count called ``filtered`` (curate's dataset-wide metrics) is a metric, not the old
+    spelling of ``ShardResult.filtered``; the old spelling (a dict) is still understood."""
+    from pipeline.stage import ShardResult
+
+    res = ShardResult(n_clips=0, n_ok=0, stats={"filtered": 2, "inputs_digest": 7})
+    assert res.stats == {"filtered": 2, "inputs_digest": 7} and res.filtered == {}
+    old = ShardResult(n_clips=1, n_ok=0, stats={"filtered": {"c": "rule"}, "inputs_digest": "ab"})
+    assert old.filtered == {"c": "rule"} and old.inputs_digest == "ab" and old.stats == {}
