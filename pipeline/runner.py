@@ -182,17 +182,30 @@ class Runner:
         return summary
 
     def _fingerprint(self, stage: Stage, clips: list[str], upstream: dict[str, Any],
-                     extra: Any) -> str:
+                     extra: Any, view: dict[str, Any] | None = None) -> str:
         return stable_hash(
             {
                 "stage": stage.name,
                 "version": stage.version,
-                "config": stage_config_view(self.cfg, stage.config_keys),
+                "config": stage.config_view(self.cfg) if view is None else view,
                 "clips": clips,
                 "upstream": upstream,
                 "extra": extra,
             }
         )
+
+    def _adopt_earlier_fingerprint(self, stage: Stage, ledger: Ledger, prev: Entry | None,
+                                   fp: str, clips: list[str], digests: dict[str, Any],
+                                   extra: Any) -> None:
+        """An entry written before the stage declared ``config_exclude`` carries the
+        fingerprint of its whole sections: with unchanged settings it is the same result, so it
+        takes the new fingerprint instead of being redone (for train: retrained from scratch)."""
+        if prev is None or prev.fingerprint == fp or not stage.config_exclude:
+            return
+        whole = stage_config_view(self.cfg, stage.config_keys)
+        if prev.fingerprint == self._fingerprint(stage, clips, digests, extra, whole):
+            prev.fingerprint = fp
+            ledger.put(prev)
 
     def _plan_task(
         self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str, clips: list[str],
@@ -204,6 +217,7 @@ class Runner:
         fp = self._fingerprint(stage, clips, digests, extra)
         rel_out = stage.output_file(self.cfg, shard)
         prev = ledger.get(shard)
+        self._adopt_earlier_fingerprint(stage, ledger, prev, fp, clips, digests, extra)
         if blocked is not None:
             ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked,
                              attempts=prev.attempts if prev else 0))

@@ -142,6 +142,9 @@ class Stage:
     finalize_output: str = ""
     #: config sections (top-level keys) whose values fingerprint this stage's outputs
     config_keys: tuple[str, ...] = ()
+    #: dotted paths inside ``config_keys`` left out of the fingerprint: settings the stage reads
+    #: that do not change its outputs (a change there must not redo, or wipe, them)
+    config_exclude: tuple[str, ...] = ()
     #: bump when the stage's code changes its outputs (fingerprints change, shards re-run)
     version: int = 1
     #: typed schemas of this stage's config sections, checked at compose time
@@ -152,6 +155,14 @@ class Stage:
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return self.output_dir or self.name
+
+    def config_view(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The settings that fingerprint this stage's outputs: ``config_keys`` minus
+        ``config_exclude``. Override when which settings matter depends on the config itself
+        (a stage reading another stage's section only in one mode)."""
+        from pipeline.config import stage_config_view
+
+        return stage_config_view(cfg, self.config_keys, self.config_exclude)
 
     def output_file(self, cfg: dict[str, Any], shard_id: str) -> str:
         """Path of a shard's output relative to the work dir."""

@@ -12,7 +12,7 @@ from pipeline.io import write_json_atomic
 from pipeline.log import log
 from pipeline.registry import register
 from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
-from stages.train import default_device, sample_progress, train_out_dir
+from stages.train import check_sampling, default_device, sample_progress, train_out_dir
 
 
 class SampleStage(Stage):
@@ -25,6 +25,10 @@ class SampleStage(Stage):
 
     def out_dir_name(self, cfg: dict) -> str:
         return f"{train_out_dir(cfg)}/samples"
+
+    def check_ready(self, cfg: dict) -> None:
+        """Sampling settings fail here, in one line, not after the upstream stages ran."""
+        check_sampling(cfg)
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         from trainer.sampling import sample_to_mp4, scene_inputs

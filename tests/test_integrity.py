@@ -102,3 +102,78 @@ def test_metrics_named_like_legacy_keys_stay_metrics():
     assert res.stats == {"filtered": 2, "inputs_digest": 7} and res.filtered == {}
     old = ShardResult(n_clips=1, n_ok=0, stats={"filtered": {"c": "rule"}, "inputs_digest": "ab"})
     assert old.filtered == {"c": "rule"} and old.inputs_digest == "ab" and old.stats == {}
+
+
+# ---------------------------------------------------------------------- the trained model
+MODEL_FILES = ("checkpoints", "metrics.jsonl", "summary.json")
+
+
+def _model_files(w) -> dict[str, tuple[int, int]]:
+    """Every file of the trained model: name -> (size, mtime_ns)."""
+    out = {}
+    for name in MODEL_FILES:
+        p = w / "train" / name
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(w))] = (f.stat().st_size, f.stat().st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def trained(work):
+    w, cfg = work
+    summary = Runner(cfg(*TINY_TRAIN)).run("train")
+    assert summary["exit_code"] == 0, summary["problems"]
+    before = _model_files(w)
+    assert any(k.startswith("train/checkpoints/") for k in before), before
+    return w, cfg, before
+
+
+def test_sampling_options_leave_the_trained_model_alone(trained):
+    from pipeline.config import ConfigError
+
+    w, cfg, before = trained
+    summary = Runner(cfg(*TINY_TRAIN, "train.sampling.guidance_scale=3.0",
+                         "train.sampling.after_train=false")).run("sample")
+    assert summary["exit_code"] == 0, summary["problems"]
+    assert summary["global_stages"]["sample"]["status"] == DONE
+    assert _model_files(w) == before  # train was fresh: nothing retrained, nothing removed
+    with pytest.raises(ConfigError, match="trajectory_preset"):
+        Runner(cfg(*TINY_TRAIN, "train.sampling.trajectory_preset=nonsense")).run("sample")
+    assert _model_files(w) == before
+
+
+def test_train_that_cannot_train_keeps_the_model(trained):
+    w, cfg, before = trained
+    # the sample's clips have 12 frames: none qualifies for 13-frame training samples
+    summary = Runner(cfg(*TINY_TRAIN, "train.data.num_frames=13")).run("train")
+    assert summary["exit_code"] == 1
+    entry = Ledger(w, "train").get(GLOBAL_SHARD)
+    assert entry.status != DONE and "no curated clip" in entry.error, entry.error
+    assert _model_files(w) == before
+
+
+def test_model_trained_before_the_sampling_exclusion_stays_fresh(work, monkeypatch):
+    """A work dir trained when train's fingerprint still held ``train.sampling``: the same
+    command afterwards finds the model fresh instead of retraining it from scratch."""
+    from stages.train import STAGE as TRAIN
+
+    w, cfg = work
+    monkeypatch.setattr(TRAIN, "config_exclude", ())
+    assert Runner(cfg(*TINY_TRAIN)).run("train")["exit_code"] == 0
+    before = _model_files(w)
+    finished = Ledger(w, "train").get(GLOBAL_SHARD).finished_at
+    monkeypatch.undo()
+    summary = Runner(cfg(*TINY_TRAIN)).run("train")
+    assert summary["exit_code"] == 0
+    assert Ledger(w, "train").get(GLOBAL_SHARD).finished_at == finished  # not run again
+    assert _model_files(w) == before
+
+
+def test_config_view_leaves_out_excluded_paths():
+    from pipeline.config import stage_config_view
+
+    cfg = {"train": {"lr": 1, "sampling": {"steps": 2}}, "other": 3}
+    assert stage_config_view(cfg, ("train",)) == {"train": cfg["train"]}
+    view = stage_config_view(cfg, ("train",), ("train.sampling", "train.nothing.here"))
+    assert view == {"train": {"lr": 1}} and cfg["train"]["sampling"] == {"steps": 2}
