@@ -25,7 +25,7 @@ from typing import Any
 from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.config import ConfigError, stage_config_view
-from pipeline.io import file_digest, stable_hash, write_json_atomic
+from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import (
     GLOBAL,
@@ -240,12 +240,16 @@ class Runner:
     def _run_stage(self, stage: Stage, ctx: RunContext, force: bool) -> dict[str, Any]:
         ledger = Ledger(self.work_dir, stage.name)
         extra_all = stage.prepare(ctx)
+        # declared file inputs enter the fingerprint beside the upstream digests; only when
+        # there are any, so the fingerprints of stages without them stay as they were
+        files = stage.file_inputs(ctx)
+        own = {"_files": files_digest(files)} if files else {}
         todo: list[tuple[Entry, ShardTask]] = []
         counts = {"fresh": 0, "blocked": 0, "gave_up": 0}
         if stage.kind == GLOBAL:
-            plans = [self._global_plan(stage, ctx, ledger, extra_all, force)]
+            plans = [self._global_plan(stage, ctx, ledger, extra_all, force, own)]
         else:
-            plans = [self._shard_plan(stage, ctx, ledger, shard, clips, extra_all, force)
+            plans = [self._shard_plan(stage, ctx, ledger, shard, clips, extra_all, force, own)
                      for shard, clips in ctx.shards.items()]
         for p in plans:
             if isinstance(p, str):
@@ -282,8 +286,10 @@ class Runner:
         return inputs, digests, None
 
     def _shard_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str,
-                    clips: list[str], extra_all: dict[str, Any], force: bool) -> Any:
+                    clips: list[str], extra_all: dict[str, Any], force: bool,
+                    own: dict[str, Any]) -> Any:
         inputs, digests, blocked = self._upstream_of_shard(stage, shard)
+        digests.update(own)
         shard_extra = stage.shard_extra(ctx, shard, clips)
         # per-shard values enter the fingerprint as digests (for ingest exactly as before the
         # stage contract existed: work dirs made then stay fresh)
@@ -293,11 +299,11 @@ class Runner:
                                extra_all, blocked, force, task_extra=shard_extra)
 
     def _global_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger,
-                     extra_all: dict[str, Any], force: bool) -> Any:
+                     extra_all: dict[str, Any], force: bool, own: dict[str, Any]) -> Any:
         """One task over every done upstream shard; its fingerprint chains all of them, so
         changed upstream data (e.g. the curated set for train) starts a new run."""
         inputs_all: dict[str, list[str]] = {}
-        digests: dict[str, Any] = {}
+        digests: dict[str, Any] = dict(own)
         blocked = None
         for up in stage.upstream:
             up_stage = load_stage(up)

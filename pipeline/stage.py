@@ -196,6 +196,13 @@ class Stage:
         tasks through ``execute``); ``None`` = Ray tasks."""
         return None
 
+    def file_inputs(self, ctx: Any) -> list[str]:
+        """Files and folders this stage reads that no upstream output stands for (a user's
+        image, a folder of videos, another stage's checkpoints): the runner folds their sizes
+        and modification times (every file under a folder) into every shard's fingerprint, so
+        editing, adding or removing one makes the outputs stale."""
+        return []
+
     def prepare(self, ctx: Any) -> dict[str, Any]:
         """Dataset-wide values computed on the driver before shards run (passed as
         ``ShardTask.extra`` and folded into every shard's fingerprint)."""

@@ -323,11 +323,51 @@ class EvaluateStage(Stage):
     kind = GLOBAL
     in_all = False
     upstream = ("ingest",)
-    config_keys = ("evaluate",)
+    #: evaluate's own settings, and those that put SfM trajectories in metres (``score_trial``
+    #: triangulates and aligns with them); ``config_view`` adds what a source reads
+    config_keys = ("evaluate", "triangulate", "align")
     output_name = "metrics.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return "evaluate"
+
+    @staticmethod
+    def _source_of(cfg: dict[str, Any]) -> str:
+        """The source, or the configured word when the settings are invalid (``run`` then
+        says why in one line)."""
+        try:
+            return _source(cfg["evaluate"])
+        except ValueError:
+            return str(cfg["evaluate"]["source"])
+
+    def config_view(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Plus the depth settings when metric depth is on, and the train settings (model,
+        sampler) when the model is sampled."""
+        view = super().config_view(cfg)
+        if str(cfg["evaluate"]["metric_depth"]) != "none":
+            view["depth"] = cfg.get("depth")
+        if self._source_of(cfg) == "model":
+            view["train"] = cfg.get("train")
+        return view
+
+    def file_inputs(self, ctx: Any) -> list[str]:
+        """``source=videos``: the videos and trajectories folders; ``source=model``: the
+        checkpoints it samples (a newer or replaced checkpoint is another model)."""
+        cfg = ctx.cfg
+        source = self._source_of(cfg)
+        if source == "videos":
+            return [str(cfg["evaluate"]["videos"]), str(cfg["evaluate"]["trajectories"])]
+        if source == "model":
+            return [str(storage.path(ctx.work_dir) / cfg["train"]["out_subdir"] / "checkpoints")]
+        return []
+
+    def prepare(self, ctx: Any) -> dict[str, Any]:
+        """``source=model`` samples curated clips without curate being an upstream (so that
+        ``source=dataset`` needs no curation): the curated shards' digests fingerprint it."""
+        if self._source_of(ctx.cfg) != "model":
+            return {}
+        return {"curated": {s: [e.status, e.output_digest] if e else None
+                            for s, e in ctx.entries("curate").items()}}
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         out = self.run(_TaskView(task))

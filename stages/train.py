@@ -25,6 +25,8 @@ from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
 
 #: what a run leaves under out_dir that a later run would resume from
 RESUMABLE = ("checkpoints", "ray", "metrics.jsonl", "summary.json")
+#: ``train.sampling`` keys that name a file to sample from
+SAMPLING_FILES = ("image", "trajectory", "depth")
 #: ``train.sampling.intrinsics`` of an external image, normalised by its size
 PINHOLE_INTRINSICS = ("fx/W", "fy/H", "cx/W", "cy/H")
 
@@ -70,7 +72,7 @@ def check_sampling(cfg: dict[str, Any]) -> None:
     if s.get("image") and not (s.get("trajectory") or preset):
         raise ConfigError("train.sampling.image needs train.sampling.trajectory (a trajectory "
                           "file) or train.sampling.trajectory_preset")
-    for key in ("image", "trajectory", "depth"):
+    for key in SAMPLING_FILES:
         value = s.get(key)
         if value and not storage.is_uri(value) and not Path(str(value)).expanduser().is_file():
             raise ConfigError(f"train.sampling.{key}: no such file {value}")

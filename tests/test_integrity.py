@@ -177,3 +177,118 @@ def test_config_view_leaves_out_excluded_paths():
     assert stage_config_view(cfg, ("train",)) == {"train": cfg["train"]}
     view = stage_config_view(cfg, ("train",), ("train.sampling", "train.nothing.here"))
     assert view == {"train": {"lr": 1}} and cfg["train"]["sampling"] == {"steps": 2}
+
+
+# ---------------------------------------------------------------------- file inputs fingerprint
+def _finished(w, stage: str) -> float | None:
+    e = Ledger(w, stage).get(GLOBAL_SHARD)
+    return e.finished_at if e is not None and e.status == DONE else None
+
+
+def _reruns(w, stage: str, run) -> bool:
+    """Run ``run()``; True when ``stage``'s task ran (again), False when it was fresh."""
+    before = _finished(w, stage)
+    summary = run()
+    assert summary["exit_code"] == 0, summary["problems"]
+    after = _finished(w, stage)
+    assert after is not None
+    return after != before
+
+
+def _edit(path, data: bytes | None = None) -> None:
+    """Rewrite a file (new content or the same bytes again) with a later mtime."""
+    import os
+
+    old = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes() + b"\n" if data is None else data)
+    os.utime(path, ns=(old + 10**9, old + 10**9))
+
+
+def test_sample_image_and_trajectory_files_fingerprint_the_sample(trained, tmp_path):
+    import cv2
+    import numpy as np
+
+    w, cfg, _ = trained
+    img, traj = tmp_path / "room.png", tmp_path / "path.txt"
+    cv2.imwrite(str(img), np.full((24, 32, 3), 100, np.uint8))
+    poses = np.tile(np.eye(4), (4, 1, 1))
+    poses[:, 2, 3] = np.linspace(0, 0.3, 4)
+    np.savetxt(traj, poses.reshape(4, 16))
+    opts = [*TINY_TRAIN, f"train.sampling.image={img}", f"train.sampling.trajectory={traj}"]
+
+    def run():
+        return Runner(cfg(*opts)).run("sample")
+
+    assert _reruns(w, "sample", run)
+    assert not _reruns(w, "sample", run)  # unchanged: fresh
+    cv2.imwrite(str(img), np.full((24, 32, 3), 200, np.uint8))  # the image edited in place
+    assert _reruns(w, "sample", run)
+    assert not _reruns(w, "sample", run)
+    _edit(traj)  # the trajectory edited in place
+    assert _reruns(w, "sample", run)
+    assert not _reruns(w, "sample", run)
+
+
+@pytest.fixture
+def fake_evaluate(monkeypatch):
+    """``evaluate`` without SfM: writes its metrics file and counts nothing else (the test is
+    about when it runs, not what it computes)."""
+    from pipeline.io import write_json_atomic
+    from stages.evaluate import STAGE as EVALUATE
+
+    def run(ctx):
+        write_json_atomic({"clips": 1}, ctx.work_dir / "evaluate" / "metrics.json")
+        return {"clips": 1}
+
+    monkeypatch.setattr(EVALUATE, "run", run)
+
+
+def test_evaluate_videos_and_trajectories_fingerprint_it(work, tmp_path, fake_evaluate):
+    w, cfg = work
+    videos, trajs = tmp_path / "videos", tmp_path / "trajectories"
+    videos.mkdir()
+    trajs.mkdir()
+    (videos / "a.mp4").write_bytes(b"not really a video")
+    (trajs / "a.txt").write_text(" ".join(["0"] * 16) + "\n")
+
+    def run():
+        return Runner(cfg(f"evaluate.videos={videos}",
+                          f"evaluate.trajectories={trajs}")).run("evaluate")
+
+    assert _reruns(w, "evaluate", run)
+    assert not _reruns(w, "evaluate", run)
+    _edit(videos / "a.mp4")  # a video replaced at the same path
+    assert _reruns(w, "evaluate", run)
+    assert not _reruns(w, "evaluate", run)
+    _edit(trajs / "a.txt", (trajs / "a.txt").read_bytes())  # same bytes, rewritten later
+    assert _reruns(w, "evaluate", run)
+    (videos / "b.mp4").write_bytes(b"another")  # a video added
+    assert _reruns(w, "evaluate", run)
+    assert not _reruns(w, "evaluate", run)
+
+
+def test_evaluate_model_source_fingerprints_checkpoint_curated_and_settings(work, fake_evaluate):
+    w, cfg = work
+    ckpts = w / "train" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "step-00000001.pt").write_bytes(b"weights")
+
+    def run(*extra: str):
+        return lambda: Runner(cfg("evaluate.source=model", *extra)).run("evaluate")
+
+    assert _reruns(w, "evaluate", run())
+    assert not _reruns(w, "evaluate", run())
+    (ckpts / "step-00000002.pt").write_bytes(b"newer weights")  # training went on
+    assert _reruns(w, "evaluate", run())
+    assert not _reruns(w, "evaluate", run())
+    _edit(ckpts / "step-00000002.pt")  # the checkpoint replaced
+    assert _reruns(w, "evaluate", run())
+    # the curated data it samples from
+    assert Runner(cfg("curate.quantile=0.34")).run("curate")["exit_code"] == 0
+    assert _reruns(w, "evaluate", run())
+    assert not _reruns(w, "evaluate", run())
+    # the triangulate and align settings that put SfM trajectories in metres
+    tri, al = "triangulate.filters.min_track_len=3", "align.min_obs_per_frame=3"
+    assert _reruns(w, "evaluate", run(tri))
+    assert _reruns(w, "evaluate", run(tri, al))
+    assert not _reruns(w, "evaluate", run(tri, al))
