@@ -222,7 +222,7 @@ class Runner:
             ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked,
                              attempts=prev.attempts if prev else 0))
             return "blocked"
-        st = ledger.state(prev, clips, max_attempts(self.cfg), fp)
+        st = ledger.state(prev, clips, max_attempts(self.cfg), fp, stage.output_problem)
         if not force and not st.todo:
             return "fresh" if st.label in ("done", "errors") and prev and prev.status == DONE \
                 else "gave_up"

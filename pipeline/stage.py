@@ -196,6 +196,13 @@ class Stage:
         tasks through ``execute``); ``None`` = Ray tasks."""
         return None
 
+    def output_problem(self, output: Any) -> str | None:
+        """Why a done output (its path) can no longer be used, or None; asked by ``run`` and
+        ``status`` alike, so it must be cheap (a listing, a file header, never a full read).
+        A problem makes the shard stale with the same fingerprint: it is redone, and a global
+        stage resumes what it kept (train: from its last readable checkpoint)."""
+        return None
+
     def file_inputs(self, ctx: Any) -> list[str]:
         """Files and folders this stage reads that no upstream output stands for (a user's
         image, a folder of videos, another stage's checkpoints): the runner folds their sizes

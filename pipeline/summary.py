@@ -41,7 +41,7 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
         ledger = Ledger(ctx.work_dir, name)
         if stage.kind == GLOBAL:
             e = ledger.get(GLOBAL_SHARD)
-            st = ledger.state(e, [], cap)
+            st = ledger.state(e, [], cap, check=stage.output_problem)
             global_stages[name] = {
                 "status": e.status if e else "missing", "why": st.why,
                 "metrics": e.stats if e else {}, "wall_s": e.duration_s if e else None,
@@ -189,7 +189,7 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
             rows["to_run"] += st.todo
         for shard in sorted(plan):
             e = led.get(shard)
-            st = led.state(e, plan[shard], cap)
+            st = led.state(e, plan[shard], cap, check=stage.output_problem)
             rows[st.label] += 1
             rows["to_run"] += st.todo
             if st.why:

@@ -238,17 +238,16 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     from stages.train import default_device
     from trainer import checkpoint as ckpt
     from trainer.data import CuratedVideoDataset, load_curated
-    from trainer.sampling import ddim_sample, load_model, to_uint8, write_mp4
+    from trainer.sampling import ddim_sample, load_latest_model, to_uint8, write_mp4
 
     tcfg = ctx.cfg["train"]
     files = [str(p) for p in ctx.done_outputs("curate")]
     if not files:
         raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
     ckpt_dir = storage.path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
-    path = ckpt.latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint under {ckpt_dir}: run stage=train first "
-                                "(or evaluate.source=dataset / evaluate.videos=DIR)")
+    if ckpt.latest_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(f"no readable checkpoint under {ckpt_dir}: run stage=train "
+                                "first (or evaluate.source=dataset / evaluate.videos=DIR)")
     rows = load_curated(files, ecfg.get("split") or None)
     if not rows:
         raise ValueError(f"no curated clip in split '{ecfg.get('split')}' (evaluate.split)")
@@ -256,7 +255,7 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
                              seed=int(tcfg["seed"]))
     failures.update(ds.skipped)
     device = default_device()
-    model = load_model(tcfg, path, device)
+    path, model = load_latest_model(tcfg, ckpt_dir, device)
     s = tcfg["sampling"]
     gen_dir = storage.path(ctx.work_dir) / "evaluate" / "generated"
     out = []

@@ -112,6 +112,18 @@ class TrainStage(Stage):
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return train_out_dir(cfg)
 
+    def output_problem(self, output: Any) -> str | None:
+        """A finished training whose checkpoints are gone or whose newest one is damaged is not
+        done: the next run resumes from the last readable checkpoint (or starts over)."""
+        from trainer import checkpoint as ckpt
+
+        ckpt_dir = storage.path(output).parent / "checkpoints"
+        found = ckpt.checkpoints(ckpt_dir)
+        if not found:
+            return f"no checkpoint under {ckpt_dir}"
+        why = ckpt.unreadable(found[0])
+        return None if why is None else f"latest checkpoint {found[0].name} is unreadable ({why})"
+
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """The SVD backbone's weights must be loadable before the data stages run, and the
         after-train sample's settings valid before training."""

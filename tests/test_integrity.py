@@ -10,6 +10,7 @@ module; each test works on its own copy of that work dir.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -292,3 +293,42 @@ def test_evaluate_model_source_fingerprints_checkpoint_curated_and_settings(work
     assert _reruns(w, "evaluate", run(tri))
     assert _reruns(w, "evaluate", run(tri, al))
     assert not _reruns(w, "evaluate", run(tri, al))
+
+
+# ---------------------------------------------------------------------- truncated checkpoint
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(trained, caplog):
+    from trainer.sampling import sample_to_mp4
+
+    w, cfg, _ = trained
+    c = cfg(*TINY_TRAIN)
+    ckpts = w / "train" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000001.pt", "step-00000002.pt"]
+    _truncate(ckpts / "step-00000002.pt")
+    files = sorted(str(p) for p in (w / "curated").glob("*.parquet"))
+    with caplog.at_level("WARNING"):
+        out = sample_to_mp4(c["train"], w / "train", files, "cpu")
+    assert Path(out["checkpoint"]).name == "step-00000001.pt"
+    assert Path(out["mp4"]).is_file()
+    assert any("step-00000002.pt" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_status_and_run_see_a_truncated_latest_checkpoint(trained):
+    w, cfg, _ = trained
+    ckpts = w / "train" / "checkpoints"
+    _truncate(ckpts / "step-00000002.pt")
+    st = status(cfg())["train"]
+    assert st["to_run"] == 1 and "step-00000002.pt" in st["shard_errors"][GLOBAL_SHARD], st
+    # the same rule in run: training resumes from the previous checkpoint and redoes the step
+    summary = Runner(cfg(*TINY_TRAIN, "train.sampling.after_train=false")).run("train")
+    assert summary["exit_code"] == 0, summary["problems"]
+    assert summary["global_stages"]["train"]["metrics"]["steps_run"] == 1
+    from trainer import checkpoint as ckpt
+
+    assert ckpt.load(ckpts / "step-00000002.pt")["step"] == 2
+    assert status(cfg())["train"]["to_run"] == 0
