@@ -332,3 +332,22 @@ def test_status_and_run_see_a_truncated_latest_checkpoint(trained):
 
     assert ckpt.load(ckpts / "step-00000002.pt")["step"] == 2
     assert status(cfg())["train"]["to_run"] == 0
+
+
+# ---------------------------------------------------------------------- curated/ is one table
+def test_stray_parquet_in_curated_is_moved_aside_on_the_next_run(work):
+    w, cfg = work
+    cur = w / "curated"
+    stray = cur / "shard-deadbeef.parquet"
+    stray.write_bytes(b"left by hand: not Parquet at all")
+    leftover = cur / ".shard-0000.parquet.x1y2.tmp"  # a writer killed mid-write
+    leftover.write_bytes(b"half")
+    with pytest.raises(Exception):  # noqa: B017 - the symptom: the folder no longer reads
+        pd.read_parquet(cur)
+    summary = Runner(cfg()).run("curate")  # nothing else changed: every curate step is fresh
+    assert summary["exit_code"] == 0, summary["problems"]
+    assert len(pd.read_parquet(cur)) == 3
+    assert not stray.exists() and not leftover.exists()
+    moved = w / cfg()["curate"]["quarantine_dir"] / stray.name
+    assert moved.read_bytes() == b"left by hand: not Parquet at all"
+    assert not str(moved).startswith(str(cur) + "/")
