@@ -269,6 +269,22 @@ def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it)."""
-    return {k: cfg.get(k) for k in keys}
+def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
+                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it):
+    the sections ``keys`` without the dotted paths ``exclude`` (``"train.sampling"``), settings
+    the stage reads that do not change its outputs."""
+    import copy
+
+    view = {k: cfg.get(k) for k in keys}
+    if not exclude:
+        return view
+    view = copy.deepcopy(view)
+    for dotted in exclude:
+        *parents, last = dotted.split(".")
+        node: Any = view
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return view

@@ -106,6 +106,37 @@ def file_digest(path: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _stat_entry(p: Any) -> list[int]:
+    st = p.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def files_digest(paths: list[Any]) -> str:
+    """Size and modification time of files a stage reads, as one digest (inputs are
+    fingerprinted this way, as ingest does: content hashes would read every byte). A folder
+    counts every file under it, so a file added, removed or replaced in it is seen; a missing
+    path counts as missing, so creating it later is seen too."""
+    out: dict[str, Any] = {}
+    for raw in sorted({str(x) for x in paths if x}):
+        p = storage.path(raw)
+        if p.is_dir():
+            entries: dict[str, list[int]] = {}
+            todo = [p]
+            while todo:
+                d = todo.pop()
+                for child in d.iterdir():
+                    if child.is_dir():
+                        todo.append(child)
+                    else:
+                        entries[str(child)[len(str(p)):]] = _stat_entry(child)
+            out[raw] = entries
+        elif p.exists():
+            out[raw] = _stat_entry(p)
+        else:
+            out[raw] = None
+    return stable_hash(out)
+
+
 def stable_hash(obj: Any) -> str:
     """Order-independent hash of a JSON-able object (dict keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

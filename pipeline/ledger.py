@@ -9,6 +9,7 @@ to report what ``run`` would do.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -71,9 +72,12 @@ def shard_state(
     output_exists: bool,
     max_attempts: int,
     fingerprint: str | None = None,
+    output_problem: str | None = None,
 ) -> ShardState:
     """The one freshness rule. ``fingerprint=None`` (``status`` without a full config) skips the
-    fingerprint comparison; everything else is decided exactly as ``run`` decides it."""
+    fingerprint comparison; everything else is decided exactly as ``run`` decides it.
+    ``output_problem``: why a done output on disk can no longer be used (``Stage.output_problem``);
+    the shard is then redone with the same fingerprint (a global stage resumes its state)."""
     if entry is None:
         return ShardState(True, "pending", "never run")
     if entry.status == RUNNING:
@@ -94,6 +98,8 @@ def shard_state(
                           f"{why}")
     if not output_exists:
         return ShardState(True, "pending", "stale: output missing")
+    if output_problem and entry.status == DONE:
+        return ShardState(True, "pending", f"stale: {output_problem}")
     errors = entry.errors
     if errors:
         if retry:
@@ -164,10 +170,15 @@ class Ledger:
 
     def state(
         self, entry: Entry | None, clip_ids: list[str], max_attempts: int,
-        fingerprint: str | None = None,
+        fingerprint: str | None = None, check: Callable[[Any], str | None] | None = None,
     ) -> ShardState:
+        """``shard_state`` of an entry; ``check(output path)`` (``Stage.output_problem``) is
+        asked only about a done output that exists."""
         out = entry is not None and self.output_path(entry).exists()
-        return shard_state(entry, clip_ids, out, max_attempts, fingerprint)
+        problem = None
+        if check is not None and out and entry is not None and entry.status == DONE:
+            problem = check(self.output_path(entry))
+        return shard_state(entry, clip_ids, out, max_attempts, fingerprint, problem)
 
     def is_fresh(self, entry: Entry | None, fingerprint: str) -> bool:
         """Done with this fingerprint, output on disk, no retry owed (``max_attempts`` 1)."""

@@ -10,8 +10,9 @@ shards stale. Outputs are written by the workers atomically; ledger entries by t
 the output exists, so a crash anywhere leaves a consistent state.
 
 Exit status of ``run`` (``Summary["exit_code"]``): 0 when every shard is done and no clip hit an
-unexpected error; 1 when shards failed or are pending, clips hit unexpected errors, or no clip
-survived; the CLI adds 2 for configuration errors and 130 for an interrupt.
+unexpected error; 1 when shards or a dataset-wide step failed, shards are pending, clips hit
+unexpected errors, or no clip survived; the CLI adds 2 for configuration errors and 130 for an
+interrupt.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.config import ConfigError, stage_config_view
 from pipeline.errors import StorageError
-from pipeline.io import file_digest, stable_hash, write_json_atomic
+from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import (
     GLOBAL,
@@ -210,17 +211,30 @@ class Runner:
         return summary
 
     def _fingerprint(self, stage: Stage, clips: list[str], upstream: dict[str, Any],
-                     extra: Any) -> str:
+                     extra: Any, view: dict[str, Any] | None = None) -> str:
         return stable_hash(
             {
                 "stage": stage.name,
                 "version": stage.version,
-                "config": stage_config_view(self.cfg, stage.config_keys),
+                "config": stage.config_view(self.cfg) if view is None else view,
                 "clips": clips,
                 "upstream": upstream,
                 "extra": extra,
             }
         )
+
+    def _adopt_earlier_fingerprint(self, stage: Stage, ledger: Ledger, prev: Entry | None,
+                                   fp: str, clips: list[str], digests: dict[str, Any],
+                                   extra: Any) -> None:
+        """An entry written before the stage declared ``config_exclude`` carries the
+        fingerprint of its whole sections: with unchanged settings it is the same result, so it
+        takes the new fingerprint instead of being redone (for train: retrained from scratch)."""
+        if prev is None or prev.fingerprint == fp or not stage.config_exclude:
+            return
+        whole = stage_config_view(self.cfg, stage.config_keys)
+        if prev.fingerprint == self._fingerprint(stage, clips, digests, extra, whole):
+            prev.fingerprint = fp
+            ledger.put(prev)
 
     def _plan_task(
         self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str, clips: list[str],
@@ -232,11 +246,12 @@ class Runner:
         fp = self._fingerprint(stage, clips, digests, extra)
         rel_out = stage.output_file(self.cfg, shard)
         prev = ledger.get(shard)
+        self._adopt_earlier_fingerprint(stage, ledger, prev, fp, clips, digests, extra)
         if blocked is not None:
             ledger.put(Entry(stage.name, shard, BLOCKED, clips, fp, rel_out, error=blocked,
                              attempts=prev.attempts if prev else 0))
             return "blocked"
-        st = ledger.state(prev, clips, max_attempts(self.cfg), fp)
+        st = ledger.state(prev, clips, max_attempts(self.cfg), fp, stage.output_problem)
         if not force and not st.todo:
             return "fresh" if st.label in ("done", "errors") and prev and prev.status == DONE \
                 else "gave_up"
@@ -254,12 +269,16 @@ class Runner:
     def _run_stage(self, stage: Stage, ctx: RunContext, force: bool) -> dict[str, Any]:
         ledger = Ledger(self.work_dir, stage.name)
         extra_all = stage.prepare(ctx)
+        # declared file inputs enter the fingerprint beside the upstream digests; only when
+        # there are any, so the fingerprints of stages without them stay as they were
+        files = stage.file_inputs(ctx)
+        own = {"_files": files_digest(files)} if files else {}
         todo: list[tuple[Entry, ShardTask]] = []
         counts = {"fresh": 0, "blocked": 0, "gave_up": 0}
         if stage.kind == GLOBAL:
-            plans = [self._global_plan(stage, ctx, ledger, extra_all, force)]
+            plans = [self._global_plan(stage, ctx, ledger, extra_all, force, own)]
         else:
-            plans = [self._shard_plan(stage, ctx, ledger, shard, clips, extra_all, force)
+            plans = [self._shard_plan(stage, ctx, ledger, shard, clips, extra_all, force, own)
                      for shard, clips in ctx.shards.items()]
         for p in plans:
             if isinstance(p, str):
@@ -296,8 +315,10 @@ class Runner:
         return inputs, digests, None
 
     def _shard_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger, shard: str,
-                    clips: list[str], extra_all: dict[str, Any], force: bool) -> Any:
+                    clips: list[str], extra_all: dict[str, Any], force: bool,
+                    own: dict[str, Any]) -> Any:
         inputs, digests, blocked = self._upstream_of_shard(stage, shard)
+        digests.update(own)
         shard_extra = stage.shard_extra(ctx, shard, clips)
         # per-shard values enter the fingerprint as digests (for ingest exactly as before the
         # stage contract existed: work dirs made then stay fresh)
@@ -307,11 +328,11 @@ class Runner:
                                extra_all, blocked, force, task_extra=shard_extra)
 
     def _global_plan(self, stage: Stage, ctx: RunContext, ledger: Ledger,
-                     extra_all: dict[str, Any], force: bool) -> Any:
+                     extra_all: dict[str, Any], force: bool, own: dict[str, Any]) -> Any:
         """One task over every done upstream shard; its fingerprint chains all of them, so
         changed upstream data (e.g. the curated set for train) starts a new run."""
         inputs_all: dict[str, list[str]] = {}
-        digests: dict[str, Any] = {}
+        digests: dict[str, Any] = dict(own)
         blocked = None
         for up in stage.upstream:
             up_stage = load_stage(up)
@@ -352,8 +373,11 @@ class Runner:
         def fin(_task: ShardTask) -> Any:
             from pipeline.stage import ShardResult
 
-            metrics = stage.finalize(ctx) or {}
-            return ShardResult(n_clips=0, n_ok=0, stats=metrics)
+            result = ShardResult(n_clips=0, n_ok=0)
+            # set after construction: dataset-wide metrics are kept exactly as returned, never
+            # read as the legacy per-shard keys of ``ShardResult.stats``
+            result.stats = dict(stage.finalize(ctx) or {})
+            return result
 
         self._record(ledger, entry, execute(fin, task))
         if entry.status != DONE:

@@ -105,10 +105,11 @@ class ShardResult:
         if kinds:
             self.failure_kinds = {**kinds, **self.failure_kinds}
         self.failures = dict(self.failures)
-        # the earlier spelling, magic keys in stats: still understood, moved to their fields
-        if "filtered" in self.stats and not self.filtered:
-            self.filtered = dict(self.stats.pop("filtered") or {})
-        if "inputs_digest" in self.stats and self.inputs_digest is None:
+        # the earlier spelling, magic keys in stats: still understood, moved to their fields,
+        # but only when they have that spelling's shape (a count named ``filtered`` is a metric)
+        if isinstance(self.stats.get("filtered"), dict) and not self.filtered:
+            self.filtered = dict(self.stats.pop("filtered"))
+        if isinstance(self.stats.get("inputs_digest"), str) and self.inputs_digest is None:
             self.inputs_digest = self.stats.pop("inputs_digest")
 
     @property
@@ -141,6 +142,9 @@ class Stage:
     finalize_output: str = ""
     #: config sections (top-level keys) whose values fingerprint this stage's outputs
     config_keys: tuple[str, ...] = ()
+    #: dotted paths inside ``config_keys`` left out of the fingerprint: settings the stage reads
+    #: that do not change its outputs (a change there must not redo, or wipe, them)
+    config_exclude: tuple[str, ...] = ()
     #: bump when the stage's code changes its outputs (fingerprints change, shards re-run)
     version: int = 1
     #: typed schemas of this stage's config sections, checked at compose time
@@ -151,6 +155,14 @@ class Stage:
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return self.output_dir or self.name
+
+    def config_view(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The settings that fingerprint this stage's outputs: ``config_keys`` minus
+        ``config_exclude``. Override when which settings matter depends on the config itself
+        (a stage reading another stage's section only in one mode)."""
+        from pipeline.config import stage_config_view
+
+        return stage_config_view(cfg, self.config_keys, self.config_exclude)
 
     def output_file(self, cfg: dict[str, Any], shard_id: str) -> str:
         """Path of a shard's output relative to the work dir."""
@@ -183,6 +195,20 @@ class Stage:
         replace plain Ray tasks (e.g. a GPU actor pool that loads a model once: its actors run
         tasks through ``execute``); ``None`` = Ray tasks."""
         return None
+
+    def output_problem(self, output: Any) -> str | None:
+        """Why a done output (its path) can no longer be used, or None; asked by ``run`` and
+        ``status`` alike, so it must be cheap (a listing, a file header, never a full read).
+        A problem makes the shard stale with the same fingerprint: it is redone, and a global
+        stage resumes what it kept (train: from its last readable checkpoint)."""
+        return None
+
+    def file_inputs(self, ctx: Any) -> list[str]:
+        """Files and folders this stage reads that no upstream output stands for (a user's
+        image, a folder of videos, another stage's checkpoints): the runner folds their sizes
+        and modification times (every file under a folder) into every shard's fingerprint, so
+        editing, adding or removing one makes the outputs stale."""
+        return []
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
         """Dataset-wide values computed on the driver before shards run (passed as

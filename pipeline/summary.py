@@ -33,13 +33,15 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
     filtered: dict[str, str] = {}
     global_stages: dict[str, Any] = {}
     shard_failures = 0
+    #: sharded stages whose dataset-wide step (``finalize``) is not done
+    steps_failed: list[str] = []
     cap = max_attempts(ctx.cfg)
     for name in chain:
         stage = registry.get(name)
         ledger = Ledger(ctx.work_dir, name)
         if stage.kind == GLOBAL:
             e = ledger.get(GLOBAL_SHARD)
-            st = ledger.state(e, [], cap)
+            st = ledger.state(e, [], cap, check=stage.output_problem)
             global_stages[name] = {
                 "status": e.status if e else "missing", "why": st.why,
                 "metrics": e.stats if e else {}, "wall_s": e.duration_s if e else None,
@@ -66,6 +68,10 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
                 for c in e.clip_ids:
                     pending.setdefault(c, f"{name} shard {shard} {e.status}")
         per_stage_done[name] = done_clips
+        if stage.finalize_output:
+            fin = ledger.get(GLOBAL_SHARD)
+            if fin is None or fin.status != DONE:
+                steps_failed.append(name)
         stage_rows.append(
             {
                 "stage": name,
@@ -88,6 +94,9 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
         problems.append(f"{len(errors)} clip(s) hit unexpected errors")
     if shard_failures:
         problems.append(f"{shard_failures} shard(s) or task(s) failed")
+    for name in steps_failed:
+        problems.append(f"the dataset-wide step of {name} failed (its log: "
+                        f"logs/{name}/{GLOBAL_SHARD}.log)")
     if pending:
         problems.append(f"{len(pending)} clip(s) pending")
     if clip_ids and last and not kept and not problems:
@@ -180,7 +189,7 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
             rows["to_run"] += st.todo
         for shard in sorted(plan):
             e = led.get(shard)
-            st = led.state(e, plan[shard], cap)
+            st = led.state(e, plan[shard], cap, check=stage.output_problem)
             rows[st.label] += 1
             rows["to_run"] += st.todo
             if st.why:

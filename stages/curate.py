@@ -12,7 +12,7 @@ cut-off. With distinct values that removes exactly k clips per tail; ties at a c
 k = 0 removes nothing. A clip is recorded under the first rule it breaks, in the order
 ``scale_max_low, scale_max_high, scale_min_low, scale_min_high``.
 
-Filtered clips are not failures: they go to ``ShardResult.stats["filtered"]`` (clip -> rule).
+Filtered clips are not failures: they go to ``ShardResult.filtered`` (clip -> rule).
 ``finalize`` writes ``_dataset.json``, the CamI2V/RealCam-I2V compatibility export and the
 report beside the shards. Column definitions: ``docs_curated_columns.md``.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,9 @@ class CurateStage(Stage):
     version = 1
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
+        out_dir = storage.path(ctx.work_dir) / self.output_dir
+        if out_dir.is_dir():  # every run, even when the shards and the dataset step are fresh
+            self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"), list(FILTER_COLUMNS))
         cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]),
                               ctx.cfg["curate"]["max_uncertainty"])
@@ -372,12 +376,55 @@ class CurateStage(Stage):
         """The curated directory is read as one table by plain Parquet readers, so it must hold
         exactly the done shards of the current plan. Files left by an earlier plan (another
         ``shards.size``, a dataset that shrank) or by shards now failed or blocked would add
-        duplicate or stale clips. Curated shards are cheap to rebuild from align's outputs."""
+        duplicate or stale clips: they are removed (curated shards are cheap to rebuild from
+        align's outputs). A Parquet file no curate run wrote (put there by hand, copied from
+        elsewhere) is moved to ``curate.quarantine_dir`` instead, and temp files of a writer
+        that was killed are removed (no writer runs now: the run lock is held)."""
         keep = {storage.path(p).resolve() for p in ctx.done_outputs(self.name)}
+        ours = self._written_by_curate(ctx)
         for p in sorted(out_dir.glob("*.parquet")):
-            if p.resolve() not in keep:
+            if p.resolve() in keep:
+                continue
+            if p.name in ours:
                 ctx.log(f"[curate] removing {p.name}: not a done shard of the current plan")
                 p.unlink()
+            else:
+                dest = self._quarantine(ctx, p)
+                ctx.log(f"[curate] moved {p.name} to {dest}: curated/ holds only the current "
+                        "plan's done shards, and this file was not written by curate")
+        for p in sorted(out_dir.glob(".*.tmp")):
+            ctx.log(f"[curate] removing {p.name}: left by an interrupted write")
+            p.unlink()
+
+    def _written_by_curate(self, ctx: Any) -> set[str]:
+        """File names of every curated shard the ledger knows of (any plan)."""
+        from pipeline.io import read_json
+        from pipeline.ledger import Ledger
+
+        led = Ledger(ctx.work_dir, self.name)
+        if not led.dir.is_dir():
+            return set()
+        names = set()
+        for p in led.dir.glob("*.json"):
+            try:
+                names.add(Path(str(read_json(p).get("output") or "")).name)
+            except (OSError, ValueError):
+                continue  # an unreadable entry names no file
+        return names
+
+    def _quarantine(self, ctx: Any, src: Any) -> Any:
+        """Move ``src`` into ``curate.quarantine_dir`` (outside curated/), never overwriting."""
+        qdir = storage.path(ctx.work_dir) / str(ctx.cfg["curate"]["quarantine_dir"])
+        qdir.mkdir(parents=True, exist_ok=True)
+        dest, n = qdir / src.name, 1
+        while dest.exists():
+            dest, n = qdir / f"{src.stem}.{n}{src.suffix}", n + 1
+        if storage.is_uri(src):
+            dest.write_bytes(src.read_bytes())
+            src.unlink()
+        else:
+            os.replace(src, dest)
+        return dest
 
     def _truth_table(
         self, ctx: Any, aligned: pd.DataFrame, manifest: pd.DataFrame, kept: set[str],

@@ -238,17 +238,16 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     from stages.train import default_device
     from trainer import checkpoint as ckpt
     from trainer.data import CuratedVideoDataset, load_curated
-    from trainer.sampling import ddim_sample, load_model, to_uint8, write_mp4
+    from trainer.sampling import ddim_sample, load_latest_model, to_uint8, write_mp4
 
     tcfg = ctx.cfg["train"]
     files = [str(p) for p in ctx.done_outputs("curate")]
     if not files:
         raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
     ckpt_dir = storage.path(ctx.work_dir) / tcfg["out_subdir"] / "checkpoints"
-    path = ckpt.latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint under {ckpt_dir}: run stage=train first "
-                                "(or evaluate.source=dataset / evaluate.videos=DIR)")
+    if ckpt.latest_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(f"no readable checkpoint under {ckpt_dir}: run stage=train "
+                                "first (or evaluate.source=dataset / evaluate.videos=DIR)")
     rows = load_curated(files, ecfg.get("split") or None)
     if not rows:
         raise ValueError(f"no curated clip in split '{ecfg.get('split')}' (evaluate.split)")
@@ -256,7 +255,7 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
                              seed=int(tcfg["seed"]))
     failures.update(ds.skipped)
     device = default_device()
-    model = load_model(tcfg, path, device)
+    path, model = load_latest_model(tcfg, ckpt_dir, device)
     s = tcfg["sampling"]
     gen_dir = storage.path(ctx.work_dir) / "evaluate" / "generated"
     out = []
@@ -323,11 +322,51 @@ class EvaluateStage(Stage):
     kind = GLOBAL
     in_all = False
     upstream = ("ingest",)
-    config_keys = ("evaluate",)
+    #: evaluate's own settings, and those that put SfM trajectories in metres (``score_trial``
+    #: triangulates and aligns with them); ``config_view`` adds what a source reads
+    config_keys = ("evaluate", "triangulate", "align")
     output_name = "metrics.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return "evaluate"
+
+    @staticmethod
+    def _source_of(cfg: dict[str, Any]) -> str:
+        """The source, or the configured word when the settings are invalid (``run`` then
+        says why in one line)."""
+        try:
+            return _source(cfg["evaluate"])
+        except ValueError:
+            return str(cfg["evaluate"]["source"])
+
+    def config_view(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Plus the depth settings when metric depth is on, and the train settings (model,
+        sampler) when the model is sampled."""
+        view = super().config_view(cfg)
+        if str(cfg["evaluate"]["metric_depth"]) != "none":
+            view["depth"] = cfg.get("depth")
+        if self._source_of(cfg) == "model":
+            view["train"] = cfg.get("train")
+        return view
+
+    def file_inputs(self, ctx: Any) -> list[str]:
+        """``source=videos``: the videos and trajectories folders; ``source=model``: the
+        checkpoints it samples (a newer or replaced checkpoint is another model)."""
+        cfg = ctx.cfg
+        source = self._source_of(cfg)
+        if source == "videos":
+            return [str(cfg["evaluate"]["videos"]), str(cfg["evaluate"]["trajectories"])]
+        if source == "model":
+            return [str(storage.path(ctx.work_dir) / cfg["train"]["out_subdir"] / "checkpoints")]
+        return []
+
+    def prepare(self, ctx: Any) -> dict[str, Any]:
+        """``source=model`` samples curated clips without curate being an upstream (so that
+        ``source=dataset`` needs no curation): the curated shards' digests fingerprint it."""
+        if self._source_of(ctx.cfg) != "model":
+            return {}
+        return {"curated": {s: [e.status, e.output_digest] if e else None
+                            for s, e in ctx.entries("curate").items()}}
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         out = self.run(_TaskView(task))

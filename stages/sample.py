@@ -2,17 +2,26 @@
 
 ``python -m pipeline run stage=sample`` uses a curated clip's first frame and metric
 trajectory; ``train.sampling.image=PATH train.sampling.trajectory=PATH`` uses your own. It runs
-after ``train`` and chains its output, so a new training run makes the sample stale.
+after ``train`` and chains its output, so a new training run makes the sample stale, and so
+does editing the image, trajectory or depth file it names (size and modification time).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pipeline import storage
 from pipeline.io import write_json_atomic
 from pipeline.log import log
 from pipeline.registry import register
 from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
-from stages.train import default_device, sample_progress, train_out_dir
+from stages.train import (
+    SAMPLING_FILES,
+    check_sampling,
+    default_device,
+    sample_progress,
+    train_out_dir,
+)
 
 
 class SampleStage(Stage):
@@ -26,10 +35,17 @@ class SampleStage(Stage):
     def out_dir_name(self, cfg: dict) -> str:
         return f"{train_out_dir(cfg)}/samples"
 
+    def file_inputs(self, ctx: Any) -> list[str]:
+        """The user's files a sample is made from: editing one makes the sample stale."""
+        s = ctx.cfg["train"]["sampling"]
+        return [str(s[k]) for k in SAMPLING_FILES if s.get(k)]
+
     def check_ready(self, cfg: dict) -> None:
-        """An unusable own image or trajectory file: one line before any stage runs."""
+        """Sampling settings, the own image and the trajectory file fail here, in one line,
+        not after the upstream stages ran."""
         from trainer.sampling import check_sampling_inputs
 
+        check_sampling(cfg)
         check_sampling_inputs(cfg["train"])
 
     def process_shard(self, task: ShardTask) -> ShardResult:

@@ -2,15 +2,18 @@
 
 Trains on every curated shard that is done (``trainer.loop``, or Ray Train with
 ``train.distributed.backend=ray``) and with ``train.sampling.after_train`` writes one DDIM sample
-as mp4. Its fingerprint chains the digests of the curated shards and the ``train`` settings:
-the same data and settings resume from ``<work_dir>/<train.out_subdir>/checkpoints`` after a
-crash; changed curated data, changed settings or ``force=true`` start a new run (the earlier
-run's checkpoints and metrics are removed first, never silently continued).
+as mp4. Its fingerprint chains the digests of the curated shards and the ``train`` settings
+except ``train.sampling`` (sampling never changes the model; the after-train sample is a
+byproduct, ``stage=sample`` fingerprints those settings): the same data and settings resume
+from ``<work_dir>/<train.out_subdir>/checkpoints`` after a crash; changed curated data, changed
+settings or ``force=true`` start a new run (the earlier run's checkpoints and metrics are
+removed first, never silently continued), but only once it is clear that a new run can train.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from pipeline import storage
@@ -22,6 +25,10 @@ from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
 
 #: what a run leaves under out_dir that a later run would resume from
 RESUMABLE = ("checkpoints", "ray", "metrics.jsonl", "summary.json")
+#: ``train.sampling`` keys that name a file to sample from
+SAMPLING_FILES = ("image", "trajectory", "depth")
+#: ``train.sampling.intrinsics`` of an external image, normalised by its size
+PINHOLE_INTRINSICS = ("fx/W", "fy/H", "cx/W", "cy/H")
 
 
 def default_device() -> str:
@@ -33,6 +40,46 @@ def curated_files(task: ShardTask) -> list[str]:
     if not files:
         raise RuntimeError("no curated shard is done: run stage=curate first (see `status`)")
     return files
+
+
+def trainable_clips(tcfg: dict[str, Any], files: list[str]) -> int:
+    """How many curated clips a training run would use; raises ``RuntimeError`` naming why none
+    qualifies. Checked before an earlier run's model is removed: a run that cannot train must
+    leave the model it would replace alone."""
+    from trainer.data import CuratedVideoDataset, load_curated
+
+    dcfg = tcfg["data"]
+    rows = load_curated(files, dcfg["split"] or None)
+    try:
+        return len(CuratedVideoDataset(rows, dcfg, train=True, seed=int(tcfg["seed"])).rows)
+    except ValueError as exc:
+        split = f" in split '{dcfg['split']}' (train.data.split)" if dcfg["split"] else ""
+        raise RuntimeError(f"no curated clip to train on{split}: {exc} "
+                           "(train.data.num_frames); nothing was removed") from None
+
+
+def check_sampling(cfg: dict[str, Any]) -> None:
+    """``train.sampling`` settings that would fail only after training or model loading: one
+    ``ConfigError`` line naming the key, before any stage runs."""
+    from pipeline.config import ConfigError
+    from trainer.inference.trajectory import PRESETS
+
+    s = cfg["train"]["sampling"]
+    preset = str(s.get("trajectory_preset") or "")
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"train.sampling.trajectory_preset must be one of {', '.join(PRESETS)} "
+                          f"(or empty), got '{preset}'")
+    if s.get("image") and not (s.get("trajectory") or preset):
+        raise ConfigError("train.sampling.image needs train.sampling.trajectory (a trajectory "
+                          "file) or train.sampling.trajectory_preset")
+    for key in SAMPLING_FILES:
+        value = s.get(key)
+        if value and not storage.is_uri(value) and not Path(str(value)).expanduser().is_file():
+            raise ConfigError(f"train.sampling.{key}: no such file {value}")
+    intr = s.get("intrinsics") or []
+    if len(intr) not in (0, len(PINHOLE_INTRINSICS)):
+        raise ConfigError(f"train.sampling.intrinsics must be [] or "
+                          f"[{', '.join(PINHOLE_INTRINSICS)}], got {list(intr)}")
 
 
 def train_out_dir(cfg: dict[str, Any]) -> str:
@@ -59,25 +106,39 @@ class TrainStage(Stage):
     in_all = False
     upstream = ("curate",)
     config_keys = ("train",)
+    config_exclude = ("train.sampling",)
     output_name = "summary.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return train_out_dir(cfg)
 
+    def output_problem(self, output: Any) -> str | None:
+        """A finished training whose checkpoints are gone or whose newest one is damaged is not
+        done: the next run resumes from the last readable checkpoint (or starts over)."""
+        from trainer import checkpoint as ckpt
+
+        ckpt_dir = storage.path(output).parent / "checkpoints"
+        found = ckpt.checkpoints(ckpt_dir)
+        if not found:
+            return f"no checkpoint under {ckpt_dir}"
+        why = ckpt.unreadable(found[0])
+        return None if why is None else f"latest checkpoint {found[0].name} is unreadable ({why})"
+
     def check_ready(self, cfg: dict[str, Any]) -> None:
-        """The SVD backbone's weights must be loadable, and the after-train sample's own image
-        and trajectory usable, before the data stages run."""
+        """The SVD backbone's weights must be loadable before the data stages run, and the
+        after-train sample's settings, own image and trajectory valid before training."""
         tcfg = cfg["train"]
+        if tcfg["sampling"]["after_train"]:  # the sample it writes: settings, image, trajectory
+            from trainer.sampling import check_sampling_inputs
+
+            check_sampling(cfg)
+            check_sampling_inputs(tcfg)
         if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
             from pipeline.config import ConfigError
 
             raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
                               "filesystem: use a local/shared paths.work_dir with it, or "
                               "train.distributed.backend=local with an s3:// work dir")
-        if tcfg["sampling"]["after_train"]:  # the sample it writes: own image / trajectory
-            from trainer.sampling import check_sampling_inputs
-
-            check_sampling_inputs(tcfg)
         if tcfg["backbone"] != "svd":
             return
         from pipeline.depth.model import model_source_problem
@@ -101,6 +162,7 @@ class TrainStage(Stage):
         tcfg = cfg["train"]
         files = curated_files(task)
         out_dir = storage.path(task.output).parent
+        trainable_clips(tcfg, files)  # before anything is removed
         if task.restart:
             for name in RESUMABLE:
                 p = out_dir / name

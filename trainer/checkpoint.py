@@ -3,7 +3,9 @@
 Everything is stored as tensors and plain Python types: the RNG states of numpy and ``random``
 are converted to tensors/ints (their native tuples hold numpy arrays, which the safe unpickler
 refuses). A checkpoint is written to a temp name in the same directory and ``os.replace``d, so a
-crash leaves either the previous checkpoint or the new one, never half a file.
+crash leaves either the previous checkpoint or the new one, never half a file. A file damaged
+afterwards (a full disk on copy, a truncated transfer) is skipped with a warning: readers take
+the newest checkpoint that reads, and ``unreadable`` is the cheap check ``status`` uses.
 """
 
 from __future__ import annotations
@@ -11,19 +13,28 @@ from __future__ import annotations
 import io
 import random
 import re
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from pipeline import storage
 from pipeline.io import atomic_path
+from pipeline.log import log
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: ``status`` checks checkpoints (``checkpoints``,
+# ``unreadable``) without paying for a torch import
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
 def rng_state() -> dict[str, Any]:
+    import torch
+
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
@@ -46,6 +57,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -63,6 +76,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(state: dict[str, Any], path: Any) -> Any:
+    import torch
+
     path = storage.path(path)  # on object storage: uploaded whole once written
     with atomic_path(path) as tmp:  # fsynced before the rename: a power loss leaves old or new
         torch.save(state, tmp)
@@ -70,6 +85,8 @@ def save_atomic(state: dict[str, Any], path: Any) -> Any:
 
 
 def load(path: Any, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     src = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
     return torch.load(src, map_location=map_location, weights_only=True)
 
@@ -78,12 +95,55 @@ def checkpoint_path(ckpt_dir: Any, step: int) -> Any:
     return storage.path(ckpt_dir) / f"step-{step:08d}.pt"
 
 
-def latest_checkpoint(ckpt_dir: Any) -> Any:
+def checkpoints(ckpt_dir: Any) -> list[Any]:
+    """Every checkpoint file under ``ckpt_dir``, newest (highest step) first."""
     d = storage.path(ckpt_dir)
     if not d.is_dir():
-        return None
-    found = sorted(p for p in d.iterdir() if _NAME.match(p.name))
-    return found[-1] if found else None
+        return []
+    return sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True)
+
+
+def unreadable(path: Any) -> str | None:
+    """Why ``path`` cannot be a checkpoint, from its zip directory alone (torch.save writes a
+    zip archive whose directory is at the end: a truncated file has none), or None. Reads a
+    few kilobytes, not the weights."""
+    try:
+        with storage.path(path).open("rb") as fh, zipfile.ZipFile(fh) as zf:
+            if not zf.namelist():
+                return "empty archive"
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _skip(path: Any, why: str) -> None:
+    log.warning(f"checkpoint {path} cannot be read ({why}); using the previous one")
+
+
+def latest_checkpoint(ckpt_dir: Any) -> Any:
+    """The newest checkpoint whose archive is intact (unreadable newer ones are skipped with a
+    warning naming them), or None."""
+    for p in checkpoints(ckpt_dir):
+        why = unreadable(p)
+        if why is None:
+            return p
+        _skip(p, why)
+    return None
+
+
+def load_latest(ckpt_dir: Any, map_location: str | torch.device = "cpu"
+                ) -> tuple[Any, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint that loads, or None when there is none: a damaged
+    newest file falls back to the one before it, with a warning naming the bad file."""
+    for p in checkpoints(ckpt_dir):
+        why = unreadable(p)
+        if why is None:
+            try:
+                return p, load(p, map_location)
+            except Exception as exc:  # noqa: BLE001 - torch's reader raises RuntimeError & co
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _skip(p, why)
+    return None
 
 
 def prune(ckpt_dir: str | Path, keep: int) -> None:

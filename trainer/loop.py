@@ -120,8 +120,8 @@ class LocalCheckpoints:
         self.keep = keep
 
     def latest(self) -> dict[str, Any] | None:
-        p = ckpt.latest_checkpoint(self.dir)
-        return ckpt.load(p) if p is not None else None
+        found = ckpt.load_latest(self.dir)
+        return found[1] if found is not None else None
 
     def save(self, step: int, state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
         if state is None:

@@ -133,10 +133,24 @@ def check_sampling_inputs(tcfg: dict[str, Any]) -> None:
             raise ConfigError(f"train.sampling.trajectory: {exc}") from None
 
 
-def load_model(tcfg: dict[str, Any], checkpoint_path: str | Path, device: str) -> torch.nn.Module:
+def load_model(tcfg: dict[str, Any], checkpoint_path: str | Path, device: str,
+               state: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The model of a checkpoint (``state``: that checkpoint already loaded)."""
     model = build_backbone(tcfg)
-    model.load_trainable_state_dict(ckpt.load(checkpoint_path)["model"])
+    state = ckpt.load(checkpoint_path) if state is None else state
+    model.load_trainable_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def load_latest_model(tcfg: dict[str, Any], ckpt_dir: Any, device: str
+                      ) -> tuple[Any, torch.nn.Module]:
+    """(path, model) of the newest checkpoint that loads (a damaged newest one falls back to
+    the previous with a warning); ``FileNotFoundError`` when none does."""
+    found = ckpt.load_latest(ckpt_dir)
+    if found is None:
+        raise FileNotFoundError(f"no readable checkpoint under {ckpt_dir}: run stage=train first")
+    path, state = found
+    return path, load_model(tcfg, path, device, state)
 
 
 DA2_CONF = Path(__file__).resolve().parents[1] / "conf" / "depth" / "da2_metric.yaml"
@@ -200,10 +214,10 @@ def sample_to_mp4(
 
     s = tcfg["sampling"]
     out_dir = storage.path(out_dir)
-    checkpoint_path = checkpoint_path or ckpt.latest_checkpoint(out_dir / "checkpoints")
-    if checkpoint_path is None:
-        raise FileNotFoundError(f"no checkpoint under {out_dir / 'checkpoints'}: train first")
-    model = load_model(tcfg, checkpoint_path, device)
+    if checkpoint_path:
+        model = load_model(tcfg, checkpoint_path, device)
+    else:
+        checkpoint_path, model = load_latest_model(tcfg, out_dir / "checkpoints", device)
     dcfg = tcfg["data"]
     hw = (int(dcfg["resolution"][0]), int(dcfg["resolution"][1]))
     n = int(dcfg["num_frames"])
