@@ -145,6 +145,8 @@ class Runner:
                 )
         storage.configure(self.cfg.get("storage"))
         preflight(self.cfg)  # buckets, credentials, endpoints: one line before any stage runs
+        for name in chain:  # inputs first: a missing dataset is more specific than a model
+            load_stage(name).check_inputs(self.cfg)
         for name in chain:  # weights, devices...: fail before any stage writes anything
             load_stage(name).check_ready(self.cfg)
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -162,6 +162,11 @@ class Stage:
         """Ray options for one shard task (num_cpus, num_gpus, memory...)."""
         return {"num_cpus": 1}
 
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """Called on the driver at start-up, before ``check_ready`` and before Ray starts: raise
+        ``ConfigError`` for inputs that are not there (a mistyped dataset root...). Cheap checks
+        only, so that the most specific problem is reported first and in a second."""
+
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """Called on the driver before the first stage of a run that includes this stage:
         raise ``ConfigError`` for anything that would fail later (model weights missing...)."""

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.formats.dataset import (
+    check_dataset,
     discover_re10k,
     discover_rgbd,
     re10k_row,
@@ -31,6 +32,10 @@ class IngestStage(Stage):
     upstream = ()
     is_source = True
     config_keys = ("dataset", "ingest")
+
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """A wrong ``dataset.root`` is one line at start-up (see ``check_dataset``)."""
+        check_dataset(cfg)
 
     def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
