@@ -136,9 +136,12 @@ def find_clip(cfg: dict[str, Any], clip_id: str) -> tuple[Path, np.ndarray, Path
         raise SceneError(f"clip={clip_id}: the designer reads RealEstate10K-layout datasets "
                          f"(dataset '{ds.get('name')}' is '{ds.get('layout')}'); use image=PATH")
     if ds.get("definition"):
+        from pipeline.log import progress_callback
         from pipeline.synthetic.sample_data import generate_sample
 
-        generate_sample(Path(ds["definition"]), Path(ds["root"]))
+        generate_sample(Path(ds["definition"]), Path(ds["root"]), on_progress=progress_callback(
+            f"render {ds.get('name')}", "frames", bool(cfg.get("progress", True)),
+            float(cfg["log"]["progress_every_s"]), emit=lambda m: print(m, flush=True)))
     root = Path(ds["root"])
     splits = [str(s) for s in ds.get("splits") or []]
     if not clip_id:

@@ -32,7 +32,7 @@ from pipeline.config import ConfigError
 from pipeline.evaluation import camera_eval as ce
 from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
-from pipeline.log import log
+from pipeline.log import log, progress
 from pipeline.registry import register
 from pipeline.stage import GLOBAL, ClipError, ShardResult, ShardTask, Stage
 
@@ -260,6 +260,8 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     s = tcfg["sampling"]
     gen_dir = storage.path(ctx.work_dir) / "evaluate" / "generated"
     out = []
+    bar = progress(len(ds), "evaluate sampling", "clips", bool(ctx.cfg.get("progress", True)),
+                   float(ctx.cfg["log"]["progress_every_s"]))
     for i in range(len(ds)):
         clip = ds.rows[i]["clip_id"]
         item = ds[i]
@@ -274,6 +276,8 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
         dm, reason = depth.maps(frames, None, None)
         out.append((ce.EvalClip(clip, frames, item["K"].double().numpy(), c2w, True), dm,
                     reason))
+        bar.update(1)
+    bar.close()
     ctx.log(f"[evaluate] sampled {len(out)} clips with {path.name} -> {gen_dir}")
     return out
 
@@ -371,9 +375,22 @@ class EvaluateStage(Stage):
             return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
                                  ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
 
-        results = ce.run_trials(
-            [c for c, _, _ in clips], submit,
-            lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]))
+        bar = progress(len(clips) * trials, "evaluate SfM", "trials",
+                       bool(cfg.get("progress", True)), float(cfg["log"]["progress_every_s"]))
+        counts = {"ok": 0, "failed": 0}
+
+        def on_result(result: dict[str, Any]) -> None:
+            counts["ok" if result.get("success") else "failed"] += 1
+            bar.set_postfix(**counts)
+            bar.update(1)
+
+        try:
+            results = ce.run_trials(
+                [c for c, _, _ in clips], submit,
+                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]),
+                on_result=on_result)
+        finally:
+            bar.close()
         rows = []
         for clip_id, res in results.items():
             clip, dm, why = by_id[clip_id]

@@ -268,9 +268,11 @@ def run_trials(
     get: Callable[[Any], dict[str, Any]],
     trials: int,
     seed: int,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Submit every (clip, trial) and collect results by clip (the Ray calls are injected so
-    this stays engine-free and testable in-process)."""
+    this stays engine-free and testable in-process). ``on_result`` sees each trial's result as
+    it arrives (progress: the trials of a run take minutes)."""
     pending: dict[Any, str] = {}
     for clip in clips:
         for t in range(trials):
@@ -280,7 +282,10 @@ def run_trials(
     while refs:
         ready, refs = wait(refs)
         for ref in ready:
-            results[pending[ref]].append(get(ref))
+            result = get(ref)
+            results[pending[ref]].append(result)
+            if on_result is not None:
+                on_result(result)
     for rs in results.values():
         rs.sort(key=lambda r: r["trial"])
     return results
