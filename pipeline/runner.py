@@ -99,7 +99,7 @@ class RunContext:
 
 def _remote_execute(stage: Stage, task: ShardTask) -> TaskOutcome:
     """Body of one Ray task (the stage object travels with it: toy stages work too)."""
-    return execute(stage.process_shard, task)
+    return execute(stage.process_shard, task, in_worker=True)
 
 
 class Runner:

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -88,26 +87,11 @@ class _Ctx:
         plog.log.info(msg)
 
 
-def noise_videos(base: Path, names: list[str], n: int = 4, size: int = 32) -> tuple[Path, Path]:
-    """Random-noise mp4s with a trajectory each: SfM registers nothing in them (quickly)."""
-    from pipeline.evaluation.camera_eval import write_trajectory
-    from trainer.sampling import write_mp4
-
-    vids, trajs = base / "videos", base / "trajectories"
-    rng = np.random.default_rng(0)
-    for name in names:
-        write_mp4(rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
-                  vids / f"{name}.mp4", fps=8)
-        c2w = np.tile(np.eye(4), (n, 1, 1))
-        c2w[:, 2, 3] = np.linspace(0.0, 0.3, n)
-        write_trajectory(c2w, trajs / f"{name}.txt")
-    return vids, trajs
-
-
 def test_evaluate_sfm_trials_report_progress(tmp_path: Path, console: Any,
                                              ray_cluster: str) -> None:
     """The SfM trials of stage=evaluate ran for minutes without a line."""
     from stages.evaluate import STAGE
+    from tests.helpers import noise_videos
 
     vids, trajs = noise_videos(tmp_path, ["n0"])
     cfg = load_config([EVERY, "evaluate.trials=2", f"evaluate.videos={vids}",
