@@ -106,5 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "ui":  # Ctrl-C while it starts: the designer's normal end
+            print("trajectory designer stopped", flush=True)
+            return 0
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ import copy
 import io
 import ipaddress
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -719,28 +720,55 @@ def network_warning(host: str) -> str | None:
             "private)")
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C) arrived: the designer's normal end (not an ``Exception``, so
+    no callback's error handling can swallow it)."""
+
+
+#: the signals that stop the designer: Ctrl-C, and what service managers and ``kill`` send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _handle_stop_signals(handler: Any) -> None:
+    """Python handlers for the stop signals. They replace the native handler COLMAP's logging
+    installs when pycolmap is imported (it dumps a native stack trace on SIGTERM), and an
+    inherited "ignore SIGINT" (a designer started in the background still stops on Ctrl-C)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
 def main_ui(overrides: list[str]) -> int:
     """Entry of ``python -m pipeline ui``: load config, check ``image=`` / ``clip=`` (exit 2
-    with one line when unusable), start the page, serve until Ctrl-C."""
+    with one line when unusable), start the page, serve until Ctrl-C or SIGTERM, which stop it
+    with one line and exit 0 (stopping is how a server ends; there is nothing to resume)."""
     from pipeline.config import load_config
 
-    cfg = load_config(expand_overrides(overrides))
+    _handle_stop_signals(_raise_stopped)
+    app: DesignerApp | None = None
     try:
-        check_start(cfg)
-    except SceneError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    warning = network_warning(str(cfg["ui"]["host"]))
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    app = DesignerApp(cfg)
-    print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
-    try:
+        cfg = load_config(expand_overrides(overrides))
+        _handle_stop_signals(_raise_stopped)  # again: loading the stages imported pycolmap
+        try:
+            check_start(cfg)
+        except SceneError as exc:
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        warning = network_warning(str(cfg["ui"]["host"]))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        app = DesignerApp(cfg)
+        print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
         app.load()
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("trajectory designer stopped", flush=True)
+        threading.Event().wait()  # serve; a stop signal raises _Stopped here
+    except (_Stopped, KeyboardInterrupt):
+        pass
     finally:
-        app.stop()
+        _handle_stop_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown
+        if app is not None:
+            app.stop()
+    print("trajectory designer stopped", flush=True)
     return 0
