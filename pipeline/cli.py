@@ -8,7 +8,10 @@ traceback. Exit codes are listed in ``EPILOG``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.stage import StageNotImplemented
@@ -83,7 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def process_started_at() -> float:
+    """When this process started (epoch seconds), from ``/proc`` on Linux (its start time in
+    clock ticks since boot, against the uptime); elsewhere now. The wall time a run reports is
+    then what the user waited for: interpreter start, imports and Ray included."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[_PROC_STARTTIME])  # after the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - max(0.0, age)
+
+
+#: index of ``starttime`` (field 22 of proc(5)) among the fields after ``(comm)`` (fields 3...)
+_PROC_STARTTIME = 22 - 3
+
+
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """The command; ``started_at`` (epoch seconds) is when the command began, for the wall
+    time it reports (``python -m pipeline`` passes the process start; default now)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "ui":
@@ -96,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print(runner.format_status(runner.status(cfg)))
             return 0
-        summary = runner.Runner(cfg).run(cfg["stage"]["name"])
+        summary = runner.Runner(cfg, started_at=started_at).run(cfg["stage"]["name"])
         if summary["exit_code"]:
             print(f"run incomplete: {'; '.join(summary['problems'])}: see "
                   f"`python -m pipeline status paths.work_dir={cfg['paths']['work_dir']}` and "

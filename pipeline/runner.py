@@ -103,8 +103,12 @@ def _remote_execute(stage: Stage, task: ShardTask) -> TaskOutcome:
 
 
 class Runner:
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], started_at: float | None = None):
+        """``started_at``: when the command started (epoch seconds), so the reported wall time
+        is the whole command's (imports, Ray start), not only the stages'; default now."""
         self.cfg = cfg
+        self.started_at = time.time() if started_at is None else float(started_at)
+        self._ray_ready = False
         #: the work dir as configured: what tasks receive (``~`` is each node's home)
         self.work_root = str(cfg["paths"]["work_dir"])
         #: the same, resolved here for the driver's own reads and writes
@@ -159,11 +163,17 @@ class Runner:
             plog.flush_remote()  # on object storage the run log is uploaded at the end
             self._lock.close()
 
-    def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
+    def _ensure_ray(self) -> None:
+        """Start (or join) Ray the first time a stage has tasks to run: a run with nothing to
+        compute decides that from the ledger alone and never pays for a Ray start."""
+        if self._ray_ready:
+            return
         ray_utils.init_ray(self.cfg)
         if not storage.is_uri(self.work_root):
             ray_utils.check_shared_dir(self.work_root)  # several nodes: one shared directory
-        t_start = time.time()
+        self._ray_ready = True
+
+    def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         shards, sources = self.plan()
         ctx = RunContext(self.cfg, shards, sources)
         n_clips = sum(len(v) for v in shards.values())
@@ -176,7 +186,7 @@ class Runner:
             stats = self._run_stage(stage, ctx, force)
             stats["wall_s"] = round(time.time() - t0, 3)
             self.report["stages"][name] = stats
-        self.report["wall_s"] = time.time() - t_start
+        self.report["wall_s"] = time.time() - self.started_at
         summary = build_summary(ctx, chain, self.report)
         write_json_atomic(summary, self.work_dir / "summary.json")
         print_summary(summary)
@@ -248,6 +258,7 @@ class Runner:
         )
         stats: dict[str, Any] = {"run": len(todo), **counts}
         if todo:
+            self._ensure_ray()  # global stages may start Ray work of their own, too
             self._execute(stage, ledger, todo, ctx)
         if stage.kind != GLOBAL and stage.finalize_output:
             stats["finalize"] = self._run_finalize(stage, ctx, ledger, force)
