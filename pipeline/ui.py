@@ -692,8 +692,13 @@ def check_start(cfg: dict[str, Any]) -> None:
     u = cfg["ui"]
     if u.get("image"):
         _read_rgb(Path(str(u["image"])), "image", cfg)
-    elif u.get("clip"):
-        ds = cfg["dataset"]
+        return
+    ds = cfg["dataset"]
+    if ds.get("definition"):  # rendered on first use: never into a mistyped dataset.root
+        from pipeline.formats.dataset import check_dataset
+
+        check_dataset(cfg)
+    if u.get("clip"):
         if ds.get("definition"):
             from pipeline.synthetic.sample_data import MARKER
 
@@ -733,12 +738,20 @@ def _raise_stopped(signum: int, _frame: Any) -> None:
     raise _Stopped(signum)
 
 
-def _handle_stop_signals(handler: Any) -> None:
-    """Python handlers for the stop signals. They replace the native handler COLMAP's logging
-    installs when pycolmap is imported (it dumps a native stack trace on SIGTERM), and an
-    inherited "ignore SIGINT" (a designer started in the background still stops on Ctrl-C)."""
+def _handle_stop_signals(handler: Any) -> dict[int, Any]:
+    """Python handlers for the stop signals; returns the ones they replace. They replace the
+    native handler COLMAP's logging installs when pycolmap is imported (it dumps a native stack
+    trace on SIGTERM), and an inherited "ignore SIGINT" (a designer started in the background
+    still stops on Ctrl-C). Signals can be handled only in the main thread: elsewhere (an
+    embedding program) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
     for sig in STOP_SIGNALS:
+        old = signal.getsignal(sig)
         signal.signal(sig, handler)
+        previous[sig] = signal.SIG_DFL if old is None else old  # None: a native handler
+    return previous
 
 
 def main_ui(overrides: list[str]) -> int:
@@ -747,7 +760,7 @@ def main_ui(overrides: list[str]) -> int:
     with one line and exit 0 (stopping is how a server ends; there is nothing to resume)."""
     from pipeline.config import load_config
 
-    _handle_stop_signals(_raise_stopped)
+    previous = _handle_stop_signals(_raise_stopped)
     app: DesignerApp | None = None
     try:
         cfg = load_config(expand_overrides(overrides))
@@ -768,7 +781,11 @@ def main_ui(overrides: list[str]) -> int:
         pass
     finally:
         _handle_stop_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown
-        if app is not None:
-            app.stop()
+        try:
+            if app is not None:
+                app.stop()
+        finally:
+            for sig, handler in previous.items():  # the caller's own (tests call this too)
+                signal.signal(sig, handler)
     print("trajectory designer stopped", flush=True)
     return 0

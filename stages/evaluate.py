@@ -355,6 +355,19 @@ class EvaluateStage(Stage):
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return "evaluate"
 
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """The source and its folders, at start-up: a mistyped ``evaluate.videos`` is one line
+        before Ray starts and before the upstream stages run."""
+        ecfg = cfg["evaluate"]
+        try:
+            source = _source(ecfg)
+        except ValueError as exc:
+            raise ConfigError(f"evaluate: {exc}") from None
+        if source == "videos":
+            for key in ("videos", "trajectories"):
+                if not storage.path(ecfg[key]).is_dir():
+                    raise ConfigError(f"evaluate.{key}={ecfg[key]} is not a directory")
+
     def process_shard(self, task: ShardTask) -> ShardResult:
         out = self.run(_TaskView(task))
         failed = dict(out.get("failed_clips") or {})

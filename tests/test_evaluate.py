@@ -211,3 +211,20 @@ def test_nothing_measured_exits_1_with_reasons(tmp_path, ray_cluster, capsys):
     assert "sfm.cc" not in text and "evaluate-trial pid" not in text, text
     log_text = (work / "logs" / "evaluate" / "_global.log").read_text()
     assert "trial 0 (seed 0)" in log_text and "sfm.cc" in log_text, log_text[-2000:]
+
+
+def test_missing_videos_folder_is_one_line_at_start_up(tmp_path, monkeypatch, capsys):
+    """A mistyped evaluate.videos was found after ingest had run, as a failed task (exit 1)."""
+    from pipeline import ray_utils
+    from pipeline.cli import main
+    from tests.helpers import write_clip
+
+    calls: list = []
+    monkeypatch.setattr(ray_utils, "init_ray", lambda cfg: calls.append(cfg))
+    write_clip(tmp_path / "data", "c0")
+    code = main(["run", "stage=evaluate", "dataset=re10k", f"dataset.root={tmp_path / 'data'}",
+                 "depth=sensor", f"paths.work_dir={tmp_path / 'work'}",
+                 f"evaluate.videos={tmp_path / 'nope'}", f"evaluate.trajectories={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "evaluate.videos=" in err[0], err
+    assert calls == [] and not (tmp_path / "work").exists()

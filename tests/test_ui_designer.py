@@ -293,3 +293,21 @@ def test_designer_stops_cleanly_on_sigterm_and_ctrl_c(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_mistyped_sample_root_is_refused_before_rendering(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The designer renders the bundled sample on first use: never into a mistyped root."""
+    import pipeline.ui as ui
+    from pipeline.cli import main
+
+    _StubApp.started = []
+    monkeypatch.setattr(ui, "DesignerApp", _StubApp)
+    missing = tmp_path / "nonexistent" / "x"
+    for extra in ([], ["clip=syn_test_000"]):
+        assert main(["ui", f"dataset.root={missing}", f"paths.work_dir={tmp_path / 'w'}",
+                     *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "dataset.root" in err and str(missing) in err, err
+    assert not missing.parent.exists() and not _StubApp.started
