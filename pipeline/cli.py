@@ -35,8 +35,8 @@ failures:
 
 exit codes (run):
   0  everything done; clips may have failed for input reasons (see the summary)
-  1  clips hit unexpected errors, shards failed or are pending, no clip survived, or
-     evaluate could measure no clip
+  1  clips hit unexpected errors, shards failed or are pending, or no clip survived (or a
+     dataset-wide stage succeeded on none of its clips)
   2  configuration or usage error (one line, nothing was computed)
   130  interrupted: re-run the same command to resume
 
