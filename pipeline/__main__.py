@@ -1,5 +1,5 @@
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import main, process_started_at
 
-sys.exit(main())
+sys.exit(main(started_at=process_started_at()))

@@ -10,7 +10,10 @@ traceback. Exit codes are listed in ``EPILOG``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
 from pipeline import storage
 from pipeline.config import ConfigError, load_config
@@ -37,9 +40,9 @@ failures:
 
 exit codes (run; unlock: 1 while the lock's holder is alive):
   0  everything done; clips may have failed for input reasons (see the summary)
-  1  clips hit unexpected errors, shards failed or are pending, or no clip survived; or
-     storage failed under the run (one line; the run log is kept locally if it cannot be
-     uploaded, at the path that line names)
+  1  clips hit unexpected errors, shards failed or are pending, or no clip survived (or a
+     dataset-wide stage succeeded on none of its clips); or storage failed under the run (one
+     line; the run log is kept locally if it cannot be uploaded, at the path that line names)
   2  configuration or usage error (one line, nothing was computed)
   130  interrupted: re-run the same command to resume
 
@@ -93,7 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def process_started_at() -> float:
+    """When this process started (epoch seconds), from ``/proc`` on Linux (its start time in
+    clock ticks since boot, against the uptime); elsewhere now. The wall time a run reports is
+    then what the user waited for: interpreter start, imports and Ray included."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[_PROC_STARTTIME])  # after the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - max(0.0, age)
+
+
+#: index of ``starttime`` (field 22 of proc(5)) among the fields after ``(comm)`` (fields 3...)
+_PROC_STARTTIME = 22 - 3
+
+
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """The command; ``started_at`` (epoch seconds) is when the command began, for the wall
+    time it reports (``python -m pipeline`` passes the process start; default now)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "ui":
@@ -119,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 held = work_lock.holder(work_dir)
                 raise ConfigError(f"{exc}; {held.describe()}" if held else str(exc)) from None
             return 0
-        summary = runner.Runner(cfg).run(cfg["stage"]["name"])
+        summary = runner.Runner(cfg, started_at=started_at).run(cfg["stage"]["name"])
         if summary["exit_code"]:
             print(f"run incomplete: {'; '.join(summary['problems'])}: see "
                   f"`python -m pipeline status paths.work_dir={cfg['paths']['work_dir']}` and "
@@ -132,5 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.command == "ui":  # Ctrl-C while it starts: the designer's normal end
+            print("trajectory designer stopped", flush=True)
+            return 0
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,23 +105,49 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: how long, for people."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class PlainProgress:
-    """tqdm's interface for redirected output: one log line every ``every_s`` seconds."""
+    """tqdm's interface for redirected output: one log line every ``every_s`` seconds (and one
+    at the end) saying what, how far, the rate and the time left, with no cursor escapes."""
 
     def __init__(self, total: int, desc: str, unit: str, every_s: float,
-                 emit: Any = None) -> None:
+                 emit: Any = None, initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
-        self.n = 0
+        self.n = initial
         self.postfix = ""
         self._emit = emit or log.info
-        self._last = time.monotonic()
+        self._start_n = initial
+        self._t0 = self._last = time.monotonic()
+
+    def line(self) -> str:
+        """``[desc] n/total unit (pct%), rate, time left (postfix)``."""
+        elapsed = time.monotonic() - self._t0
+        done = self.n - self._start_n
+        pct = 100 * self.n // self.total if self.total else 100
+        text = f"[{self.desc}] {self.n}/{self.total} {self.unit} ({pct}%)"
+        if self.n >= self.total:
+            text += f", done in {_duration(elapsed)}"
+        elif done > 0 and elapsed > 0:
+            rate = done / elapsed
+            speed = f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s each"
+            text += f", {speed}, {_duration((self.total - self.n) / rate)} left"
+        return text + self.postfix
 
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
         if now - self._last >= self.every_s or self.n >= self.total:
             self._last = now
-            self._emit(f"[{self.desc}] {self.n}/{self.total} {self.unit}{self.postfix}")
+            self._emit(self.line())
 
     def set_postfix(self, **kw: Any) -> None:
         self.postfix = " (" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")"
@@ -130,12 +157,37 @@ class PlainProgress:
 
 
 def progress(total: int, desc: str, unit: str, enabled: bool = True,
-             every_s: float = 30.0, emit: Any = None) -> Any:
+             every_s: float = 30.0, emit: Any = None, initial: int = 0) -> Any:
     """A tqdm bar on a terminal, periodic plain lines otherwise, nothing when disabled."""
     if not enabled:
-        return PlainProgress(total, desc, unit, float("inf"), emit=lambda _m: None)
+        return PlainProgress(total, desc, unit, float("inf"), emit=lambda _m: None,
+                             initial=initial)
     if is_terminal():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit)
-    return PlainProgress(total, desc, unit, every_s, emit=emit)
+        return tqdm(total=total, desc=desc, unit=unit, initial=initial)
+    return PlainProgress(total, desc, unit, every_s, emit=emit, initial=initial)
+
+
+def progress_callback(desc: str, unit: str, enabled: bool, every_s: float,
+                      start: str | None = None,
+                      emit: Callable[[str], None] | None = None) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback for code that reports progress without holding a bar
+    (domain code imports nothing from the engine): the bar is made on the first call, after
+    ``start`` is said when given, advanced to ``done`` and closed at ``total``. Lines go to the
+    run's log unless ``emit`` takes them (a command without a run log)."""
+    state: dict[str, Any] = {}
+    say = emit or log.info
+
+    def on_progress(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            if start and enabled:
+                say(start)
+            bar = state["bar"] = progress(total, desc, unit, enabled, every_s, emit=emit)
+        if done > bar.n:
+            bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return on_progress

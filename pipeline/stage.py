@@ -174,6 +174,11 @@ class Stage:
         """Ray options for one shard task (num_cpus, num_gpus, memory...)."""
         return {"num_cpus": 1}
 
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """Called on the driver at start-up, before ``check_ready`` and before Ray starts: raise
+        ``ConfigError`` for inputs that are not there (a mistyped dataset root...). Cheap checks
+        only, so that the most specific problem is reported first and in a second."""
+
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """Called on the driver before the first stage of a run that includes this stage:
         raise ``ConfigError`` for anything that would fail later (model weights missing...)."""
@@ -276,10 +281,18 @@ def shard_log_path(work_dir: str, stage: str, shard_id: str) -> str:
     return storage.join(work_dir, "logs", stage, f"{shard_id}.log")
 
 
-def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutcome:
+def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask,
+            in_worker: bool = False) -> TaskOutcome:
     """Run one task and never raise: errors travel back as text, the full traceback and every
-    log record of the task go to ``<work_dir>/logs/<stage>/<shard>.log``."""
+    log record of the task go to ``<work_dir>/logs/<stage>/<shard>.log``.
+
+    ``in_worker`` (a Ray task or actor, never the driver): what the process prints at the file
+    descriptor level (COLMAP and other native code) goes to that log file too, instead of
+    being forwarded to the driver's console at any moment, also after the run's summary."""
+    import contextlib
+
     from pipeline import storage
+    from pipeline.capture import redirect_output
 
     storage.configure(task.cfg.get("storage"))
     target = shard_log_path(task.work_dir, task.stage, task.shard_id)
@@ -300,7 +313,9 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask) -> TaskOutc
     t0, c0 = time.perf_counter(), time.process_time()
     log.info("%s shard %s: %d clips", task.stage, task.shard_id, len(task.clip_ids))
     try:
-        out = TaskOutcome(ok=True, result=fn(task))
+        with redirect_output(path) if in_worker else contextlib.nullcontext():
+            result = fn(task)
+        out = TaskOutcome(ok=True, result=result)
     except Exception:  # noqa: BLE001 - recorded in the ledger, the shard is retried
         text = traceback.format_exc(limit=8)
         log.error("%s shard %s crashed\n%s", task.stage, task.shard_id, text)

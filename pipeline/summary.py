@@ -35,6 +35,7 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
     shard_failures = 0
     #: sharded stages whose dataset-wide step (``finalize``) is not done
     steps_failed: list[str] = []
+    empty_globals: list[str] = []
     cap = max_attempts(ctx.cfg)
     for name in chain:
         stage = registry.get(name)
@@ -48,6 +49,8 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
             }
             if e is None or e.status != DONE:
                 shard_failures += 1
+            elif e.n_clips and not e.n_ok:  # it ran, on clips, and none of them succeeded
+                empty_globals.append(name)
             continue
         entries = ctx.entries(name)
         counts = {DONE: 0, FAILED: 0, BLOCKED: 0, RUNNING: 0, "missing": 0}
@@ -101,6 +104,7 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
         problems.append(f"{len(pending)} clip(s) pending")
     if clip_ids and last and not kept and not problems:
         problems.append(f"no clip survived {last[-1]}")
+    problems += [f"no clip succeeded in {name}" for name in empty_globals]
     return {
         "clips_in": len(clip_ids),
         "kept": len(kept),

@@ -27,6 +27,7 @@ import copy
 import io
 import ipaddress
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -136,9 +137,12 @@ def find_clip(cfg: dict[str, Any], clip_id: str) -> tuple[Path, np.ndarray, Path
         raise SceneError(f"clip={clip_id}: the designer reads RealEstate10K-layout datasets "
                          f"(dataset '{ds.get('name')}' is '{ds.get('layout')}'); use image=PATH")
     if ds.get("definition"):
+        from pipeline.log import progress_callback
         from pipeline.synthetic.sample_data import generate_sample
 
-        generate_sample(Path(ds["definition"]), Path(ds["root"]))
+        generate_sample(Path(ds["definition"]), Path(ds["root"]), on_progress=progress_callback(
+            f"render {ds.get('name')}", "frames", bool(cfg.get("progress", True)),
+            float(cfg["log"]["progress_every_s"]), emit=lambda m: print(m, flush=True)))
     root = Path(ds["root"])
     splits = [str(s) for s in ds.get("splits") or []]
     if not clip_id:
@@ -688,8 +692,13 @@ def check_start(cfg: dict[str, Any]) -> None:
     u = cfg["ui"]
     if u.get("image"):
         _read_rgb(Path(str(u["image"])), "image", cfg)
-    elif u.get("clip"):
-        ds = cfg["dataset"]
+        return
+    ds = cfg["dataset"]
+    if ds.get("definition"):  # rendered on first use: never into a mistyped dataset.root
+        from pipeline.formats.dataset import check_dataset
+
+        check_dataset(cfg)
+    if u.get("clip"):
         if ds.get("definition"):
             from pipeline.synthetic.sample_data import MARKER
 
@@ -735,29 +744,68 @@ def check_local(cfg: dict[str, Any]) -> None:
                               "its train/checkpoints folder into a local paths.work_dir)")
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C) arrived: the designer's normal end (not an ``Exception``, so
+    no callback's error handling can swallow it)."""
+
+
+#: the signals that stop the designer: Ctrl-C, and what service managers and ``kill`` send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _handle_stop_signals(handler: Any) -> dict[int, Any]:
+    """Python handlers for the stop signals; returns the ones they replace. They replace the
+    native handler COLMAP's logging installs when pycolmap is imported (it dumps a native stack
+    trace on SIGTERM), and an inherited "ignore SIGINT" (a designer started in the background
+    still stops on Ctrl-C). Signals can be handled only in the main thread: elsewhere (an
+    embedding program) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in STOP_SIGNALS:
+        old = signal.getsignal(sig)
+        signal.signal(sig, handler)
+        previous[sig] = signal.SIG_DFL if old is None else old  # None: a native handler
+    return previous
+
+
 def main_ui(overrides: list[str]) -> int:
     """Entry of ``python -m pipeline ui``: load config, check ``image=`` / ``clip=`` (exit 2
-    with one line when unusable), start the page, serve until Ctrl-C."""
+    with one line when unusable), start the page, serve until Ctrl-C or SIGTERM, which stop it
+    with one line and exit 0 (stopping is how a server ends; there is nothing to resume)."""
     from pipeline.config import load_config
 
-    cfg = load_config(expand_overrides(overrides))
-    check_local(cfg)
+    previous = _handle_stop_signals(_raise_stopped)
+    app: DesignerApp | None = None
     try:
-        check_start(cfg)
-    except SceneError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    warning = network_warning(str(cfg["ui"]["host"]))
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    app = DesignerApp(cfg)
-    print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
-    try:
+        cfg = load_config(expand_overrides(overrides))
+        _handle_stop_signals(_raise_stopped)  # again: loading the stages imported pycolmap
+        check_local(cfg)
+        try:
+            check_start(cfg)
+        except SceneError as exc:
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        warning = network_warning(str(cfg["ui"]["host"]))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        app = DesignerApp(cfg)
+        print(f"trajectory designer: {app.url}  (Ctrl-C to stop)", flush=True)
         app.load()
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("trajectory designer stopped", flush=True)
+        threading.Event().wait()  # serve; a stop signal raises _Stopped here
+    except (_Stopped, KeyboardInterrupt):
+        pass
     finally:
-        app.stop()
+        _handle_stop_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown
+        try:
+            if app is not None:
+                app.stop()
+        finally:
+            for sig, handler in previous.items():  # the caller's own (tests call this too)
+                signal.signal(sig, handler)
+    print("trajectory designer stopped", flush=True)
     return 0

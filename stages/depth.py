@@ -367,7 +367,7 @@ class DepthWorker:
 
     def process(self, task: ShardTask) -> TaskOutcome:
         """Through the engine's one task wrapper (timings, shard log file, crash capture)."""
-        return execute(self._run, task)
+        return execute(self._run, task, in_worker=True)
 
 
 def _announce(msg: str) -> None:

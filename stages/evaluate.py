@@ -20,6 +20,7 @@ Sources (``evaluate.source``):
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,22 @@ from pipeline.config import ConfigError
 from pipeline.evaluation import camera_eval as ce
 from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
-from pipeline.log import log
+from pipeline.log import log, progress
 from pipeline.registry import register
 from pipeline.stage import GLOBAL, ClipError, ShardResult, ShardTask, Stage
+
+#: what to try when no clip could be measured, by source
+NOTHING_HINT = {
+    "model": "an untrained or briefly trained model generates noise, which SfM cannot "
+             "reconstruct: train longer (train.max_steps) and re-run, or measure SfM on the "
+             "dataset's own frames with evaluate.source=dataset",
+    "videos": "SfM needs a static, textured scene seen from a moving camera: check the videos "
+              "and that evaluate.fov_deg matches them",
+    "dataset": "the frames may be too few, too small or without texture for SfM "
+               "(evaluate.num_frames, evaluate.image.max_long_side)",
+}
+#: the trials' own output (COLMAP) goes here: the stage's log file, not the console
+trial_log = logging.getLogger(__name__)
 
 ROW_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("trial", pa.int32()), ("seed", pa.int64()),
@@ -259,6 +273,8 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
     s = tcfg["sampling"]
     gen_dir = storage.path(ctx.work_dir) / "evaluate" / "generated"
     out = []
+    bar = progress(len(ds), "evaluate sampling", "clips", bool(ctx.cfg.get("progress", True)),
+                   float(ctx.cfg["log"]["progress_every_s"]))
     for i in range(len(ds)):
         clip = ds.rows[i]["clip_id"]
         item = ds[i]
@@ -273,11 +289,21 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
         dm, reason = depth.maps(frames, None, None)
         out.append((ce.EvalClip(clip, frames, item["K"].double().numpy(), c2w, True), dm,
                     reason))
+        bar.update(1)
+    bar.close()
     ctx.log(f"[evaluate] sampled {len(out)} clips with {path.name} -> {gen_dir}")
     return out
 
 
 # ---------------------------------------------------------------------------- stage
+def _log_trial_output(result: dict[str, Any]) -> None:
+    """What COLMAP printed in a trial, into the stage's log file (the task's log handler)."""
+    text = str(result.pop("log", "") or "").strip()
+    if text:
+        trial_log.info("clip %s trial %s (seed %s), SfM output:\n%s", result.get("clip_id"),
+                       result.get("trial"), result.get("seed"), text)
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and math.isnan(obj):
         return None
@@ -368,10 +394,29 @@ class EvaluateStage(Stage):
         return {"curated": {s: [e.status, e.output_digest] if e else None
                             for s, e in ctx.entries("curate").items()}}
 
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """The source and its folders, at start-up: a mistyped ``evaluate.videos`` is one line
+        before Ray starts and before the upstream stages run."""
+        ecfg = cfg["evaluate"]
+        try:
+            source = _source(ecfg)
+        except ValueError as exc:
+            raise ConfigError(f"evaluate: {exc}") from None
+        if source == "videos":
+            for key in ("videos", "trajectories"):
+                if not storage.path(ecfg[key]).is_dir():
+                    raise ConfigError(f"evaluate.{key}={ecfg[key]} is not a directory")
+
     def process_shard(self, task: ShardTask) -> ShardResult:
         out = self.run(_TaskView(task))
-        return ShardResult(n_clips=int(out.get("clips") or 0), n_ok=int(out.get("clips") or 0),
-                           stats={k: v for k, v in out.items() if k != "clips"})
+        failed = dict(out.get("failed_clips") or {})
+        not_run = [c for c in failed if c not in out["per_clip"]]
+        # measured = at least one successful trial: a run that measured no clip is not a
+        # success (the runner exits 1), and every clip's reason is kept in the ledger
+        return ShardResult(n_clips=int(out["clips"]) + len(not_run),
+                           n_ok=int(out["clips_with_sfm"]), failures=failed,
+                           stats={k: out[k] for k in (*ce.ALL_METRICS, "sfm_success_rate",
+                                                      "clips_with_sfm")})
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import ray
@@ -410,15 +455,31 @@ class EvaluateStage(Stage):
             return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
                                  ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
 
-        results = ce.run_trials(
-            [c for c, _, _ in clips], submit,
-            lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]))
+        bar = progress(len(clips) * trials, "evaluate SfM", "trials",
+                       bool(cfg.get("progress", True)), float(cfg["log"]["progress_every_s"]))
+        counts = {"ok": 0, "failed": 0}
+
+        def on_result(result: dict[str, Any]) -> None:
+            counts["ok" if result.get("success") else "failed"] += 1
+            bar.set_postfix(**counts)
+            bar.update(1)
+
+        try:
+            results = ce.run_trials(
+                [c for c, _, _ in clips], submit,
+                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]),
+                on_result=on_result)
+        finally:
+            bar.close()
         rows = []
         for clip_id, res in results.items():
             clip, dm, why = by_id[clip_id]
+            for r in res:
+                _log_trial_output(r)
             rows.extend(ce.score_trial(clip, r, dm, why, cfg["align"]) for r in res)
         metrics = ce.aggregate(rows, [c.clip_id for c, _, _ in clips])
-        metrics.update(source=source, failed_clips=failures)
+        unmeasured = ce.unmeasured_clips(rows)
+        metrics.update(source=source, failed_clips={**failures, **unmeasured})
         out_dir = storage.path(ctx.work_dir) / "evaluate"
         out_dir.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=ROW_SCHEMA),
@@ -427,7 +488,13 @@ class EvaluateStage(Stage):
         ctx.log(ce.format_table(metrics, f"[evaluate] source={source} -> {out_dir}"))
         for clip, why in sorted(failures.items()):
             ctx.log(f"[evaluate] clip {clip} not evaluated: {why}")
-        return {k: metrics[k] for k in (*ce.ALL_METRICS, "sfm_success_rate", "clips")}
+        for clip, why in sorted(unmeasured.items()):
+            ctx.log(f"[evaluate] clip {clip} not measured: {why}")
+        if not metrics["clips_with_sfm"]:
+            ctx.log(f"[evaluate] nothing could be measured: SfM failed in all "
+                    f"{metrics['trials']} trials of {len(clips)} clip(s); {NOTHING_HINT[source]}")
+        return {k: metrics[k] for k in (*ce.ALL_METRICS, "sfm_success_rate", "clips",
+                                        "clips_with_sfm", "failed_clips", "per_clip")}
 
 
 STAGE = register(EvaluateStage())

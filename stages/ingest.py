@@ -7,6 +7,7 @@ failure with a reason that names the clip and the file, so one bad clip never hi
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.formats.dataset import (
+    check_dataset,
     discover_re10k,
     discover_rgbd,
     re10k_row,
@@ -21,6 +23,7 @@ from pipeline.formats.dataset import (
     rgbd_row,
 )
 from pipeline.io import stable_hash, write_parquet_atomic
+from pipeline.log import progress_callback
 from pipeline.registry import register
 from pipeline.schema import MANIFEST
 from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
@@ -32,13 +35,23 @@ class IngestStage(Stage):
     is_source = True
     config_keys = ("dataset", "ingest")
 
+    def check_inputs(self, cfg: dict[str, Any]) -> None:
+        """A wrong ``dataset.root`` is one line at start-up (see ``check_dataset``)."""
+        check_dataset(cfg)
+
     def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
         ds = cfg["dataset"]
         if ds.get("definition"):  # a synthetic dataset (sample, stress): render on first use
             from pipeline.synthetic.sample_data import generate_sample
 
-            render_synthetic(Path(ds["definition"]), ds["root"], generate_sample)
+            on_progress = progress_callback(
+                f"render {ds['name']}", "frames", bool(cfg.get("progress", True)),
+                float(cfg["log"]["progress_every_s"]),
+                start=f"[ingest] rendering the {ds['name']} dataset into {ds['root']} on first "
+                      "use (a few minutes)")
+            render_synthetic(Path(ds["definition"]), ds["root"],
+                             functools.partial(generate_sample, on_progress=on_progress))
         if ds["layout"] == "rgbd":
             return discover_rgbd(cfg)
         return discover_re10k(cfg)

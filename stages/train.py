@@ -182,7 +182,8 @@ class TrainStage(Stage):
             from trainer.loop import DistInfo, train
 
             summary = train(tcfg, files, out_dir, DistInfo(device=default_device()),
-                            progress=show)
+                            progress=show,
+                            progress_every_s=float(cfg["log"]["progress_every_s"]))
         for clip, why in sorted(summary.get("skipped_clips", {}).items()):
             log.info(f"[train] skipped clip {clip}: {why}")
         if summary.get("steps_run", 1):

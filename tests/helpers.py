@@ -72,3 +72,19 @@ def shard_of(work: Path, clip_id: str) -> str:
 
     shards = read_json(Path(work) / "plan.json")["shards"]
     return next(s for s, clips in shards.items() if clip_id in clips)
+
+
+def noise_videos(base: Path, names: list[str], n: int = 4, size: int = 32) -> tuple[Path, Path]:
+    """Random-noise mp4s with a trajectory each: SfM registers nothing in them (quickly)."""
+    from pipeline.evaluation.camera_eval import write_trajectory
+    from trainer.sampling import write_mp4
+
+    vids, trajs = base / "videos", base / "trajectories"
+    rng = np.random.default_rng(0)
+    for name in names:
+        write_mp4(rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                  vids / f"{name}.mp4", fps=8)
+        c2w = np.tile(np.eye(4), (n, 1, 1))
+        c2w[:, 2, 3] = np.linspace(0.0, 0.3, n)
+        write_trajectory(c2w, trajs / f"{name}.txt")
+    return vids, trajs

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import main
 from tests.conftest import ROOT
 
@@ -70,8 +72,6 @@ def test_depth_default_follows_dataset():
 def test_bad_integer_settings_are_config_errors(tmp_path):
     """dataset.limit=-1 used to drop the last clip silently (ids[:-1]); shards.size=abc ended in
     a traceback. Both are user mistakes: one-line ConfigError."""
-    import pytest
-
     from pipeline.config import ConfigError
     from pipeline.runner import Runner
     from tests.helpers import cfg_for, write_clip
@@ -100,3 +100,51 @@ def test_relative_model_directory_becomes_absolute(tmp_path, monkeypatch):
     assert cfg["train"]["svd"]["pretrained"] == str(tmp_path / "models" / "da2")
     hub = "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
     assert load_config(["depth=da2_metric", f"depth.model={hub}"])["depth"]["model"] == hub
+
+
+def _record(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a recorder (what ran before the command stopped)."""
+    calls: list = []
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append((a, k)))
+    return calls
+
+
+def test_missing_dataset_root_is_one_line_before_ray_models_or_rendering(
+        tmp_path, monkeypatch, capsys):
+    """A wrong dataset.root used to hide behind the depth-model check (re10k), to surface after
+    Ray had started (rgbd) or never (sample: rendered into the wrong place, exit 0)."""
+    from pipeline import ray_utils
+    from pipeline.synthetic import sample_data
+
+    ray_calls = _record(monkeypatch, ray_utils, "init_ray")
+    render_calls = _record(monkeypatch, sample_data, "generate_sample")
+    missing = tmp_path / "nonexistent" / "x"
+    for dataset in ("re10k", "rgbd", "sample", "stress"):
+        work = tmp_path / f"work_{dataset}"
+        code = main(["run", f"dataset={dataset}", f"dataset.root={missing}",
+                     f"paths.work_dir={work}", "models.hub_timeout_s=0.5"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (dataset, err)
+        assert len(err) == 1 and "dataset.root" in err[0] and str(missing) in err[0], err
+        assert "depth" not in err[0], (dataset, err)  # the dataset first, not the model
+        assert not missing.parent.exists() and not work.exists(), dataset
+    assert ray_calls == [] and render_calls == []
+
+
+def test_synthetic_dataset_root_may_be_new(tmp_path):
+    """The sample is rendered on first use: into the work dir by default (even before the work
+    dir exists), or into a new folder of an existing directory."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.registry import source
+
+    ingest = source()
+    ingest.check_inputs(load_config([f"paths.work_dir={tmp_path / 'new' / 'work'}"]))
+    ingest.check_inputs(load_config([f"dataset.root={tmp_path / 'fresh'}"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        ingest.check_inputs(load_config([f"dataset.root={tmp_path / 'no' / 'fresh'}"]))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a directory"):
+        ingest.check_inputs(load_config(["dataset=rgbd", f"dataset.root={tmp_path / 'file'}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no RGB-D sequence"):
+        ingest.check_inputs(load_config(["dataset=rgbd", f"dataset.root={tmp_path / 'empty'}"]))

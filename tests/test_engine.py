@@ -303,3 +303,36 @@ def test_ledger_reads_entries_written_before_the_contract(tmp_path):
     e = led.get("s")
     assert (e.inputs_digest, e.filtered, e.cpu_s, e.node) == ("d0", {"a": "r"}, 1.5, "n1")
     assert e.failure_kinds == {} and e.errors == {}
+
+
+def test_noop_rerun_starts_no_ray_and_reports_the_whole_command(tmp_path, ray_cluster,
+                                                                 monkeypatch):
+    """A re-run with everything done took most of a minute (Ray start, imports) and reported
+    `wall time: 0.6 s`. Ray now starts only for a stage with tasks to run, and the wall time is
+    the whole command's, from the process start."""
+    import time
+
+    from pipeline import ray_utils
+    from pipeline.cli import main
+    from pipeline.io import read_json
+
+    root, work = tmp_path / "data", tmp_path / "work"
+    write_clip(root, "c0", n=3)
+    args = ["run", "stage=ingest", "dataset=re10k", f"dataset.root={root}", "depth=sensor",
+            f"paths.work_dir={work}", "progress=false"]
+    real, calls = ray_utils.init_ray, []
+    monkeypatch.setattr(ray_utils, "init_ray", lambda cfg: (calls.append(cfg), real(cfg))[1])
+    t0 = time.time()
+    assert main(args) == 0 and len(calls) == 1  # ingest had a task to run: Ray was needed
+    first = time.time() - t0
+    assert main(args, started_at=t0) == 0 and len(calls) == 1, "a no-op run started Ray"
+    # the wall time is the command's, from when it started (here: before the first run)
+    assert read_json(work / "summary.json")["wall_s"] >= first
+    # a fresh process: no Ray start, and the reported time is the time the command took
+    t1 = time.monotonic()
+    out = _cli(*args)
+    elapsed = time.monotonic() - t1
+    assert out.returncode == 0, out.stderr
+    assert "Ray" not in out.stdout + out.stderr, out.stdout + out.stderr
+    wall = read_json(work / "summary.json")["wall_s"]
+    assert 0.7 * elapsed <= wall <= elapsed + 1.0, (wall, elapsed)

@@ -177,3 +177,54 @@ def test_user_errors_are_one_line(tmp_path):
     cfg["evaluate"].update(videos=None, source="bogus")
     with pytest.raises(ConfigError, match="model|dataset|videos"):
         STAGE.run(_Ctx(cfg, tmp_path, []))
+
+
+def test_nothing_measured_exits_1_with_reasons(tmp_path, ray_cluster, capsys):
+    """What an untrained model gives: SfM registers nothing in any trial. The run used to exit 0
+    with `mean 0.0000` in the ok column, every metric n/a, `failed_clips: {}`, and COLMAP's
+    lines (with colour codes) on the console after the summary."""
+    import time
+
+    from pipeline.cli import main
+    from tests.helpers import noise_videos, write_clip
+
+    root, work = tmp_path / "data", tmp_path / "work"
+    write_clip(root, "c0")
+    vids, trajs = noise_videos(tmp_path, ["n0", "n1"])
+    code = main(["run", "stage=evaluate", "dataset=re10k", f"dataset.root={root}",
+                 "depth=sensor", f"paths.work_dir={work}", f"evaluate.videos={vids}",
+                 f"evaluate.trajectories={trajs}", "evaluate.trials=2", "progress=false"])
+    time.sleep(1.0)  # what workers print reaches the driver's console asynchronously
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 1, text
+    m = read_json(work / "evaluate" / "metrics.json")
+    assert m["clips_with_sfm"] == 0 and m["RotErr"] is None
+    assert set(m["failed_clips"]) == {"n0", "n1"}, m["failed_clips"]
+    for why in m["failed_clips"].values():
+        assert "SfM failed in all 2 trials" in why and "reconstructed nothing" in why, why
+    assert "0.0000" not in text  # nothing measured is never printed as a number
+    assert "nothing could be measured" in text and "evaluate.source=dataset" not in text
+    mean = next(ln for ln in text.splitlines() if ln.startswith("mean"))
+    assert mean.split()[1] == "0/4", mean
+    # COLMAP's own lines stay in the stage's log file, off the console
+    assert "sfm.cc" not in text and "evaluate-trial pid" not in text, text
+    log_text = (work / "logs" / "evaluate" / "_global.log").read_text()
+    assert "trial 0 (seed 0)" in log_text and "sfm.cc" in log_text, log_text[-2000:]
+
+
+def test_missing_videos_folder_is_one_line_at_start_up(tmp_path, monkeypatch, capsys):
+    """A mistyped evaluate.videos was found after ingest had run, as a failed task (exit 1)."""
+    from pipeline import ray_utils
+    from pipeline.cli import main
+    from tests.helpers import write_clip
+
+    calls: list = []
+    monkeypatch.setattr(ray_utils, "init_ray", lambda cfg: calls.append(cfg))
+    write_clip(tmp_path / "data", "c0")
+    code = main(["run", "stage=evaluate", "dataset=re10k", f"dataset.root={tmp_path / 'data'}",
+                 "depth=sensor", f"paths.work_dir={tmp_path / 'work'}",
+                 f"evaluate.videos={tmp_path / 'nope'}", f"evaluate.trajectories={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "evaluate.videos=" in err[0], err
+    assert calls == [] and not (tmp_path / "work").exists()

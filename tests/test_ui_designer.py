@@ -4,6 +4,7 @@ angles, interpolation continuity, presets and the export round-trip. No browser 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,3 +229,85 @@ def test_large_image_is_loaded_at_working_size(tmp_path: Path) -> None:
     assert scene.median_depth == pytest.approx(2.5)
     # the intrinsics belong to the working size (centred principal point)
     np.testing.assert_allclose(scene.K[:2, 2], [100.0, 75.0])
+
+
+def _wait_for_line(proc: Any, text: str, timeout_s: float) -> str:
+    """What ``proc`` printed up to the line containing ``text`` (fails on exit or timeout)."""
+    import os
+    import select
+    import time
+
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide data from select
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line with {text!r} after {timeout_s} s: {seen.decode()}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"exited before printing {text!r}: {seen.decode()}"
+            seen += chunk
+    return seen.decode(errors="replace")
+
+
+def test_designer_stops_cleanly_on_sigterm_and_ctrl_c(tmp_path: Path) -> None:
+    """Stopping the page with SIGTERM printed a 20-line native stack dump; Ctrl-C is the
+    documented way to stop it. Both end with one line and exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    from pipeline.ui import free_port
+    from tests.conftest import ROOT
+
+    img = tmp_path / "room.png"
+    assert cv2.imwrite(str(img), np.full((48, 64, 3), 120, np.uint8))
+    np.save(tmp_path / "room.npy", np.full((48, 64), 2.0, np.float32))
+    procs = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):  # both at once: start-up dominates
+        port = free_port("127.0.0.1")
+        cmd = [sys.executable, "-m", "pipeline", "ui", f"image={img}",
+               f"ui.depth={tmp_path / 'room.npy'}", f"port={port}", "ui.device=cpu",
+               f"paths.work_dir={tmp_path / 'work'}"]
+        procs[sig] = (port, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True,
+                                             env=dict(os.environ, RAY_AUTH_MODE="disabled")))
+    try:
+        for sig, (_port, proc) in procs.items():
+            started = _wait_for_line(proc, "(Ctrl-C to stop)", 120)
+            time.sleep(0.5)  # serving
+            proc.send_signal(sig)
+            after, _ = proc.communicate(timeout=20)
+            out = started + after
+            after = after.strip().splitlines()
+            assert "Traceback" not in out and "Aborted" not in out, out
+            assert proc.returncode == 0, (sig, out)
+            assert 1 <= len(after) <= 2 and after[-1] == "trajectory designer stopped", out
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_mistyped_sample_root_is_refused_before_rendering(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The designer renders the bundled sample on first use: never into a mistyped root."""
+    import pipeline.ui as ui
+    from pipeline.cli import main
+
+    _StubApp.started = []
+    monkeypatch.setattr(ui, "DesignerApp", _StubApp)
+    missing = tmp_path / "nonexistent" / "x"
+    for extra in ([], ["clip=syn_test_000"]):
+        assert main(["ui", f"dataset.root={missing}", f"paths.work_dir={tmp_path / 'w'}",
+                     *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "dataset.root" in err and str(missing) in err, err
+    assert not missing.parent.exists() and not _StubApp.started

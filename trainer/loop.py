@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
-from tqdm import tqdm
 
 from pipeline import storage
 from pipeline.io import write_bytes_atomic
+from pipeline.log import progress as progress_bar
 from trainer import checkpoint as ckpt
 from trainer.data import CuratedVideoDataset, load_curated, make_loader
 
@@ -181,9 +180,14 @@ def train(
     checkpoints: Any | None = None,
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     progress: bool = True,
+    progress_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Train until ``tcfg['max_steps']`` (or ``stop_at``, checkpointing there), resuming from
-    the latest checkpoint. Returns a summary (steps, final loss, checkpoint, timings)."""
+    the latest checkpoint. Returns a summary (steps, final loss, checkpoint, timings).
+
+    Progress (rank 0): a bar on a terminal; otherwise a plain line every ``progress_every_s``
+    seconds (the run's ``log.progress_every_s``: minutes of training must not be silent in a
+    redirected log), or only the last line when it is None."""
     dist = dist or DistInfo()
     device = torch.device(dist.device)
     out_dir = storage.path(out_dir)
@@ -242,8 +246,9 @@ def train(
     )
     batches = iter(loader)
     ckpt_every = int(tcfg["checkpoint_every"])
-    bar = tqdm(total=end, initial=step, desc="train", unit="step",
-               disable=not progress or dist.rank != 0 or not sys.stderr.isatty())
+    bar = progress_bar(end, "train", "steps", progress and dist.rank == 0,
+                       math.inf if progress_every_s is None else float(progress_every_s),
+                       initial=step)
     last: dict[str, Any] = {}
     t_start = time.perf_counter()
     start_step = step
@@ -272,8 +277,8 @@ def train(
         }
         if dist.rank == 0:
             metrics_log.append(json.dumps(last) + "\n")
-        bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
+        bar.update(1)
         if step % ckpt_every == 0 or step == end:
             state = None
             if dist.rank == 0:

@@ -110,8 +110,24 @@ def run_trial(
     """One SfM trial (+ triangulation with its poses when ``tri_cfg``); never raises.
 
     Returns the SfM w2c and, when triangulation ran, the observations (frame, u, v at the
-    evaluation resolution, z_cam in SfM units); failures come back as reasons.
+    evaluation resolution, z_cam in SfM units); failures come back as reasons. What COLMAP
+    printed comes back as ``log`` (for the stage's log file: printed in a Ray worker, it would
+    reach the driver's console at any moment, also after the run's summary).
     """
+    from pipeline.capture import captured_output
+
+    with captured_output() as captured:
+        out = _trial(clip_id, frames, K, trial, seed, sfm_cfg, tri_cfg, scratch, num_threads)
+    out["log"] = captured.text
+    return out
+
+
+def _trial(
+    clip_id: str, frames: np.ndarray, K: np.ndarray, trial: int, seed: int,
+    sfm_cfg: dict[str, Any], tri_cfg: dict[str, Any] | None, scratch: str | None,
+    num_threads: int,
+) -> dict[str, Any]:
+    """The body of ``run_trial``."""
     import pycolmap
 
     from pipeline.sfm import colmap_scene as cs
@@ -243,6 +259,26 @@ def aggregate(rows: Sequence[dict[str, Any]], clip_ids: Sequence[str]) -> dict[s
     return out
 
 
+def unmeasured_clips(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Clip -> why nothing was measured, for every clip none of whose trials succeeded: the
+    trials' reasons, most frequent first, with their counts."""
+    by_clip: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_clip.setdefault(r["clip_id"], []).append(r)
+    out: dict[str, str] = {}
+    for clip, rs in by_clip.items():
+        if any(r["success"] for r in rs):
+            continue
+        counts: dict[str, int] = {}
+        for r in rs:
+            why = str(r.get("reason") or "no reason recorded")
+            counts[why] = counts.get(why, 0) + 1
+        reasons = sorted(counts.items(), key=lambda kv: -kv[1])
+        out[clip] = f"SfM failed in all {len(rs)} trials: " + "; ".join(
+            why if n == len(rs) else f"{why} ({n} of {len(rs)})" for why, n in reasons)
+    return out
+
+
 def format_table(metrics: dict[str, Any], title: str) -> str:
     """The table printed at the end of a run: one line per clip, then the mean."""
     def f(x: Any) -> str:
@@ -253,8 +289,8 @@ def format_table(metrics: dict[str, Any], title: str) -> str:
     for clip, e in sorted(metrics["per_clip"].items()):
         lines.append(f"{clip[:21]:<22}{e['successful']:>3}/{e['trials']:<2}"
                      + "".join(f"{f(e[k]):>17}" for k in ALL_METRICS))
-    rate = metrics["sfm_success_rate"]
-    lines.append(f"{'mean':<22}{f(rate) if rate is not None else 'n/a':>6}"
+    ok = sum(e["successful"] for e in metrics["per_clip"].values())
+    lines.append(f"{'mean':<22}{ok:>3}/{metrics['trials']:<2}"
                  + "".join(f"{f(metrics[k]):>17}" for k in ALL_METRICS))
     if metrics.get("metric_unavailable"):
         lines.append("metric variants unavailable: " + "; ".join(metrics["metric_unavailable"]))
@@ -268,9 +304,11 @@ def run_trials(
     get: Callable[[Any], dict[str, Any]],
     trials: int,
     seed: int,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Submit every (clip, trial) and collect results by clip (the Ray calls are injected so
-    this stays engine-free and testable in-process)."""
+    this stays engine-free and testable in-process). ``on_result`` sees each trial's result as
+    it arrives (progress: the trials of a run take minutes)."""
     pending: dict[Any, str] = {}
     for clip in clips:
         for t in range(trials):
@@ -280,7 +318,10 @@ def run_trials(
     while refs:
         ready, refs = wait(refs)
         for ref in ready:
-            results[pending[ref]].append(get(ref))
+            result = get(ref)
+            results[pending[ref]].append(result)
+            if on_result is not None:
+                on_result(result)
     for rs in results.values():
         rs.sort(key=lambda r: r["trial"])
     return results

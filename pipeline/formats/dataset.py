@@ -70,6 +70,59 @@ def _frame_sources_stat(
     return [[str(c), *_stat(c)] for c in candidates if c.exists()]
 
 
+# ---------------------------------------------------------------------- start-up check
+def check_dataset(cfg: dict[str, Any]) -> None:
+    """The dataset's places exist, checked at start-up (file listings only, no Ray, no model):
+    a mistyped ``dataset.root`` is one ``ConfigError`` line in a second, not a failure after
+    Ray has started, behind a model check, or a sample rendered into a place nobody meant.
+
+    A synthetic dataset (one with a ``definition``) is rendered on first use into its root, so
+    a root that does not exist yet is fine inside the work dir (created by the run) or as a new
+    folder of an existing directory; anything else is a typo. A bucket's root was checked by
+    the run's pre-flight (bucket and credentials); its prefix is listed at discovery.
+    """
+    from pipeline.errors import ConfigError
+
+    ds = cfg["dataset"]
+    value = str(ds["root"])
+    if storage.is_uri(value):
+        return
+    root = storage.path(value)
+    if ds.get("definition"):
+        if root.exists():
+            if not root.is_dir():
+                raise ConfigError(f"dataset.root={value} is not a directory")
+            return
+        work = storage.path(str(cfg["paths"]["work_dir"]))
+        inside_work = not storage.is_uri(str(work)) and root.is_relative_to(work)
+        if not (inside_work or root.parent.is_dir()):
+            raise ConfigError(
+                f"dataset.root={value} does not exist, nor does {root.parent}: the "
+                f"{ds.get('name')} dataset is rendered there on first use, so give a new folder "
+                "in an existing directory (or leave dataset.root unset to render it into the "
+                "work dir)")
+        return
+    if not root.exists():
+        raise ConfigError(f"dataset.root={value} does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"dataset.root={value} is not a directory")
+    clip_list = ds.get("clip_list")
+    if clip_list and not storage.is_uri(str(clip_list)) and not storage.path(clip_list).is_file():
+        raise ConfigError(f"dataset.clip_list={clip_list} does not exist")
+    if ds["layout"] == "rgbd":
+        if not rgbd_format.sequence_dirs(root):
+            raise ConfigError(
+                f"dataset.root={value}: no RGB-D sequence in it or its sub-folders (a sequence "
+                "folder holds frame-XXXXXX.color.*, .depth.png, .pose.txt and "
+                "camera-intrinsics.txt)")
+        return
+    splits = [str(s) for s in ds["splits"]]
+    if not any((root / s).is_dir() for s in splits):
+        raise ConfigError(
+            f"dataset.root={value} has no {' or '.join(f'{s}/' for s in splits)} folder of "
+            "pose files (<root>/<split>/<clip_id>.txt)")
+
+
 # ---------------------------------------------------------------------- discovery
 def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ds = cfg["dataset"]

@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,7 @@ def render_clip(
     write_exact_depth: bool = False,
     rolling_shutter: dict[str, Any] | None = None,
     intrinsics_error: dict[str, Any] | None = None,
+    on_frame: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
 
@@ -130,7 +133,8 @@ def render_clip(
     ``intrinsics_error`` (``focal``: relative error) writes fx, fy times ``1 + focal`` into the
     pose file and the row (the frames are rendered with the true focal): a SLAM/calibration
     focal error, which nothing downstream corrects. What was realised is under the extra key
-    ``stress``.
+    ``stress``. ``on_frame`` is called after each frame is written (progress of a render that
+    takes minutes).
     """
     out_root = Path(out_root).resolve()
     seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
@@ -222,6 +226,8 @@ def render_clip(
         np.save(dp, depth, allow_pickle=False)
         frame_paths.append(str(fp))
         depth_paths.append(str(dp))
+        if on_frame is not None:
+            on_frame()
         rel = w2c[:3, :4].copy()
         rel[:, 3] *= rel_scale
         w2c_rel.append(rel.reshape(-1).tolist())
@@ -300,10 +306,11 @@ _OPTIONAL = ("fov_deg", "frame_interval_us", *_STRESS_KEYS)
 
 
 def _render_spec(
-    out_root: Path, spec: dict[str, Any], stress: bool = False
+    out_root: Path, spec: dict[str, Any], stress: bool = False,
+    on_frame: Callable[[], None] | None = None,
 ) -> tuple[str, float, list, dict[str, Any]]:
     kwargs = {k: spec[k] for k in _REQUIRED + _OPTIONAL if k in spec}
-    row = render_clip(out_root, **kwargs, write_exact_depth=stress)
+    row = render_clip(out_root, **kwargs, write_exact_depth=stress, on_frame=on_frame)
     c2w = [np.linalg.inv(p).tolist() for p in row["metric_w2c"]]
     info = {
         "kind": spec["kind"],
@@ -316,12 +323,36 @@ def _render_spec(
     return row["clip_id"], row["true_scale"], c2w, info
 
 
-def generate_sample(definition: Any, root: str | os.PathLike, workers: int = 1) -> dict[str, float]:
+def _frame_counter(
+    total: int, on_progress: Callable[[int, int], None] | None
+) -> Callable[[], None] | None:
+    """One call per rendered frame -> ``on_progress(done, total)``; thread-safe (clips may
+    render in threads)."""
+    if on_progress is None:
+        return None
+    on_progress(0, total)  # the render starts now (its rate is measured from here)
+    lock = threading.Lock()
+    done = [0]
+
+    def on_frame() -> None:
+        with lock:
+            done[0] += 1
+            on_progress(done[0], total)
+
+    return on_frame
+
+
+def generate_sample(
+    definition: Any, root: str | os.PathLike, workers: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
     """Build the sample under ``root`` unless an identical one is already there.
 
     Returns clip_id -> true_scale. Safe to interrupt: everything is written to a sibling temp
     directory that replaces ``root`` only once complete. ``workers > 1`` renders that many clips at
-    once in threads; the output is byte-identical either way.
+    once in threads; the output is byte-identical either way. ``on_progress(frames done, frames
+    in all)`` follows the render (minutes for the bundled sample); nothing is called when the
+    sample is already there.
     """
     defn = load_definition(definition)
     digest = definition_hash(defn)
@@ -334,16 +365,18 @@ def generate_sample(definition: Any, root: str | os.PathLike, workers: int = 1) 
     try:
         specs = _clip_specs(defn)
         stress = is_stress(specs)
+        on_frame = _frame_counter(sum(int(s["n_frames"]) for s in specs), on_progress)
         if workers > 1 and len(specs) > 1:
             # threads, not processes: numpy and OpenCV release the GIL in the heavy array work,
             # and a process pool would need the caller's __main__ guard (spawn) or an unsafe
             # fork of a threaded Ray driver
             with ThreadPoolExecutor(min(workers, len(specs))) as pool:
                 results = list(
-                    pool.map(_render_spec, [tmp] * len(specs), specs, [stress] * len(specs))
+                    pool.map(_render_spec, [tmp] * len(specs), specs, [stress] * len(specs),
+                             [on_frame] * len(specs))
                 )
         else:
-            results = [_render_spec(tmp, spec, stress) for spec in specs]
+            results = [_render_spec(tmp, spec, stress, on_frame) for spec in specs]
         truth = {clip: scale for clip, scale, _, _ in results}
         metric = {clip: c2w for clip, _, c2w, _ in results}
         write_json_atomic(truth, tmp / "ground_truth.json")
