@@ -237,9 +237,13 @@ def fake_evaluate(monkeypatch):
     from pipeline.io import write_json_atomic
     from stages.evaluate import STAGE as EVALUATE
 
+    from pipeline.evaluation import camera_eval as ce
+
     def run(ctx):
-        write_json_atomic({"clips": 1}, ctx.work_dir / "evaluate" / "metrics.json")
-        return {"clips": 1}
+        metrics = {"clips": 1, "clips_with_sfm": 1, "sfm_success_rate": 1.0, "per_clip": {},
+                   "failed_clips": {}, **{m: 0.0 for m in ce.ALL_METRICS}}
+        write_json_atomic(metrics, ctx.work_dir / "evaluate" / "metrics.json")
+        return metrics
 
     monkeypatch.setattr(EVALUATE, "run", run)
 
