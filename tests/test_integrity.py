@@ -234,10 +234,9 @@ def test_sample_image_and_trajectory_files_fingerprint_the_sample(trained, tmp_p
 def fake_evaluate(monkeypatch):
     """``evaluate`` without SfM: writes its metrics file and counts nothing else (the test is
     about when it runs, not what it computes)."""
+    from pipeline.evaluation import camera_eval as ce
     from pipeline.io import write_json_atomic
     from stages.evaluate import STAGE as EVALUATE
-
-    from pipeline.evaluation import camera_eval as ce
 
     def run(ctx):
         metrics = {"clips": 1, "clips_with_sfm": 1, "sfm_success_rate": 1.0, "per_clip": {},
