@@ -288,11 +288,16 @@ def test_long_slow_pan_succeeds_with_defaults(tmp_path):
     """A 300-frame slow pan (~1.5 mm per frame, the typical RealEstate10K clip): neighbours see
     almost no parallax, so a short matching window alone triangulates too few points. The
     defaults (frames spread over the clip, quadratic pairs) must recover the scale."""
+    from pipeline.sfm.triangulation import select_frames
     from pipeline.synthetic.sample_data import render_clip
 
+    n = 300  # only the frames triangulation reads are rendered (the rest cost ~50 CPU-s)
     row = render_clip(tmp_path / "slow", "slow", "test", seed=3003, kind="slow_pan",
-                      n_frames=300, width=200, height=150, rel_scale=0.4)
+                      n_frames=n, width=200, height=150, rel_scale=0.4,
+                      only_frames=set(select_frames(n, CFG["frames"])))
     row.pop("metric_w2c")
+    assert len(row["frame_paths"]) == n  # every pose is in the row; only the read frames exist
+    assert len(list((tmp_path / "slow").rglob("*.png"))) == len(select_frames(n, CFG["frames"]))
     stats: dict = {}
     df = triangulate_clip(row, CFG, None, num_threads=THREADS, stats=stats)
     assert stats["frames_selected"] <= CFG["frames"]["max_n"]

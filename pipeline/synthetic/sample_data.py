@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,7 @@ def render_clip(
     rolling_shutter: dict[str, Any] | None = None,
     intrinsics_error: dict[str, Any] | None = None,
     on_frame: Callable[[], None] | None = None,
+    only_frames: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
 
@@ -134,7 +135,9 @@ def render_clip(
     pose file and the row (the frames are rendered with the true focal): a SLAM/calibration
     focal error, which nothing downstream corrects. What was realised is under the extra key
     ``stress``. ``on_frame`` is called after each frame is written (progress of a render that
-    takes minutes).
+    takes minutes). ``only_frames`` renders and writes just those frame indices (the pose file
+    and the row still hold every frame): a test of a stage that reads a few frames of a long
+    clip need not render them all; per-frame ``stress`` records then cover those frames only.
     """
     out_root = Path(out_root).resolve()
     seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
@@ -200,30 +203,32 @@ def render_clip(
         exact_dir.mkdir(parents=True, exist_ok=True)
     frame_paths, depth_paths, w2c_rel = [], [], []
     for i, (ts, w2c_true, w2c) in enumerate(zip(timestamps, poses, written)):
-        if readout_frames > 0:
-            rows_w2c = rolling_shutter_poses(poses, i, height, readout_frames)
-            rgb, depth = render_frame(scene, K, w2c_true, width, height, row_w2c=rows_w2c)
-            top, bottom = rows_w2c[0], rows_w2c[-1]
-            realised_rs = stress["rolling_shutter"]["realised"]
-            realised_rs["top_bottom_rot_deg"].append(
-                float(rotation_angle_deg(top[:3, :3], bottom[:3, :3])))
-            realised_rs["top_bottom_centre_m"].append(float(np.linalg.norm(
-                top[:3, :3].T @ top[:3, 3] - bottom[:3, :3].T @ bottom[:3, 3])))
-        else:
-            rgb, depth = render_frame(scene, K, w2c_true, width, height)
         fp = frame_dir / f"{ts}.png"
         dp = depth_dir / f"{ts}.npy"
-        if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {fp}")
-        if depth_noise or write_exact_depth:
-            np.save(exact_dir / f"{ts}.npy", depth, allow_pickle=False)
-        if depth_noise:
-            try:
-                depth, realised = perturb_depth(depth, **depth_noise, frame=i)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"clip {clip_id}: bad depth_noise {depth_noise}: {exc}") from None
-            stress["depth_noise"]["realised"].append(realised)
-        np.save(dp, depth, allow_pickle=False)
+        if only_frames is None or i in only_frames:
+            if readout_frames > 0:
+                rows_w2c = rolling_shutter_poses(poses, i, height, readout_frames)
+                rgb, depth = render_frame(scene, K, w2c_true, width, height, row_w2c=rows_w2c)
+                top, bottom = rows_w2c[0], rows_w2c[-1]
+                realised_rs = stress["rolling_shutter"]["realised"]
+                realised_rs["top_bottom_rot_deg"].append(
+                    float(rotation_angle_deg(top[:3, :3], bottom[:3, :3])))
+                realised_rs["top_bottom_centre_m"].append(float(np.linalg.norm(
+                    top[:3, :3].T @ top[:3, 3] - bottom[:3, :3].T @ bottom[:3, 3])))
+            else:
+                rgb, depth = render_frame(scene, K, w2c_true, width, height)
+            if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {fp}")
+            if depth_noise or write_exact_depth:
+                np.save(exact_dir / f"{ts}.npy", depth, allow_pickle=False)
+            if depth_noise:
+                try:
+                    depth, realised = perturb_depth(depth, **depth_noise, frame=i)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(
+                        f"clip {clip_id}: bad depth_noise {depth_noise}: {exc}") from None
+                stress["depth_noise"]["realised"].append(realised)
+            np.save(dp, depth, allow_pickle=False)
         frame_paths.append(str(fp))
         depth_paths.append(str(dp))
         if on_frame is not None:
