@@ -87,3 +87,36 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+#: three small clips of the bundled sample's kind (forward, pan, orbit; 12 frames each)
+SAMPLE_CLIPS = [
+    {"clip_id": "e2e_fwd", "split": "train", "seed": 71, "kind": "forward", "rel_scale": 0.25},
+    {"clip_id": "e2e_pan", "split": "train", "seed": 72, "kind": "pan", "rel_scale": 1.7},
+    {"clip_id": "e2e_orbit", "split": "test", "seed": 73, "kind": "orbit", "rel_scale": 4.0},
+]
+
+
+@pytest.fixture(scope="session")
+def sample_pipeline(tmp_path_factory, ray_cluster):
+    """One ingest -> curate run of ``SAMPLE_CLIPS`` (one clip per shard), made once per test run
+    and shared by the modules that need a finished work dir: they read ``work`` as it is and
+    copy it before changing anything. ``common`` are the overrides of that run but the work dir.
+    """
+    from omegaconf import OmegaConf
+
+    from pipeline.config import load_config
+    from pipeline.runner import Runner
+
+    base = tmp_path_factory.mktemp("sample_pipeline")
+    definition = base / "definition.yaml"
+    defn = OmegaConf.to_container(OmegaConf.load(ROOT / "data_manifests" / "sample.yaml"))
+    defn["defaults"].update({"n_frames": 12})
+    defn["clips"] = SAMPLE_CLIPS
+    OmegaConf.save(OmegaConf.create(defn), definition)
+    data, work = base / "data", base / "ref"
+    common = [f"dataset.root={data}", f"dataset.definition={definition}", "shards.size=1",
+              "progress=false"]
+    summary = Runner(load_config([f"paths.work_dir={work}", *common])).run("curate")
+    return {"base": base, "work": work, "data": data, "definition": definition,
+            "summary": summary, "common": common}

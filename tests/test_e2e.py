@@ -20,19 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from pipeline.config import load_config
 from pipeline.io import read_json
 from pipeline.ledger import DONE, Ledger
 from pipeline.runner import Runner
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, SAMPLE_CLIPS, shared_path
 
-CLIPS = [
-    {"clip_id": "e2e_fwd", "split": "train", "seed": 71, "kind": "forward", "rel_scale": 0.25},
-    {"clip_id": "e2e_pan", "split": "train", "seed": 72, "kind": "pan", "rel_scale": 1.7},
-    {"clip_id": "e2e_orbit", "split": "test", "seed": 73, "kind": "orbit", "rel_scale": 4.0},
-]
+CLIPS = SAMPLE_CLIPS
 
 
 def _overrides(work: Path, data: Path, definition: Path) -> list[str]:
@@ -41,17 +36,9 @@ def _overrides(work: Path, data: Path, definition: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory, ray_cluster):
-    base = tmp_path_factory.mktemp("e2e")
-    definition = base / "definition.yaml"
-    defn = OmegaConf.to_container(OmegaConf.load(ROOT / "data_manifests" / "sample.yaml"))
-    defn["defaults"].update({"n_frames": 12})
-    defn["clips"] = CLIPS
-    OmegaConf.save(OmegaConf.create(defn), definition)
-    data, work = base / "data", base / "ref"
-    summary = Runner(load_config(_overrides(work, data, definition))).run("curate")
-    return {"base": base, "work": work, "data": data, "definition": definition,
-            "summary": summary}
+def sample_run(sample_pipeline):
+    """The shared ingest -> curate run of the three sample clips (read only here)."""
+    return sample_pipeline
 
 
 def _curated(work: Path) -> pd.DataFrame:

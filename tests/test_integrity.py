@@ -3,8 +3,8 @@ model survives sampling options and a train run that cannot train, every file a 
 fingerprints it, a truncated checkpoint falls back to the previous one, and ``curated/`` always
 reads as one table.
 
-One small synthetic pipeline run (ingest -> curate, 3 clips of 12 frames) is made once per
-module; each test works on its own copy of that work dir.
+One small synthetic pipeline run (ingest -> curate, 3 clips of 12 frames), shared with the
+end-to-end tests, is made once per test run; each test works on its own copy of that work dir.
 """
 
 from __future__ import annotations
@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from pipeline.config import load_config
 from pipeline.ledger import DONE, Ledger
 from pipeline.runner import Runner, status
 from pipeline.stage import GLOBAL_SHARD
-from tests.conftest import ROOT
 
-CLIPS = [
-    {"clip_id": "in_fwd", "split": "train", "seed": 71, "kind": "forward", "rel_scale": 0.25},
-    {"clip_id": "in_pan", "split": "train", "seed": 72, "kind": "pan", "rel_scale": 1.7},
-    {"clip_id": "in_orbit", "split": "test", "seed": 73, "kind": "orbit", "rel_scale": 4.0},
-]
 #: settings that make training and sampling take about a second on the sample's 12-frame clips
 TINY_TRAIN = ["train.max_steps=2", "train.checkpoint_every=1", "train.batch_size=1",
               "train.data.num_frames=4", "train.data.resolution=[16,16]",
@@ -37,19 +30,10 @@ TINY_TRAIN = ["train.max_steps=2", "train.checkpoint_every=1", "train.batch_size
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory, ray_cluster):
-    base = tmp_path_factory.mktemp("integrity")
-    definition = base / "definition.yaml"
-    defn = OmegaConf.to_container(OmegaConf.load(ROOT / "data_manifests" / "sample.yaml"))
-    defn["defaults"].update({"n_frames": 12})
-    defn["clips"] = CLIPS
-    OmegaConf.save(OmegaConf.create(defn), definition)
-    data, work = base / "data", base / "ref"
-    common = [f"dataset.root={data}", f"dataset.definition={definition}", "shards.size=1",
-              "progress=false"]
-    summary = Runner(load_config([f"paths.work_dir={work}", *common])).run("curate")
-    assert summary["exit_code"] == 0, summary["problems"]
-    return {"base": base, "work": work, "common": common}
+def base_run(sample_pipeline):
+    """The shared ingest -> curate run of three sample clips; tests work on copies of it."""
+    assert sample_pipeline["summary"]["exit_code"] == 0, sample_pipeline["summary"]["problems"]
+    return sample_pipeline
 
 
 @pytest.fixture
