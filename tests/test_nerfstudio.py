@@ -98,6 +98,41 @@ def test_invalid_scene_is_a_clip_error(tmp_path: Path, change, reason: str) -> N
         _row(scene, meta)
 
 
+def test_root_without_scenes_and_unreadable_scene(tmp_path: Path) -> None:
+    """A root with no transforms.json is one start-up line; a scene whose transforms.json is
+    broken is one failing clip named after the scene (the other scenes still run)."""
+    from pipeline.config import ConfigError
+    from pipeline.registry import source
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no transforms.json"):
+        source().check_inputs(load_config(["dataset=nerfstudio",
+                                           f"dataset.root={tmp_path / 'empty'}"]))
+    scene, meta = _scene(tmp_path / "root")
+    (scene / "transforms.json").write_text(json.dumps(meta))
+    (tmp_path / "root" / "broken").mkdir()
+    (tmp_path / "root" / "broken" / "transforms.json").write_text("{not json")
+    cfg = load_config(["dataset=nerfstudio", f"dataset.root={tmp_path / 'root'}",
+                       "dataset.clip_length=2", "dataset.clip_stride=1"])
+    sources = discover_nerfstudio(cfg)
+    assert sorted(sources) == ["broken", "scene_000000"]  # 3 frames: one clip of 2, tail dropped
+    assert "cannot read" in sources["broken"]["problem"]
+    assert sources["scene_000000"]["frame_indices"] == [0, 1]
+
+
+def test_npy_depth_is_metres(tmp_path: Path) -> None:
+    scene, meta = _scene(tmp_path)
+    (scene / "depth").mkdir()
+    for i, fr in enumerate(meta["frames"]):
+        np.save(scene / "depth" / f"f{i}.npy", np.full((6, 8), 2.0, np.float32))
+        fr["depth_file_path"] = f"depth/f{i}.npy"
+    row = _row(scene, meta)
+    assert row["depth_unit"] == 1.0 and row["depth_paths"][0].endswith("depth/f0.npy")
+    meta["frames"][1].pop("depth_file_path")
+    with pytest.raises(ClipError, match="only 2 of the clip's 3 frames have a depth_file_path"):
+        _row(scene, meta)
+
+
 def _as_transforms(seq: Path, dest: Path, n: int) -> None:
     """The first ``n`` frames of a 7-Scenes sequence as a nerfstudio scene: symlinked frames
     named ``frame_<number>`` (unpadded, shuffled in the file), OpenGL camera-to-world poses."""

@@ -1,9 +1,10 @@
 """Datasets on disk or in a bucket -> manifest rows: discovery and strict per-clip validation.
 
-Discovery (``discover_re10k`` / ``discover_rgbd``: file listings only, cheap, on the driver)
-finds each clip's inputs and describes them as JSON (paths, sizes, mtimes: the ingest shard's
-fingerprint). ``re10k_row`` / ``rgbd_row`` parse and check one clip (pose file, frames or video,
-depth, intrinsics) and build its ``pipeline.schema.MANIFEST`` row; every problem is a
+Discovery (``discover_re10k`` / ``discover_rgbd`` / ``discover_nerfstudio``: file listings and
+nerfstudio's ``transforms.json``, cheap, on the driver) finds each clip's inputs and describes
+them as JSON (paths, sizes, mtimes: the ingest shard's fingerprint). ``re10k_row`` /
+``rgbd_row`` / ``nerfstudio_row`` parse and check one clip (pose file, frames or video, depth,
+intrinsics) and build its ``pipeline.schema.MANIFEST`` row; every problem is a
 ``ClipError`` naming the clip and the file, so one bad clip never hides the others. The ingest
 stage (``stages/ingest.py``) only shards the clips and writes the rows.
 """
