@@ -98,7 +98,8 @@ def test_sample_end_to_end_on_s3(s3_run):
     assert all(p.startswith(f"s3://{bucket}/data/") for p in manifest["frame_paths"][0].as_py())
     objs = _objects(bucket, "ref")
     for key in ("plan.json", "summary.json", "logs/run.log", "curated/_dataset.json",
-                "curated/_compat/per_frame_scale.npz", "curated/_report/report.html"):
+                "curated/_compat/per_frame_scale.npz", "curated/_compat/realcam_vid.parquet",
+                "curated/_report/report.html"):
         assert key in objs, f"missing {key}"
     assert not [k for k in objs if Path(k).name.startswith(".") and k != ".run.lock"]
     assert ".run.lock" not in objs  # released at the end
