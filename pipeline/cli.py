@@ -24,7 +24,7 @@ from pipeline.work_lock import LockHeld
 EPILOG = """\
 overrides (Hydra syntax, key=value; checked before any work starts):
   stage=<all|{stages}>   (default: all = {default_chain})
-  dataset=<{datasets}>   dataset.root=PATH   dataset.relative_scale=F (rgbd)
+  dataset=<{datasets}>   dataset.root=PATH   dataset.relative_scale=F (rgbd, nerfstudio)
   depth=<{depths}>     depth.model=HUB_ID_OR_DIR
   paths.work_dir=PATH|s3://BUCKET/PREFIX (dataset.root too; credentials: AWS env/profile)
   shards.size=N                 force=true

@@ -133,3 +133,21 @@ CURATED = pa.schema(
         ("true_scale", pa.float64()),
     ]
 )
+
+# The RealCam-Vid-style export (curated/_compat/realcam_vid.parquet): one row per kept clip,
+# what a camera-conditioned video model reads. README "Compatibility export" documents it.
+REALCAM_VID = pa.schema(
+    [
+        ("clip_id", pa.string()),  # the source clip (manifest/curated clip_id)
+        ("split", pa.string()),
+        ("num_frames", pa.int32()),
+        ("w2c", pa.list_(pa.list_(pa.float64(), 16))),  # per frame 4x4 row-major, OpenCV axes,
+        # world = frame 0's camera, metres: inverse of curated c2w_metric
+        ("align_factor", pa.float64()),  # clip factor (curated clip_scale): t_metric / t_rel
+        ("frame_scale", pa.list_(pa.float64())),  # per-frame factors (curated frame_scale)
+        ("camera_scale", pa.float64()),  # metres: largest camera distance from frame 0
+        ("intrinsics", pa.list_(pa.float64(), 4)),  # fx/W, fy/H, cx/W, cy/H
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)

@@ -93,7 +93,7 @@ class Storage:
 @dataclass
 class Dataset:
     name: str
-    layout: Literal["re10k", "rgbd"]
+    layout: Literal["re10k", "rgbd", "nerfstudio"]
     limit: POS_INT | None
 
 
@@ -103,6 +103,12 @@ class RgbdDataset(Dataset):
     clip_stride: POS_INT
     relative_scale: POS_FLOAT
     depth_unit: POS_FLOAT
+
+
+@dataclass
+class NerfstudioDataset(RgbdDataset):
+    poses_metric: bool
+    frame_interval_us: POS_INT
 
 
 # ---------------------------------------------------------------------- stage sections
@@ -195,7 +201,8 @@ def section_schemas(cfg: dict[str, Any]) -> dict[str, type]:
         "models": Models,
         "ray": Ray,
         "storage": Storage,
-        "dataset": RgbdDataset if ds.get("layout") == "rgbd" else Dataset,
+        "dataset": {"rgbd": RgbdDataset, "nerfstudio": NerfstudioDataset}.get(
+            str(ds.get("layout")), Dataset),
         "ingest": Ingest,
         "align": Align,
         "curate": Curate,

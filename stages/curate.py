@@ -32,10 +32,10 @@ import pyarrow as pa
 
 from pipeline import registry, storage
 from pipeline.config import ConfigError
-from pipeline.geometry.poses import metric_relative_c2w
+from pipeline.geometry.poses import camera_extent, metric_relative_c2w, relative_metric_w2c
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register
-from pipeline.schema import CURATED, SCHEMA_VERSION
+from pipeline.schema import CURATED, REALCAM_VID, SCHEMA_VERSION
 from pipeline.stage import (
     ClipError,
     ShardResult,
@@ -149,6 +149,25 @@ def curated_row(man: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
         "scale_ci_high": al["scale_ci_high"],
         "tri_angle_median": al["tri_angle_median"],
         "true_scale": man.get("true_scale"),
+    }
+
+
+def realcam_vid_row(cur: Any) -> dict[str, Any]:
+    """One curated clip as a RealCam-Vid-style entry (schema ``REALCAM_VID``): metric
+    world-to-camera poses relative to the first frame, the factors and normalised intrinsics,
+    so a training loader needs no pose algebra of its own."""
+    c2w = np.stack([np.asarray(m, dtype=np.float64) for m in cur.c2w_metric])
+    return {
+        "clip_id": cur.clip_id,
+        "split": cur.split,
+        "num_frames": int(cur.num_frames),
+        "w2c": relative_metric_w2c(c2w).reshape(-1, 16).tolist(),
+        "align_factor": float(cur.clip_scale),
+        "frame_scale": [float(x) for x in cur.frame_scale],
+        "camera_scale": camera_extent(c2w),
+        "intrinsics": [float(x) for x in cur.intrinsics],
+        "width": int(cur.width),
+        "height": int(cur.height),
     }
 
 
@@ -278,7 +297,8 @@ class CurateStage(Stage):
         cut = compute_cutoffs(aligned, float(ccfg["quantile"]), ccfg["max_uncertainty"])
         curated = _read_many(
             ctx.done_outputs("curate"),
-            ["clip_id", "split", "frame_scale", "clip_scale", "true_scale"],
+            ["clip_id", "split", "frame_scale", "clip_scale", "true_scale", "num_frames",
+             "c2w_metric", "intrinsics", "width", "height"],
         )
         manifest = _read_many(ctx.done_outputs("ingest"), ["clip_id", "split", "true_scale"])
 
@@ -460,12 +480,17 @@ class CurateStage(Stage):
                 "max_abs_rel_err": float(errs.max()), "rows": rows}
 
     def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: dict[str, Any]) -> None:
-        """CamI2V/RealCam-I2V drop-in files: clip -> per-frame factors, and valid clip lists."""
+        """CamI2V/RealCam-I2V drop-in files: clip -> per-frame factors, valid clip lists, and
+        the RealCam-Vid-style table of metric relative poses (``realcam_vid_row``)."""
         cdir.mkdir(parents=True, exist_ok=True)
         dtype = np.dtype(str(ccfg["compat_dtype"]))
         cur = curated.sort_values("clip_id") if len(curated) else curated
         arrays = {r.clip_id: np.asarray(r.frame_scale, dtype=dtype) for r in cur.itertuples()}
         write_npz_deterministic(arrays, cdir / "per_frame_scale.npz")
+        # one Parquet table, rows in clip order, no pandas metadata: byte-identical on re-runs
+        rows = [realcam_vid_row(r) for r in cur.itertuples()]
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=REALCAM_VID),
+                             cdir / str(ccfg["compat_realcam_vid"]))
         legacy = cdir / "per_frame_scale_cami2v.npz"
         if ccfg["compat_cami2v_dict"]:
             # CamI2V/RealCam-I2V read np.load(p, allow_pickle=True)["arr_0"].item(): one pickled

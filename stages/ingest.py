@@ -16,8 +16,10 @@ import pyarrow as pa
 
 from pipeline.formats.dataset import (
     check_dataset,
+    discover_nerfstudio,
     discover_re10k,
     discover_rgbd,
+    nerfstudio_row,
     re10k_row,
     render_synthetic,
     rgbd_row,
@@ -54,6 +56,8 @@ class IngestStage(Stage):
                              functools.partial(generate_sample, on_progress=on_progress))
         if ds["layout"] == "rgbd":
             return discover_rgbd(cfg)
+        if ds["layout"] == "nerfstudio":
+            return discover_nerfstudio(cfg)
         return discover_re10k(cfg)
 
     def shard_extra(self, ctx: Any, shard_id: str, clip_ids: list[str]) -> dict[str, Any]:
@@ -71,6 +75,8 @@ class IngestStage(Stage):
                 raise ClipError(clip_id, src["problem"])
             if src["layout"] == "rgbd":
                 return rgbd_row(clip_id, src, task.cfg)
+            if src["layout"] == "nerfstudio":
+                return nerfstudio_row(clip_id, src, task.cfg)
             return re10k_row(clip_id, src, task.cfg)
 
         rows, failures = for_each_clip(((c, sources[c]) for c in task.clip_ids), one)

@@ -521,9 +521,13 @@ def test_curated_dir_reads_with_ray_data(tmp_path: Path, cfg: dict[str, Any],
 def test_cami2v_pickled_dict_export_is_opt_in(tmp_path):
     """The exact file CamI2V's loader expects (one pickled dict under arr_0), only on request.
     Reading it back needs allow_pickle: fine here, the test wrote it itself."""
+    eye = np.eye(4).ravel().tolist()
     cur = pd.DataFrame({"clip_id": ["b", "a"], "split": ["train", "test"],
-                        "frame_scale": [[1.0, 2.0], [3.0, 4.0, 5.0]]})
-    ccfg = {"compat_dtype": "float32", "compat_cami2v_dict": True}
+                        "frame_scale": [[1.0, 2.0], [3.0, 4.0, 5.0]], "num_frames": [2, 3],
+                        "c2w_metric": [[eye] * 2, [eye] * 3], "clip_scale": [1.5, 4.0],
+                        "intrinsics": [[0.5, 0.8, 0.5, 0.5]] * 2, "width": 32, "height": 24})
+    ccfg = {"compat_dtype": "float32", "compat_cami2v_dict": True,
+            "compat_realcam_vid": "realcam_vid.parquet"}
     CURATE_STAGE._export_compat(tmp_path, cur, ccfg)
     legacy = tmp_path / "per_frame_scale_cami2v.npz"
     table = np.load(legacy, allow_pickle=True)["arr_0"].item()
@@ -551,3 +555,36 @@ def test_curated_dir_holds_only_current_done_shards(tmp_path: Path, cfg: dict[st
     assert not stale.exists()
     df = pd.read_parquet(out)
     assert len(df) == n and df["clip_id"].is_unique
+
+
+def test_realcam_vid_export_matches_curated(tmp_path: Path, cfg: dict[str, Any]) -> None:
+    """_compat/realcam_vid.parquet: one row per kept clip whose poses are the inverse of the
+    curated c2w_metric (metric, relative to frame 0), with the curated factors and the
+    normalised intrinsics."""
+    from pipeline.schema import REALCAM_VID
+
+    _, truth, metric, _ = run_curate(tmp_path, cfg)
+    table = pq.read_table(tmp_path / "curated" / "_compat" / "realcam_vid.parquet")
+    assert table.schema.equals(REALCAM_VID)
+    vid = table.to_pandas().set_index("clip_id")
+    cur = pd.read_parquet(tmp_path / "curated").set_index("clip_id")
+    assert list(vid.index) == sorted(cur.index) == ["k2", "k4", "k5", "k6", "k7"]
+    for clip, r in vid.iterrows():
+        c = cur.loc[clip]
+        w2c = np.stack(r["w2c"]).reshape(-1, 4, 4)
+        c2w = np.stack(c["c2w_metric"]).reshape(-1, 4, 4)
+        assert r["num_frames"] == c["num_frames"] == len(w2c) == 4
+        assert np.allclose(w2c, np.linalg.inv(c2w), atol=1e-12)
+        assert np.allclose(w2c[0], np.eye(4), atol=1e-12)
+        rel = geo.relative_poses(metric[clip])  # metres: the truth the clip was built from
+        assert np.allclose(w2c, np.linalg.inv(rel), atol=1e-9)
+        assert r["camera_scale"] == pytest.approx(
+            np.linalg.norm(rel[:, :3, 3], axis=1).max(), rel=1e-9)
+        assert r["align_factor"] == c["clip_scale"] == pytest.approx(truth[clip], rel=1e-12)
+        assert list(r["frame_scale"]) == list(c["frame_scale"])
+        # normalised: fx/W, fy/H, cx/W, cy/H of a 32x24 image with fx=16, fy=19.2, c=(16, 12)
+        assert (r["width"], r["height"]) == (32, 24)
+        px = np.asarray(r["intrinsics"]) * [r["width"], r["height"], r["width"], r["height"]]
+        assert np.allclose(px, [16.0, 19.2, 16.0, 12.0])
+        assert list(r["intrinsics"]) == list(c["intrinsics"])
+        assert r["split"] == c["split"]

@@ -119,7 +119,7 @@ def test_missing_dataset_root_is_one_line_before_ray_models_or_rendering(
     ray_calls = _record(monkeypatch, ray_utils, "init_ray")
     render_calls = _record(monkeypatch, sample_data, "generate_sample")
     missing = tmp_path / "nonexistent" / "x"
-    for dataset in ("re10k", "rgbd", "sample", "stress"):
+    for dataset in ("re10k", "rgbd", "nerfstudio", "sample", "stress"):
         work = tmp_path / f"work_{dataset}"
         code = main(["run", f"dataset={dataset}", f"dataset.root={missing}",
                      f"paths.work_dir={work}", "models.hub_timeout_s=0.5"])

@@ -98,7 +98,8 @@ def test_sample_end_to_end_on_s3(s3_run):
     assert all(p.startswith(f"s3://{bucket}/data/") for p in manifest["frame_paths"][0].as_py())
     objs = _objects(bucket, "ref")
     for key in ("plan.json", "summary.json", "logs/run.log", "curated/_dataset.json",
-                "curated/_compat/per_frame_scale.npz", "curated/_report/report.html"):
+                "curated/_compat/per_frame_scale.npz", "curated/_compat/realcam_vid.parquet",
+                "curated/_report/report.html"):
         assert key in objs, f"missing {key}"
     assert not [k for k in objs if Path(k).name.startswith(".") and k != ".run.lock"]
     assert ".run.lock" not in objs  # released at the end
@@ -169,9 +170,10 @@ def test_kill9_during_align_and_curate_then_resume_on_s3(s3_run, ray_cluster):
     final = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stdout + final.stderr
     ref, got = _objects(bucket, "ref/curated"), _objects(bucket, "killed/curated")
-    shards = [k for k in ref if k.endswith(".parquet")]
+    shards = [k for k in ref if k.endswith(".parquet") and not k.startswith("_")]
     assert len(shards) == len(CLIPS)
-    for k in shards + ["_compat/per_frame_scale.npz", "_compat/valid_clips.txt"]:
+    for k in shards + ["_compat/per_frame_scale.npz", "_compat/valid_clips.txt",
+                       "_compat/realcam_vid.parquet"]:
         assert got[k] == ref[k], f"{k} differs after kill -9 and resume"
     for stage in ("ingest", "triangulate", "depth"):  # nothing upstream was recomputed
         for shard in Ledger(f"s3://{bucket}/ref", stage).dir.glob("*.json"):
@@ -251,7 +253,8 @@ def test_train_and_sample_write_to_the_bucket(s3_run):
     bucket = s3_run["bucket"]
     work = f"s3://{bucket}/trained"
     curated = sorted(f"s3://{bucket}/ref/curated/{k}"
-                     for k in _objects(bucket, "ref/curated") if k.endswith(".parquet"))
+                     for k in _objects(bucket, "ref/curated")
+                     if k.endswith(".parquet") and not k.startswith("_"))  # not _compat/
     cfg = copy.deepcopy(_default_cfg())
     cfg["progress"] = False
     cfg["train"] = train_cfg(max_steps=2, checkpoint_every=1)

@@ -1,9 +1,10 @@
 """Datasets on disk or in a bucket -> manifest rows: discovery and strict per-clip validation.
 
-Discovery (``discover_re10k`` / ``discover_rgbd``: file listings only, cheap, on the driver)
-finds each clip's inputs and describes them as JSON (paths, sizes, mtimes: the ingest shard's
-fingerprint). ``re10k_row`` / ``rgbd_row`` parse and check one clip (pose file, frames or video,
-depth, intrinsics) and build its ``pipeline.schema.MANIFEST`` row; every problem is a
+Discovery (``discover_re10k`` / ``discover_rgbd`` / ``discover_nerfstudio``: file listings and
+nerfstudio's ``transforms.json``, cheap, on the driver) finds each clip's inputs and describes
+them as JSON (paths, sizes, mtimes: the ingest shard's fingerprint). ``re10k_row`` /
+``rgbd_row`` / ``nerfstudio_row`` parse and check one clip (pose file, frames or video, depth,
+intrinsics) and build its ``pipeline.schema.MANIFEST`` row; every problem is a
 ``ClipError`` naming the clip and the file, so one bad clip never hides the others. The ingest
 stage (``stages/ingest.py``) only shards the clips and writes the rows.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import ClipError
 from pipeline.formats import frames as frame_io
+from pipeline.formats import nerfstudio as ns_format
 from pipeline.formats import rgbd as rgbd_format
 from pipeline.formats.re10k import check_rotation, parse_pose_file
 from pipeline.io import read_json
@@ -116,6 +118,12 @@ def check_dataset(cfg: dict[str, Any]) -> None:
                 "folder holds frame-XXXXXX.color.*, .depth.png, .pose.txt and "
                 "camera-intrinsics.txt)")
         return
+    if ds["layout"] == "nerfstudio":
+        if not ns_format.scene_dirs(root):
+            raise ConfigError(
+                f"dataset.root={value}: no {ns_format.TRANSFORMS} in it or its sub-folders "
+                "(give one nerfstudio scene folder, or a folder of scene folders)")
+        return
     splits = [str(s) for s in ds["splits"]]
     if not any((root / s).is_dir() for s in splits):
         raise ConfigError(
@@ -205,6 +213,45 @@ def discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "split": ds["split"],
                 "seq": str(seq),
                 "frame_numbers": picked,
+                "files_stat": [_stat(f) if f.exists() else None for f in files],
+            }
+    return sources
+
+
+def discover_nerfstudio(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each scene's frames (natural file-name order) cut into clips of ``clip_length``.
+
+    ``transforms.json`` is read here, on the driver, since the clip count depends on it; a
+    scene whose file cannot be read becomes one failing clip named after the scene."""
+    ds = cfg["dataset"]
+    root = storage.path(ds["root"])
+    length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
+    if length < 2 or stride < 1:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
+    sources: dict[str, dict[str, Any]] = {}
+    for scene in ns_format.scene_dirs(root):
+        transforms = scene / ns_format.TRANSFORMS
+        try:
+            frames = ns_format.ordered_frames(ns_format.read_transforms(scene, scene.name))
+        except ClipError as exc:
+            sources[scene.name] = {"layout": "nerfstudio", "split": ds["split"],
+                                   "problem": exc.reason, "stat": _stat(transforms)}
+            continue
+        span = length * stride
+        for start in range(0, len(frames) - span + 1, span):
+            picked = list(range(start, start + span, stride))
+            files = [ns_format.resolve(scene, str(frames[i][key]))
+                     for i in picked for key in ("file_path", "depth_file_path")
+                     if frames[i].get(key)]
+            # every input's size/mtime: transforms.json and each frame and depth file
+            sources[f"{scene.name}_{start:06d}"] = {
+                "layout": "nerfstudio",
+                "split": ds["split"],
+                "scene": str(scene),
+                "frame_indices": picked,
+                "stat": _stat(transforms),
                 "files_stat": [_stat(f) if f.exists() else None for f in files],
             }
     return sources
@@ -429,4 +476,103 @@ def rgbd_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str
         "w2c": w2c,
         "true_scale": 1.0 / rel,
         "url": f"file://{seq.name}",
+    }
+
+
+# ---------------------------------------------------------------------- nerfstudio scenes
+def _depth_size(clip_id: str, path: Any) -> tuple[int, int]:
+    """Width, height of one depth file (a PNG decoded, a .npy's header read)."""
+    if str(path).endswith(".npy"):
+        import io
+
+        try:
+            d = np.load(io.BytesIO(storage.path(path).read_bytes()), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ClipError(clip_id, f"cannot read depth {path}: {exc}") from exc
+        if d.ndim != 2:
+            raise ClipError(clip_id, f"depth {path} has shape {d.shape}, expected H x W")
+        return int(d.shape[1]), int(d.shape[0])
+    return _image_size_checked(clip_id, [str(path)], "ends")
+
+
+def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Manifest row of one clip of a nerfstudio scene (see ``pipeline.formats.nerfstudio``).
+
+    The manifest holds one camera per clip, so per-frame intrinsics must agree within the clip;
+    the images must have the size ``transforms.json`` declares, since the intrinsics are
+    normalised by it. Translations are multiplied by ``dataset.relative_scale``;
+    ``true_scale = 1 / relative_scale`` is recorded only with ``dataset.poses_metric=true``
+    (poses known to be in metres, e.g. an RGB-D or LiDAR capture), as SfM poses have none."""
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    scene = storage.path(src["scene"])
+    rel = float(ds["relative_scale"])
+    if not rel > 0:
+        raise ClipError(clip_id, f"dataset.relative_scale must be > 0, got {rel}")
+    tol = float(ing["rotation_tolerance"])
+    meta = ns_format.read_transforms(scene, clip_id)
+    frames = ns_format.ordered_frames(meta)
+    transforms = scene / ns_format.TRANSFORMS
+    if max(src["frame_indices"]) >= len(frames):
+        raise ClipError(clip_id, f"{transforms} has fewer frames than at discovery: run again")
+    frame_paths, depth_paths, w2c, cams = [], [], [], []
+    for i in src["frame_indices"]:
+        fr = frames[i]
+        where = f"{transforms} frame {fr['file_path']}"
+        image = ns_format.resolve(scene, fr["file_path"])
+        if not image.is_file():
+            raise ClipError(clip_id, f"missing image {image} ({where})")
+        cams.append(ns_format.camera(meta, fr, clip_id, where))
+        c2w = ns_format.c2w_opencv(fr, clip_id, where, tol)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        w2c.append(np.concatenate([R.T, (-R.T @ t * rel)[:, None]], axis=1).reshape(12).tolist())
+        frame_paths.append(str(image))
+        if fr.get("depth_file_path"):
+            depth = ns_format.resolve(scene, str(fr["depth_file_path"]))
+            if not depth.is_file():
+                raise ClipError(clip_id, f"missing depth {depth} ({where})")
+            depth_paths.append(str(depth))
+    if depth_paths and len(depth_paths) != len(frame_paths):
+        raise ClipError(clip_id, f"{transforms}: only {len(depth_paths)} of the clip's "
+                                 f"{len(frame_paths)} frames have a depth_file_path")
+    fx, fy, cx, cy, w, h = cams[0]
+    itol = float(ing["intrinsics_tolerance"])
+    for cam, path in zip(cams, frame_paths):
+        norm = np.array([cam[0] / cam[4], cam[1] / cam[5], cam[2] / cam[4], cam[3] / cam[5]])
+        ref = np.array([fx / w, fy / h, cx / w, cy / h])
+        if cam[4:] != (w, h) or np.abs(norm - ref).max() > itol:
+            raise ClipError(clip_id, f"intrinsics change within the clip at {path} (the "
+                                     "pipeline takes one camera per clip)")
+    check = frame_paths if ing["verify_frames"] == "all" else [frame_paths[0], frame_paths[-1]]
+    for p in check:
+        width, height = _image_size_checked(clip_id, [p], "ends")
+        if (width, height) != (w, h):
+            raise ClipError(clip_id, f"image size mismatch: {p} is {width}x{height} but "
+                                     f"{transforms} says w={w}, h={h}")
+    unit = float(ds["depth_unit"])
+    if depth_paths:
+        kinds = {p.endswith(".npy") for p in depth_paths}
+        if len(kinds) > 1:
+            raise ClipError(clip_id, "depth files mix .npy and images within the clip")
+        unit = 1.0 if kinds == {True} else unit  # .npy depth is in metres
+        dw, dh = _depth_size(clip_id, depth_paths[0])
+        if (dw, dh) != (w, h):
+            raise ClipError(clip_id, f"depth {depth_paths[0]} is {dw}x{dh} but the image is "
+                                     f"{w}x{h}")
+    interval = int(ds["frame_interval_us"])
+    return {
+        "clip_id": clip_id,
+        "split": src["split"],
+        "source_type": "images",
+        "video_path": None,
+        "frame_paths": frame_paths,
+        "depth_paths": depth_paths,
+        "depth_unit": unit,
+        "timestamps_us": [int(i) * interval for i in src["frame_indices"]],
+        "intrinsics": [fx / w, fy / h, cx / w, cy / h],
+        "width": w,
+        "height": h,
+        "num_frames": len(frame_paths),
+        "w2c": w2c,
+        "true_scale": 1.0 / rel if ds["poses_metric"] else None,
+        "url": f"file://{scene.name}",
     }

@@ -99,6 +99,28 @@ def metric_relative_c2w(w2c: np.ndarray, scale: float, ref: int = 0) -> np.ndarr
     return scale_translation(relative_poses(c2w_from_w2c(w2c), ref), scale)
 
 
+def relative_metric_w2c(c2w_metric: np.ndarray) -> np.ndarray:
+    """(N, 16) or (N, 4, 4) metric c2w relative to frame 0 -> (N, 4, 4) w2c in the same frame.
+
+    Camera-conditioned video models (RealCam-I2V, CameraCtrl) take world-to-camera extrinsics
+    whose world is the first camera; inverting the rigid c2w exactly (R^T, -R^T t) avoids the
+    round-off of a general matrix inverse."""
+    c2w = np.asarray(c2w_metric, dtype=np.float64).reshape(-1, 4, 4)
+    R, t = c2w[:, :3, :3], c2w[:, :3, 3]
+    out = np.zeros_like(c2w)
+    out[:, :3, :3] = np.transpose(R, (0, 2, 1))
+    out[:, :3, 3] = -np.einsum("nji,nj->ni", R, t)
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def camera_extent(c2w_metric: np.ndarray) -> float:
+    """Largest distance (metres) of a camera centre from frame 0's: how far the camera moves,
+    the number RealCam-Vid calls the camera scale (0 for a clip that only rotates)."""
+    c2w = np.asarray(c2w_metric, dtype=np.float64).reshape(-1, 4, 4)
+    return float(np.linalg.norm(c2w[:, :3, 3] - c2w[:1, :3, 3], axis=1).max())
+
+
 def point_index(point: np.ndarray) -> np.ndarray:
     """Dense 0..P-1 index of each observation's point id: what ``midpoint_depths`` groups by.
     Callers that re-triangulate the same tracks many times compute it once and pass it in."""
