@@ -183,7 +183,7 @@ class BuiltinBackbone(nn.Module):
     ``trainable_parameters``, ``model_timesteps`` and ``latent_shape``.
     """
 
-    supported_predictions = ("epsilon", "v_prediction")
+    supported_predictions = ("epsilon", "v_prediction", "sample")
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__()
