@@ -513,6 +513,8 @@ class Oracle(torch.nn.Module):
         eps = (z - a.sqrt() * self.x0) / (1 - a).sqrt()
         if self.pred_type == "epsilon":
             return eps
+        if self.pred_type == "sample":
+            return self.x0.expand_as(z)
         return a.sqrt() * eps - (1 - a).sqrt() * self.x0
 
 
@@ -523,7 +525,7 @@ def test_ddim_sampler_recovers_known_clean_latent() -> None:
     from trainer.sampling import ddim_sample
 
     x0 = torch.rand(1, 3, 3, 4, 4) * 2 - 1
-    for pred_type in ("epsilon", "v_prediction"):
+    for pred_type in ("epsilon", "v_prediction", "sample"):
         cfg = train_cfg(prediction_type=pred_type)
         oracle = Oracle(x0, build_noise_scheduler(cfg), pred_type)
         calls: list[tuple[int, int]] = []  # progress of the render, one call per step
