@@ -174,6 +174,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
 
 
+def direction_cos(fit: np.ndarray, asked: np.ndarray) -> float:
+    """Did the camera go the asked way? Cosine between the realised and the asked displacement
+    of the last frame (1 = same direction, 0 = unrelated, -1 = backwards)."""
+    a, b = fit[-1, :3, 3], asked[-1, :3, 3]
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den > 0 else 0.0
+
+
 def score_videos(videos: np.ndarray, cases: list[TestCase], inputs: dict[str, Any],
                  fit_cfg: FitSettings, hw: tuple[int, int]) -> dict[str, Any]:
     per: list[dict[str, float]] = []
@@ -185,11 +193,12 @@ def score_videos(videos: np.ndarray, cases: list[TestCase], inputs: dict[str, An
         m.update(metric_metrics(rel, c.c2w))
         m["scale_error"] = abs(math.log(max(scene_scale(rel), 1e-9) / scene_scale(c.c2w)))
         m["psnr"] = psnr(v[1:], gt[1:])
+        m["direction_cos"] = direction_cos(rel, c.c2w)
         m["fit_residual"] = float(np.mean(resid))
         m["name"] = c.name
         per.append(m)
     row = {k: float(np.mean([p[k] for p in per])) for k in
-           ("RotErr", "TransErr_rel", "TransErr_metric", "fit_residual")}
+           ("RotErr", "TransErr_rel", "TransErr_metric", "fit_residual", "direction_cos")}
     row["scale_error"] = float(np.median([p["scale_error"] for p in per]))
     ps = [p["psnr"] for p in per]
     row["psnr"] = None if any(math.isinf(x) for x in ps) else float(np.mean(ps))
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "rows": rows,
         "fit_residual": {name: scored[name]["row"]["fit_residual"] for name in ROWS},
+        "direction_cos": {name: scored[name]["row"]["direction_cos"] for name in ROWS},
         "per_clip": {name: scored[name]["per_clip"] for name in ROWS},
         "targets": targets(rows),
         "settings": {"tier": tier_name, "minutes": args.minutes, "steps_per_arm": steps,
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "work_dir": str(work),
     }
     print_table(rows, report["targets"], timings)
+    print("direction_cos (last frame, realised vs asked displacement): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in report["direction_cos"].items()))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=float))
         log(f"wrote {args.out}")

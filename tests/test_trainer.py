@@ -738,3 +738,21 @@ def test_sample_prediction_trains_toward_clean_latent(curated: list[str]) -> Non
     loss = diffusion_loss(Oracle(), sched, batch, step_generator(0, 0, 0, 0), cfg,
                           torch.device("cpu"))
     assert float(loss) == 0.0
+
+
+def test_residual_to_condition_starts_at_the_condition_frame() -> None:
+    """``builtin.residual_to_condition``: an untrained model predicts the condition frame in
+    every frame (x0), and the option refuses an objective other than ``sample``."""
+    from trainer.loop import build_backbone
+
+    cfg = train_cfg(prediction_type="sample", builtin={"residual_to_condition": True})
+    model = build_backbone(cfg)
+    img = torch.rand(2, 3, 16, 16) * 2 - 1
+    cond = model.condition(img)
+    z = torch.randn(2, *model.latent_shape(4, 16, 16))
+    with torch.no_grad():
+        out = model.decode(model(z, torch.tensor([5, 900]), cond, torch.randn(2, 4, 6, 16, 16)))
+    torch.testing.assert_close(out, img[:, None].expand_as(out))
+    with pytest.raises(ValueError, match="residual_to_condition"):
+        build_backbone(train_cfg(prediction_type="epsilon",
+                                 builtin={"residual_to_condition": True}))

@@ -50,6 +50,9 @@ def build_backbone(tcfg: dict[str, Any]) -> torch.nn.Module:
         model = SVDBackbone.from_pretrained(tcfg["svd"])
     else:
         raise ValueError(f"train.backbone must be 'builtin' or 'svd', got '{kind}'")
+    if getattr(model, "residual", False) and tcfg["prediction_type"] != "sample":
+        raise ValueError("builtin.residual_to_condition predicts the clean video: it needs "
+                         f"prediction_type sample, got {tcfg['prediction_type']}")
     if tcfg["prediction_type"] not in model.supported_predictions:
         raise ValueError(
             f"backbone {kind} supports prediction_type {model.supported_predictions}, "
