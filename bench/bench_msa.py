@@ -58,6 +58,7 @@ from pipeline.geometry.camera_metrics import (  # noqa: E402
 )
 from pipeline.runner import Runner  # noqa: E402
 from pipeline.synthetic.ablation import TestCase, make_test_case, training_definition  # noqa: E402
+from pipeline.synthetic.sample_data import generate_sample  # noqa: E402
 from trainer.data import adjust_intrinsics, resize_crop  # noqa: E402
 from trainer.inference.preview import render_preview  # noqa: E402
 from trainer.inference.scene import point_cloud  # noqa: E402
@@ -91,6 +92,9 @@ def run_pipeline(bcfg: dict[str, Any], tier: dict[str, Any], work: Path) -> dict
     defn = training_definition(bcfg["data"], int(tier["n_train"]), int(bcfg["seed"]))
     def_path = work / "definition.yaml"
     OmegaConf.save(OmegaConf.create(defn), def_path)
+    # rendered here with several threads; ingest finds the finished render (same definition
+    # hash) and goes straight on
+    generate_sample(def_path, work / "data", workers=int(bcfg["data"]["render_workers"]))
     overrides = [f"paths.work_dir={work / 'pipeline'}", f"dataset.root={work / 'data'}",
                  f"dataset.definition={def_path}", "progress=false",
                  *bcfg["pipeline"]["overrides"]]
