@@ -26,6 +26,14 @@ import numpy as np
 
 from pipeline.synthetic.scenes import Scene, render_many, rotvec_to_matrix
 
+#: damping factors tried per LM iteration (x the current one), in one render batch
+LM_TRIAL_FACTORS = (0.1, 1.0, 10.0)
+#: after an iteration that found no better pose, the damping grows by this (towards gradient
+#: descent with small steps)
+LM_REJECT_GROWTH = 100.0
+#: keeps the standardisation finite on a flat (single-colour) image
+STD_EPS = 1e-6
+
 
 @dataclass
 class FitSettings:
@@ -54,7 +62,7 @@ def _standardise(img: np.ndarray, sigma: float) -> np.ndarray:
         x = np.stack([cv2.GaussianBlur(f, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
                       for f in x])
     mu = x.mean(axis=(1, 2), keepdims=True)
-    sd = x.std(axis=(1, 2), keepdims=True) + 1e-6
+    sd = x.std(axis=(1, 2), keepdims=True) + STD_EPS
     return ((x - mu) / sd).reshape(*lead, -1)
 
 
@@ -105,8 +113,8 @@ class PoseFitter:
             J = (self.features(cands, sigma) - f0).T / self.fd  # (D, 6)
             r = y - f0
             A, g = J.T @ J, J.T @ r
-            diag = np.mean(np.diag(A)) + 1e-12
-            lams = [lam * 0.1, lam, lam * 10.0]  # three dampings tried in one batch
+            diag = np.mean(np.diag(A)) + STD_EPS**2  # a textureless frame: A = 0
+            lams = [lam * k for k in LM_TRIAL_FACTORS]
             steps = [np.linalg.solve(A + lm * diag * np.eye(6), g) for lm in lams]
             # plus steps along the least constrained direction: a small image confuses a turn
             # with a sideways move (rotation ~ translation / depth), and Gauss-Newton steps
@@ -125,7 +133,7 @@ class PoseFitter:
                 if gain < float(self.s.tolerance):
                     break
             else:
-                lam *= 100.0
+                lam *= LM_REJECT_GROWTH
         return pose, err
 
     def fit_video(self, frames: np.ndarray, c2w0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
