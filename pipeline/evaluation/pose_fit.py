@@ -93,7 +93,8 @@ class PoseFitter:
 
     def fit_frame(self, target: np.ndarray, inits: list[np.ndarray]) -> tuple[np.ndarray, float]:
         """Best pose for one frame (H, W, 3) uint8 or float, from the best of ``inits``, coarse
-        to fine; returns (c2w, mean squared residual of the standardised images, finest blur)."""
+        to fine; returns (c2w, mean squared residual of the standardised images at the finest
+        blur)."""
         pose, err = inits[0], np.inf
         for level, sigma in enumerate(self.s.blur_sigma_px):
             cands = list(inits) if level == 0 else [pose]
