@@ -184,7 +184,8 @@ class Train:
     grad_accum: POS_INT
     lr: POS_FLOAT
     mixed_precision: Literal["bf16", "fp16", "no"]
-    prediction_type: Literal["epsilon", "v_prediction"]
+    prediction_type: Literal["epsilon", "v_prediction", "sample"]
+    camera: Literal["metric", "relative", "none"]
     checkpoint_every: POS_INT
     keep_checkpoints: POS_INT
     distributed: TrainDistributed

@@ -513,6 +513,8 @@ class Oracle(torch.nn.Module):
         eps = (z - a.sqrt() * self.x0) / (1 - a).sqrt()
         if self.pred_type == "epsilon":
             return eps
+        if self.pred_type == "sample":
+            return self.x0.expand_as(z)
         return a.sqrt() * eps - (1 - a).sqrt() * self.x0
 
 
@@ -523,7 +525,7 @@ def test_ddim_sampler_recovers_known_clean_latent() -> None:
     from trainer.sampling import ddim_sample
 
     x0 = torch.rand(1, 3, 3, 4, 4) * 2 - 1
-    for pred_type in ("epsilon", "v_prediction"):
+    for pred_type in ("epsilon", "v_prediction", "sample"):
         cfg = train_cfg(prediction_type=pred_type)
         oracle = Oracle(x0, build_noise_scheduler(cfg), pred_type)
         calls: list[tuple[int, int]] = []  # progress of the render, one call per step
@@ -651,3 +653,106 @@ def test_dataset_reads_video_sources(tmp_path: Path) -> None:
     # frame i is grey 15 * i (mp4v shifts levels a little): frames come from the right indices
     means = (s["video"].mean(dim=(1, 2, 3)) + 1) * 127.5
     np.testing.assert_allclose(means.numpy(), 15 * s["frame_indices"].numpy(), atol=6)
+
+
+# ------------------------------------------------------------------------------ camera input
+def _prediction_spread(model: torch.nn.Module, batch: dict[str, Any],
+                       cfg: dict[str, Any]) -> float:
+    """How much the prediction moves when the Plücker input is replaced (0 = camera ignored)."""
+    from trainer.loop import camera_input
+
+    torch.manual_seed(1)
+    z = torch.randn(2, *model.latent_shape(4, 16, 16))
+    cond = model.condition(batch["video"][:, 0])
+    t = torch.tensor([100, 700])
+    with torch.no_grad():
+        a = model(z, t, cond, camera_input(batch["plucker"], cfg))
+        b = model(z, t, cond, camera_input(torch.flip(batch["plucker"], dims=[1]), cfg))
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("camera", ["metric", "relative", "none"])
+def test_trained_checkpoint_uses_camera_input(curated: list[str], tmp_path: Path,
+                                              camera: str) -> None:
+    """A briefly trained checkpoint's prediction must depend on the camera (the zero-initialised
+    camera branch has to leave zero), except for ``train.camera: none``, whose Plücker input is
+    zeroed at training and sampling. Fails if the camera input is ever dropped on the way."""
+    from trainer.loop import train
+    from trainer.sampling import load_model
+
+    cfg = train_cfg(max_steps=3, lr=1e-3, camera=camera)
+    train(cfg, curated, tmp_path, progress=False)
+    model = load_model(cfg, ckpt.latest_checkpoint(tmp_path / "checkpoints"), "cpu")
+    ds = CuratedVideoDataset(load_curated(curated, "train"), cfg["data"], train=False, seed=0)
+    batch = next(iter(make_loader(ds, 2, start=0, count=2)))
+    spread = _prediction_spread(model, batch, cfg)
+    if camera == "none":
+        assert spread == 0.0
+    else:
+        assert spread > 1e-4, f"camera input has no effect on the prediction ({spread})"
+
+
+def test_relative_camera_keeps_written_translations(curated: list[str]) -> None:
+    """``camera: relative`` trains on the clip's own (unknown-scale) poses: the same sample as
+    ``metric`` divided by the condition frame's factor, rotations unchanged."""
+    rows = load_curated(curated, "train")
+    met = CuratedVideoDataset(rows, DATA_CFG, train=True, seed=3, camera="metric")
+    rel = CuratedVideoDataset(rows, DATA_CFG, train=True, seed=3, camera="relative")
+    for g in range(4):
+        a, b = met[g], rel[g]
+        row = met.rows[int(a["clip_index"])]
+        f = row["frame_scale"][int(a["frame_indices"][int(a["cond_index"])])]
+        np.testing.assert_allclose(b["c2w"][:, :3, :3], a["c2w"][:, :3, :3], atol=1e-6)
+        np.testing.assert_allclose(b["c2w"][:, :3, 3] * f, a["c2w"][:, :3, 3], rtol=1e-5,
+                                   atol=1e-6)
+        assert torch.equal(a["video"], b["video"])
+    with pytest.raises(ValueError, match="camera"):
+        CuratedVideoDataset(rows, DATA_CFG, train=True, seed=3, camera="metres")
+
+
+def test_sample_prediction_trains_toward_clean_latent(curated: list[str]) -> None:
+    """``prediction_type: sample`` (x0) regresses the clean latent: the loss target is z0."""
+    from trainer.loop import build_backbone, build_noise_scheduler, diffusion_loss, step_generator
+
+    cfg = train_cfg(prediction_type="sample")
+    model = build_backbone(cfg)
+    sched = build_noise_scheduler(cfg)
+    ds = CuratedVideoDataset(load_curated(curated, "train"), cfg["data"], train=True, seed=0)
+    batch = next(iter(make_loader(ds, 2, start=0, count=2)))
+    z0 = model.encode_video(batch["video"])
+
+    class Oracle(torch.nn.Module):  # predicts z0 exactly: the x0 objective must be 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *a: Any, **k: Any) -> torch.Tensor:
+            return z0
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+    loss = diffusion_loss(Oracle(), sched, batch, step_generator(0, 0, 0, 0), cfg,
+                          torch.device("cpu"))
+    assert float(loss) == 0.0
+
+
+def test_residual_to_condition_starts_at_the_condition_frame() -> None:
+    """``builtin.residual_to_condition``: an untrained model predicts the condition frame in
+    every frame (x0), and the option refuses an objective other than ``sample``."""
+    from trainer.loop import build_backbone
+
+    cfg = train_cfg(prediction_type="sample", builtin={"residual_to_condition": True})
+    model = build_backbone(cfg)
+    img = torch.rand(2, 3, 16, 16) * 2 - 1
+    cond = model.condition(img)
+    z = torch.randn(2, *model.latent_shape(4, 16, 16))
+    with torch.no_grad():
+        out = model.decode(model(z, torch.tensor([5, 900]), cond, torch.randn(2, 4, 6, 16, 16)))
+    torch.testing.assert_close(out, img[:, None].expand_as(out))
+    with pytest.raises(ValueError, match="residual_to_condition"):
+        build_backbone(train_cfg(prediction_type="epsilon",
+                                 builtin={"residual_to_condition": True}))

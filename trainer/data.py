@@ -28,6 +28,9 @@ from pipeline.formats.frames import iter_frames
 from pipeline.geometry.poses import metric_relative_c2w, pixel_K
 from trainer.plucker import plucker_embedding
 
+#: ``train.camera`` values: which poses the model sees (see ``CuratedVideoDataset``)
+CAMERA_MODES = ("metric", "relative", "none")
+
 _ROW_KEYS = (
     "clip_id", "split", "source_type", "video_path", "frame_paths", "num_frames", "width",
     "height", "intrinsics", "w2c", "frame_scale",
@@ -117,9 +120,19 @@ class CuratedVideoDataset(Dataset):
     ``1..stride_max`` (clamped to what fits), random start and condition frame. Evaluation:
     clip ``g % n``, stride ``eval_stride`` (clamped), first frames, condition frame 0.
     Clips shorter than ``num_frames`` are left out and listed in ``skipped``.
+
+    ``camera`` (``train.camera``): ``metric`` scales translations by the condition frame's
+    curated factor; ``relative`` keeps the clip's own (SLAM, unknown-scale) translations, the
+    baseline that metric alignment is measured against; ``none`` is treated as ``metric`` here
+    (the trainer zeroes the Plücker input, see ``trainer.loop.camera_input``), so the three
+    ablation arms read identical samples.
     """
 
-    def __init__(self, rows: list[dict[str, Any]], cfg: dict[str, Any], train: bool, seed: int):
+    def __init__(self, rows: list[dict[str, Any]], cfg: dict[str, Any], train: bool, seed: int,
+                 camera: str = "metric"):
+        if camera not in CAMERA_MODES:
+            raise ValueError(f"camera must be one of {CAMERA_MODES}, got {camera!r}")
+        self.relative_poses = camera == "relative"
         self.length = int(cfg["num_frames"])
         self.stride_max = int(cfg["stride_max"])
         self.eval_stride = int(cfg["eval_stride"])
@@ -164,8 +177,10 @@ class CuratedVideoDataset(Dataset):
         imgs = np.stack([resize_crop(frames[i], self.out_hw) for i in p["indices"]])
         video = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         K = adjust_intrinsics(pixel_intrinsics(row["intrinsics"], w0, h0), w0, h0, self.out_hw)
-        c2w = relative_metric_c2w(row["w2c"], np.asarray(row["frame_scale"]), p["indices"],
-                                  p["cond"])
+        scale = np.asarray(row["frame_scale"], dtype=np.float64)
+        if self.relative_poses:
+            scale = np.ones_like(scale)
+        c2w = relative_metric_c2w(row["w2c"], scale, p["indices"], p["cond"])
         Kt = torch.from_numpy(K)
         c2w_t = torch.from_numpy(c2w)
         plucker = plucker_embedding(Kt.expand(len(c2w), 3, 3), c2w_t, *self.out_hw)

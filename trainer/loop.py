@@ -49,6 +49,9 @@ def build_backbone(tcfg: dict[str, Any]) -> torch.nn.Module:
         model = SVDBackbone.from_pretrained(tcfg["svd"])
     else:
         raise ValueError(f"train.backbone must be 'builtin' or 'svd', got '{kind}'")
+    if getattr(model, "residual", False) and tcfg["prediction_type"] != "sample":
+        raise ValueError("builtin.residual_to_condition predicts the clean video: it needs "
+                         f"prediction_type sample, got {tcfg['prediction_type']}")
     if tcfg["prediction_type"] not in model.supported_predictions:
         raise ValueError(
             f"backbone {kind} supports prediction_type {model.supported_predictions}, "
@@ -78,6 +81,15 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return g
 
 
+def camera_input(plucker: torch.Tensor, tcfg: dict[str, Any]) -> torch.Tensor:
+    """The Plücker input the model gets: zeros for ``train.camera: none`` (the no-camera arm of
+    the ablation, at training and sampling alike), else unchanged. Zeros rather than skipping
+    the branch keep every arm's parameters, data and random draws identical."""
+    if tcfg.get("camera", "metric") == "none":
+        return torch.zeros_like(plucker)
+    return plucker
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
@@ -87,11 +99,11 @@ def diffusion_loss(
     device: torch.device,
 ) -> torch.Tensor:
     """``||target - f_theta(z_t, c_img, c_cam, t)||^2`` with ``z_t = a_t z_0 + s_t eps`` and the
-    target ``eps`` or ``v`` by config. Random draws are made on the CPU generator ``gen`` so
-    they do not depend on the device."""
+    target ``eps``, ``v`` or ``z_0`` (``sample``) by config. Random draws are made on the CPU
+    generator ``gen`` so they do not depend on the device."""
     core = model.module if hasattr(model, "module") else model
     video = batch["video"].to(device)
-    plucker = batch["plucker"].to(device)
+    plucker = camera_input(batch["plucker"], tcfg).to(device)
     b = video.shape[0]
     cond_img = video[torch.arange(b, device=device), batch["cond_index"].to(device)]
     with torch.no_grad():
@@ -105,6 +117,8 @@ def diffusion_loss(
     z_t = scheduler.add_noise(z0, noise, t)
     if scheduler.config.prediction_type == "epsilon":
         target = noise
+    elif scheduler.config.prediction_type == "sample":
+        target = z0
     else:
         target = scheduler.get_velocity(z0, noise, t)
     pred = model(z_t, core.model_timesteps(t, scheduler), cond, plucker, keep_image, keep_camera)
@@ -203,7 +217,8 @@ def train(
 
     dcfg = tcfg["data"]
     rows = load_curated(data_files, dcfg["split"] or None)
-    dataset = CuratedVideoDataset(rows, dcfg, train=True, seed=seed)
+    dataset = CuratedVideoDataset(rows, dcfg, train=True, seed=seed,
+                                  camera=str(tcfg.get("camera", "metric")))
 
     model = build_backbone(tcfg).to(device)
     scheduler = build_noise_scheduler(tcfg)

@@ -183,7 +183,7 @@ class BuiltinBackbone(nn.Module):
     ``trainable_parameters``, ``model_timesteps`` and ``latent_shape``.
     """
 
-    supported_predictions = ("epsilon", "v_prediction")
+    supported_predictions = ("epsilon", "v_prediction", "sample")
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__()
@@ -194,6 +194,12 @@ class BuiltinBackbone(nn.Module):
             self.latent_channels, channels, int(cfg["heads"]), int(cfg["temb_dim"])
         )
         self.camera = CameraEncoder(self.factor, list(cfg["camera_channels"]), channels)
+        # x0 prediction as the condition frame plus a learned change: a model that has learnt
+        # nothing yet already returns the condition image in every frame, so training time goes
+        # into how the view changes with the camera rather than into copying the image
+        self.residual = bool(cfg.get("residual_to_condition", False))
+        if self.residual:
+            zero_module(self.denoiser.conv_out)
 
     # -- latents --------------------------------------------------------------------------
     def encode_video(
@@ -252,4 +258,7 @@ class BuiltinBackbone(nn.Module):
             if keep_camera is not None:
                 m = keep_camera.to(z_t.dtype).repeat_interleave(f).view(-1, 1, 1, 1)
                 feats = [ft * m for ft in feats]
-        return self.denoiser(x, t, feats)
+        out = self.denoiser(x, t, feats)
+        if self.residual:
+            out = out + cond["latent"][:, None]
+        return out

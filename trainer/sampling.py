@@ -26,7 +26,7 @@ from trainer.data import (
     resize_crop,
 )
 from trainer.inference.sns import NoiseShaping
-from trainer.loop import build_backbone, build_noise_scheduler
+from trainer.loop import build_backbone, build_noise_scheduler, camera_input
 from trainer.plucker import plucker_embedding
 
 
@@ -48,7 +48,8 @@ def ddim_sample(
     Classifier-free guidance is on the image condition (the model was trained with it dropped
     at ``cond_dropout.image``); the camera stays on in both branches. ``shaping`` turns on
     scene-constrained noise shaping (``trainer.inference.sns``); without it the sampler is
-    exactly the plain one (same draws, same result). ``on_step(i, n)`` is called after each of
+    exactly the plain one (same draws, same result). ``train.camera: none`` zeroes the Plücker
+    input, as in training. ``on_step(i, n)`` is called after each of
     the ``n`` denoising steps (progress for a render that takes a while).
     """
     device = next(model.parameters()).device
@@ -58,7 +59,7 @@ def ddim_sample(
     h, w = cond_image.shape[-2:]
     gen = torch.Generator().manual_seed(int(seed))
     cond_image = cond_image.to(device)
-    plucker = plucker.to(device)
+    plucker = camera_input(plucker, tcfg).to(device)
     cond = model.condition(cond_image, generator=gen)
     z = torch.randn((b, *model.latent_shape(f, h, w)), generator=gen).to(device)
     z = z * ddim.init_noise_sigma

@@ -509,6 +509,41 @@ def render(
     return rgb, depth
 
 
+def render_many(
+    scene: Scene,
+    K: np.ndarray,
+    w2cs: np.ndarray,
+    width: int,
+    height: int,
+    supersample: int = SUPERSAMPLE,
+) -> np.ndarray:
+    """RGB float (N, H, W, 3) in [0, 1] of ``N`` cameras ``w2cs`` (N, 3 or 4, 4) in one batch.
+
+    Why: a pose search renders many candidate cameras of one scene at a small size, where the
+    per-call cost of ``render`` (one pass over the surfaces per call) dominates; here every
+    candidate's rays go through a single ``cast`` and ``_shade``. Colours match ``render``
+    (before its uint8 rounding) for the same camera.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    w2cs = np.asarray(w2cs, dtype=np.float64)
+    Kinv = np.linalg.inv(K)
+    n = int(supersample)
+    offsets = (np.arange(n) + 0.5) / n
+    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=float))
+    pix = np.concatenate([
+        np.stack([cols.ravel() + du, rows.ravel() + dv, np.ones(cols.size)], axis=1)
+        for dv in offsets for du in offsets
+    ]) @ Kinv.T  # (S * H * W, 3), camera frame
+    R = w2cs[:, :3, :3]
+    origins = -np.einsum("nji,nj->ni", R, w2cs[:, :3, 3])  # camera centres
+    dirs = np.einsum("pj,njk->npk", pix, R).reshape(-1, 3)  # R^T K^-1 pix for every camera
+    o = np.repeat(origins, len(pix), axis=0)
+    ts, hs = cast(scene, o, dirs)
+    col = _shade(scene, o, dirs, ts, hs, 1.0 / (K[0, 0] * n))
+    col = col.reshape(len(w2cs), n * n, height, width, 3).mean(axis=1)
+    return np.clip(col, 0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Trajectories
 
