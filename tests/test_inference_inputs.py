@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.test_inference_render import pose, rot_y
 from trainer.inference import trajectory as tj
 
 torch = pytest.importorskip("torch")
@@ -22,14 +23,6 @@ torch = pytest.importorskip("torch")
 FMT = {"format": tj.FORMAT, "version": 1}
 
 
-def rot_y(deg: float) -> np.ndarray:
-    return tj.rotation_y(deg)
-
-
-def pose(R: np.ndarray, t: list[float]) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = R, t
-    return m
 
 
 def _write(tmp_path: Path, doc: Any, name: str = "t.json") -> Path:

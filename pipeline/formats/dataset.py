@@ -12,6 +12,7 @@ stage (``stages/ingest.py``) only shards the clips and writes the rows.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,23 +184,35 @@ def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return sources
 
 
-def discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    ds = cfg["dataset"]
-    root = storage.path(ds["root"])
+def clip_windows(ds: dict[str, Any]) -> Callable[[int], list[list[int]]]:
+    """``n -> [frame indices of each clip]`` for ``dataset.clip_length`` frames taken every
+    ``clip_stride``: consecutive, non-overlapping clips; a shorter tail is dropped."""
     length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
     if length < 2 or stride < 1:
         from pipeline.errors import ConfigError
 
         raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
+    span = length * stride
+
+    def windows(n: int) -> list[list[int]]:
+        return [list(range(start, start + span, stride))
+                for start in range(0, n - span + 1, span)]
+
+    return windows
+
+
+def discover_rgbd(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ds = cfg["dataset"]
+    root = storage.path(ds["root"])
+    windows = clip_windows(ds)
     sources: dict[str, dict[str, Any]] = {}
     for seq in rgbd_format.sequence_dirs(root):
         frames = rgbd_format.list_frames(seq)
         numbers = [n for n, _ in frames]
         colour = dict(frames)
         intr = seq / "camera-intrinsics.txt"
-        span = length * stride
-        for start in range(0, len(numbers) - span + 1, span):
-            picked = numbers[start : start + span : stride]
+        for idx in windows(len(numbers)):
+            picked = [numbers[i] for i in idx]
             clip_id = f"{seq.name}_{picked[0]:06d}"
             # every input file's size/mtime: a folder's mtime misses a file edited in place
             # (a corrected camera-intrinsics.txt or pose must make the clip stale)
@@ -225,11 +238,7 @@ def discover_nerfstudio(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     scene whose file cannot be read becomes one failing clip named after the scene."""
     ds = cfg["dataset"]
     root = storage.path(ds["root"])
-    length, stride = int(ds["clip_length"]), int(ds["clip_stride"])
-    if length < 2 or stride < 1:
-        from pipeline.errors import ConfigError
-
-        raise ConfigError("dataset.clip_length must be >= 2 and dataset.clip_stride >= 1")
+    windows = clip_windows(ds)
     sources: dict[str, dict[str, Any]] = {}
     for scene in ns_format.scene_dirs(root):
         transforms = scene / ns_format.TRANSFORMS
@@ -239,9 +248,8 @@ def discover_nerfstudio(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
             sources[scene.name] = {"layout": "nerfstudio", "split": ds["split"],
                                    "problem": exc.reason, "stat": _stat(transforms)}
             continue
-        span = length * stride
-        for start in range(0, len(frames) - span + 1, span):
-            picked = list(range(start, start + span, stride))
+        for picked in windows(len(frames)):
+            start = picked[0]
             files = [ns_format.resolve(scene, str(frames[i][key]))
                      for i in picked for key in ("file_path", "depth_file_path")
                      if frames[i].get(key)]
