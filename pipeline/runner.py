@@ -207,8 +207,9 @@ class Runner:
         if not storage.is_uri(self.work_root):
             ray_utils.check_shared_dir(self.work_root)  # several nodes: one shared directory
         self._ray_ready = True
-        self.report["ray_start_s"] = round(time.time() - t0, 3)
-        return time.time() - t0
+        took = time.time() - t0
+        self.report["ray_start_s"] = round(took, 3)
+        return took
 
     def _run_locked(self, target: str, chain: list[str]) -> dict[str, Any]:
         shards, sources = self.plan()

@@ -43,10 +43,7 @@ class SampleStage(Stage):
     def check_ready(self, cfg: dict) -> None:
         """Sampling settings, the own image and the trajectory file fail here, in one line,
         not after the upstream stages ran."""
-        from trainer.sampling import check_sampling_inputs
-
         check_sampling(cfg)
-        check_sampling_inputs(cfg["train"])
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         from trainer.sampling import sample_to_mp4, scene_inputs

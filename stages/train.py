@@ -59,8 +59,9 @@ def trainable_clips(tcfg: dict[str, Any], files: list[str]) -> int:
 
 
 def check_sampling(cfg: dict[str, Any]) -> None:
-    """``train.sampling`` settings that would fail only after training or model loading: one
-    ``ConfigError`` line naming the key, before any stage runs."""
+    """``train.sampling`` settings, and the image and trajectory files they name, that would
+    fail only after training or model loading: one ``ConfigError`` line naming the key, before
+    any stage runs."""
     from pipeline.config import ConfigError
     from trainer.inference.trajectory import PRESETS
 
@@ -80,6 +81,9 @@ def check_sampling(cfg: dict[str, Any]) -> None:
     if len(intr) not in (0, len(PINHOLE_INTRINSICS)):
         raise ConfigError(f"train.sampling.intrinsics must be [] or "
                           f"[{', '.join(PINHOLE_INTRINSICS)}], got {list(intr)}")
+    from trainer.sampling import check_sampling_inputs
+
+    check_sampling_inputs(cfg["train"])  # the files' contents: a readable image, a valid path
 
 
 def train_out_dir(cfg: dict[str, Any]) -> str:
@@ -129,10 +133,7 @@ class TrainStage(Stage):
         after-train sample's settings, own image and trajectory valid before training."""
         tcfg = cfg["train"]
         if tcfg["sampling"]["after_train"]:  # the sample it writes: settings, image, trajectory
-            from trainer.sampling import check_sampling_inputs
-
             check_sampling(cfg)
-            check_sampling_inputs(tcfg)
         if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
             from pipeline.config import ConfigError
 

@@ -111,7 +111,8 @@ def load_trajectory(path: str | Path) -> np.ndarray:
 def check_sampling_inputs(tcfg: dict[str, Any]) -> None:
     """Read the own condition image and trajectory file of ``train.sampling`` now: a bad one
     stops the run on the driver with one ``ConfigError`` line, before any stage runs, instead of
-    failing the sample shard (with a traceback in its log) after training."""
+    failing the sample shard (with a traceback in its log) after training. Called by
+    ``stages.train.check_sampling`` once the settings themselves are checked."""
     from pipeline.errors import ConfigError
     from trainer.inference import preview as pv
     from trainer.inference.trajectory import TrajectoryError
@@ -119,9 +120,6 @@ def check_sampling_inputs(tcfg: dict[str, Any]) -> None:
 
     s = tcfg["sampling"]
     if s.get("image"):
-        if not (s.get("trajectory") or s.get("trajectory_preset")):
-            raise ConfigError("train.sampling.image needs train.sampling.trajectory (a trajectory "
-                              "file) or train.sampling.trajectory_preset (dolly|orbit|pan|zoom)")
         try:
             pv.read_condition_image(s["image"], int(s["min_image_side"]), int(s["max_image_side"]))
         except pv.ImageError as exc:
