@@ -121,12 +121,16 @@ def reproject(plucker: torch.Tensor, depth: torch.Tensor, iterations: int
 def warp_condition(image: torch.Tensor, plucker: torch.Tensor, depth: torch.Tensor,
                    iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) condition image -> (B, F, C, H, W) its view from every frame's camera, and
-    the validity mask (B, F, 1, H, W); invalid pixels keep the condition image's own value."""
+    the validity mask (B, F, 1, H, W).
+
+    Where a frame sees past the condition image's edge, the edge is stretched (border
+    padding): a smooth continuation for the denoiser to fill in. Putting the condition image's
+    own pixel there instead would paste unmoved content into a moved view, which is what a
+    camera-following model must not learn."""
     b, f = plucker.shape[:2]
     grid, valid = reproject(plucker, depth, iterations)
     h, w = image.shape[-2:]
     src = image[:, None].expand(b, f, *image.shape[1:]).reshape(b * f, -1, h, w)
     warped = F.grid_sample(src, grid.reshape(b * f, h, w, 2).to(image.dtype), mode="bilinear",
                            padding_mode="border", align_corners=False).view(b, f, -1, h, w)
-    same = image[:, None].expand_as(warped)
-    return valid * warped + (1 - valid) * same, valid
+    return warped, valid
