@@ -4,6 +4,8 @@ The training clips are synthetic rooms seen along RealEstate10K-like moves, writ
 rows (metric factors = the truth, so this tests the trainer, not the pipeline). The held-out
 room's asked trajectories are in metres; the generated videos' cameras are fitted against
 renders of the known room (``pipeline.evaluation.pose_fit``, the instrument of the MSA bench).
+Trained the same way with ``train.camera: none`` the first asked walk came out at cosine 0.32
+to the asked displacement, so the test does fail on a model that ignores the camera.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_trainer import train_cfg, write_curated
 
 from pipeline.evaluation.pose_fit import FitSettings, PoseFitter
 from pipeline.geometry.camera_metrics import relative_to_first
@@ -26,14 +29,12 @@ from trainer.loop import train
 from trainer.plucker import plucker_embedding
 from trainer.sampling import ddim_sample, load_model, to_uint8
 
-from test_trainer import train_cfg, write_curated
-
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "bench" / "msa.yaml"),
                                resolve=True)
 SIZE = (64, 48)  # rendered training frames (width, height)
 HW = (32, 32)  # the model's frames
-N_FRAMES = 12
+N_FRAMES = 10
 TRAIN_KINDS = ("forward", "pan", "walk", "orbit")
 
 
@@ -90,8 +91,8 @@ def _realised(model: torch.nn.Module, cfg: dict[str, Any], case: Any, c2w: np.nd
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("follow")
-    files = _training_clips(tmp, 8)
-    cfg = _cfg("metric", 150)
+    files = _training_clips(tmp, 6)
+    cfg = _cfg("metric", 100)
     train(cfg, files, tmp / "run", progress=False)
     model = load_model(cfg, sorted((tmp / "run" / "checkpoints").glob("step-*.pt"))[-1], "cpu")
     return {"model": model, "cfg": cfg}
