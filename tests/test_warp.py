@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,3 +104,32 @@ def test_warp_moves_image_content_and_keeps_the_condition_frame():
     # moving +0.2 m at 1 m: content moves 6 px left; the column is now at u = 4.5 (index 4)
     prof = out[0, 1, 0, H // 2].numpy()
     assert int(np.argmax(prof)) == 4 and prof[4] > 0.99
+
+
+def test_backbone_warp_prior_follows_the_camera_and_falls_back_without_one():
+    """With the warp prior the x0 base is the reprojected condition frame; with no camera (an
+    all-zero Plücker map: the no-camera arm) or the camera dropped, it is the frame itself."""
+    from omegaconf import OmegaConf
+
+    from trainer.model import BuiltinBackbone
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(conf))["builtin"]
+    cfg.update(latent_factor=2, channels=[8, 16], camera_channels=[4, 8], heads=2, temb_dim=16)
+    cfg["warp_prior"]["enabled"] = True
+    torch.manual_seed(0)
+    model = BuiltinBackbone(cfg).eval()
+    img = torch.rand(1, 3, H, W) * 2 - 1
+    lat = model.condition(img)["latent"]
+    pl = _plucker([_c2w(0.0), _c2w(3.0, (0.2, 0.0, 0.1))]).float()
+    moved = model.warped_condition(lat, pl, None, 2)
+    assert torch.allclose(moved[:, 0], lat, atol=1e-5)  # the condition frame stays put
+    assert (moved[:, 1] - lat).abs().mean() > 0.05  # the other frame moved
+    same = model.warped_condition(lat, torch.zeros_like(pl), None, 2)
+    assert torch.equal(same, lat[:, None].expand_as(same))
+    dropped = model.warped_condition(lat, pl, torch.zeros(1), 2)
+    assert torch.equal(dropped, lat[:, None].expand_as(dropped))
+    # the untrained network adds nothing (zero-initialised output): x0 = the warp exactly
+    z = torch.randn(1, 2, *lat.shape[1:])
+    out = model(z, torch.tensor([500]), {"latent": lat}, pl)
+    assert torch.allclose(out, moved, atol=1e-6)
