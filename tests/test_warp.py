@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,12 +108,10 @@ def test_warp_moves_image_content_and_keeps_the_condition_frame():
 def test_backbone_warp_prior_follows_the_camera_and_falls_back_without_one():
     """With the warp prior the x0 base is the reprojected condition frame; with no camera (an
     all-zero Plücker map: the no-camera arm) or the camera dropped, it is the frame itself."""
-    from omegaconf import OmegaConf
-
+    from pipeline.config import load_config
     from trainer.model import BuiltinBackbone
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(conf))["builtin"]
+    cfg = load_config([])["train"]["builtin"]
     cfg.update(latent_factor=2, channels=[8, 16], camera_channels=[4, 8], heads=2, temb_dim=16)
     cfg["warp_prior"]["enabled"] = True
     torch.manual_seed(0)
