@@ -130,3 +130,17 @@ def test_backbone_warp_prior_follows_the_camera_and_falls_back_without_one():
     z = torch.randn(1, 2, *lat.shape[1:])
     out = model(z, torch.tensor([500]), {"latent": lat}, pl)
     assert torch.allclose(out, moved, atol=1e-6)
+
+
+def test_enormous_translations_keep_the_sampler_in_range():
+    """A written pose 20x (or 1e6x) too large must not overflow the sampler's pixel index: the
+    sampling grid stays finite and bounded, and the gradient reaches the depth."""
+    pl = _plucker([_c2w(0.0), _c2w(89.0, (1e6, -3e5, 2e5))]).float()
+    depth = torch.full((1, 1, H, W), 2.0, requires_grad=True)
+    grid, valid = reproject(pl, depth, 3)
+    assert torch.isfinite(grid).all() and grid.abs().max() <= 2.0
+    assert not valid[0, 1].any()
+    img = torch.rand(1, 3, H, W, requires_grad=True)
+    out, _ = warp_condition(img, pl, depth, 3)
+    out.sum().backward()
+    assert torch.isfinite(depth.grad).all() and torch.isfinite(img.grad).all()

@@ -27,6 +27,11 @@ import torch.nn.functional as F
 _MIN_DZ = 1e-4
 #: smallest positive depth a reprojected point may have in the condition camera
 _MIN_DEPTH = 1e-3
+#: sampling coordinates are clamped to this (grid units, the image spans -1..1): past the edge
+#: border padding gives the edge value anyway, and huge coordinates (a ray grazing the
+#: condition camera's plane, or a pose of enormous translation) would overflow the sampler's
+#: integer pixel index
+_GRID_LIMIT = 2.0
 
 
 def camera_centres(plucker: torch.Tensor) -> torch.Tensor:
@@ -78,8 +83,11 @@ def intrinsics(plucker_identity: torch.Tensor) -> torch.Tensor:
 
 
 def _to_grid(u: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Pixel coordinates (centres at +0.5) -> ``grid_sample`` coordinates (align_corners=False)."""
-    return torch.stack([2 * u / w - 1, 2 * v / h - 1], dim=-1)
+    """Pixel coordinates (centres at +0.5) -> ``grid_sample`` coordinates (align_corners=False),
+    finite and within +-``_GRID_LIMIT``."""
+    g = torch.stack([2 * u / w - 1, 2 * v / h - 1], dim=-1)
+    g = torch.nan_to_num(g, nan=_GRID_LIMIT, posinf=_GRID_LIMIT, neginf=-_GRID_LIMIT)
+    return g.clamp(-_GRID_LIMIT, _GRID_LIMIT)
 
 
 def reproject(plucker: torch.Tensor, depth: torch.Tensor, iterations: int
