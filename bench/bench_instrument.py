@@ -25,6 +25,7 @@ official intrinsics and poses) and ``rgbd`` (the sequences of ``../shared/data/r
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
 import sys
@@ -159,9 +160,13 @@ def stage(clip: dict[str, Any], ecfg: dict[str, Any], trials: int,
                             ecfg["sfm"], None, None, 1) for t in range(trials)]
     ec = ce.EvalClip(clip["clip"], clip["frames"], clip["K"], clip["gt"], False)
     rows = [ce.score_trial(ec, r, None, "bench", {}) for r in results]
-    for row, why in zip(rows, ce.consensus(results, ecfg["consensus"]), strict=True):
+    # (a checkout from before the consensus existed keeps every successful trial)
+    asides = (ce.consensus(results, ecfg["consensus"]) if hasattr(ce, "consensus")
+              else [None] * len(results))
+    for row, why in zip(rows, asides, strict=True):
         row["kept"] = why is None
     agg = ce.aggregate(rows, [clip["clip"]])["per_clip"][clip["clip"]]
+    agg.setdefault("kept", agg["successful"])
     per_trial = [(round(r["RotErr"], 3), round(r["TransErr_rel"], 3),
                   round(float(res.get("reproj_error", math.nan)), 3),
                   "kept" if r["kept"] else "aside") if r["success"]
@@ -173,10 +178,37 @@ def stage(clip: dict[str, Any], ecfg: dict[str, Any], trials: int,
             "n": len(clip["frames"])}
 
 
-def _job(args: tuple[str, dict[str, Any], dict[str, Any], int, int]) -> dict[str, Any]:
-    kind, clip, ecfg, trials, seed = args
+def _cache_key(kind: str, clip: dict[str, Any], ecfg: dict[str, Any], trials: int,
+               seed: int) -> str:
+    """Content key of one run: the frames, the truth and (for the stage) its settings."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (clip["frames"], clip["K"], clip["gt"]):
+        h.update(np.ascontiguousarray(a).tobytes())
+    if kind == "stage":
+        h.update(json.dumps([ecfg["sfm"], ecfg.get("consensus"), trials, seed],
+                            sort_keys=True).encode())
+        h.update((ROOT / "pipeline" / "sfm" / "incremental.py").read_bytes())
+        h.update((ROOT / "pipeline" / "evaluation" / "camera_eval.py").read_bytes())
+    return f"{kind}-{clip['clip'].replace('/', '_').replace('@', '_')}-{h.hexdigest()[:16]}"
+
+
+def _job(args: tuple[str, dict[str, Any], dict[str, Any], int, int, str | None]
+         ) -> dict[str, Any]:
+    kind, clip, ecfg, trials, seed, cache = args
+    path = Path(cache) / f"{_cache_key(kind, clip, ecfg, trials, seed)}.json" if cache else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
     res = reference(clip) if kind == "reference" else stage(clip, ecfg, trials, seed)
-    return {"kind": kind, "set": clip["set"], "clip": clip["clip"], **res}
+    out = {"kind": kind, "set": clip["set"], "clip": clip["clip"], **res}
+    print(f"  done {kind} {clip['clip']}: RotErr {_fmt(res.get('RotErr'))} TransErr_rel "
+          f"{_fmt(res.get('TransErr_rel'))} cpu {res['cpu_s']:.0f} s", flush=True)
+    if path is not None:
+        from pipeline.io import write_json_atomic
+
+        write_json_atomic(out, path)
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -225,9 +257,13 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="re10k,rgbd")
-    ap.add_argument("--frames", type=int, default=25, help="frames per clip (both sets)")
+    ap.add_argument("--frames", type=int, default=25, help="frames per cut clip (both sets)")
+    ap.add_argument("--spread", type=int, default=None,
+                    help="then keep this many, evenly spread (the stage's evaluate.num_frames; "
+                         "default: that setting)")
+    ap.add_argument("--cache", default=None, help="folder caching each (kind, clip) result")
     ap.add_argument("--stride", type=int, default=2, help="rgbd: every k-th frame")
-    ap.add_argument("--per-seq", type=int, default=2, help="rgbd: clips per sequence")
+    ap.add_argument("--per-seq", type=int, default=1, help="rgbd: clips per sequence")
     ap.add_argument("--trials", type=int, default=None, help="stage trials (evaluate.trials)")
     ap.add_argument("--kinds", default="reference,stage")
     ap.add_argument("--clips", default="", help="only these clip ids (comma separated)")
@@ -245,15 +281,22 @@ def main() -> None:
     sets = args.sets.split(",")
     clips = (re10k_clips(args.frames) if "re10k" in sets else []) + (
         rgbd_clips(args.frames, args.stride, args.per_seq) if "rgbd" in sets else [])
+    from pipeline.sfm.triangulation import select_frames
+
+    n_keep = int(args.spread or ecfg["num_frames"])
+    for c in clips:
+        idx = select_frames(len(c["frames"]), {"mode": "max_n", "max_n": n_keep})
+        c["frames"], c["gt"] = c["frames"][idx], c["gt"][idx]
     if args.clips:
         want = args.clips.split(",")
         clips = [c for c in clips if any(c["clip"].startswith(w) for w in want)]
-    jobs = [(k, c, ecfg, trials, int(ecfg["seed"]))
+    jobs = [(k, c, ecfg, trials, int(ecfg["seed"]), args.cache)
             for c in clips for k in args.kinds.split(",")]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_job, jobs))
-    print(f"# {len(clips)} clips, stage trials={trials}, overrides={args.override}, "
+    print(f"# {len(clips)} clips x {n_keep} frames, stage trials={trials}, "
+          f"overrides={args.override}, "
           f"wall {time.perf_counter() - t0:.0f} s")
     summary = report(results)
     if args.json:
