@@ -66,11 +66,19 @@ def re10k_clips(n_frames: int) -> list[dict[str, Any]]:
     return out
 
 
+#: every k-th frame of a sequence makes a video with real motion but enough overlap: the
+#: 7-Scenes folders hold every 4th Kinect frame (k = 2: ~0.3 s apart); the HoloLens walk
+#: (~4 m over 50 frames) and the TUM key frames (~0.67 s apart) move more per frame
+STRIDES = {"hololens-lounge-a": 1, "tum-fr3-cabinet": 1}
+
+
 def rgbd_clips(n_frames: int, stride: int, per_seq: int) -> list[dict[str, Any]]:
     """Each RGB-D sequence cut into up to ``per_seq`` videos of ``n_frames`` frames taken every
-    ``stride``-th frame (disjoint, from the start)."""
+    ``stride``-th frame (``STRIDES`` per sequence; disjoint, from the start)."""
     out = []
+    default_stride = stride
     for seq in sorted(p for p in (SHARED / "rgbd").iterdir() if p.is_dir()):
+        stride = STRIDES.get(seq.name, default_stride)
         poses = sorted(seq.glob("frame-*.pose.txt"))
         K = np.loadtxt(seq / "camera-intrinsics.txt").reshape(3, 3)
         span = (n_frames - 1) * stride + 1
