@@ -12,8 +12,12 @@ the driver (``score_trial``), where the clip's depth maps are loaded once for al
 
 Nothing is made up: a trial SfM could not finish is recorded as failed with its reason; metric
 figures are NaN, with the reason, where no metric depth or no metric ground truth exists.
-Aggregation follows the protocol: a clip's metric is the mean over its successful trials, the
-reported figure the mean over clips; the SfM success rate is successful trials / all trials.
+Aggregation: a clip's metric is the mean over its successful trials that the consensus keeps
+(``consensus``: trials that converged to a model the other trials disagree with are set aside;
+``evaluate.protocol=cami2v`` keeps every successful trial, as published), the reported figure
+the mean over clips; the SfM success rate is successful trials / all trials. Under
+``evaluate.protocol=cami2v`` the metric variants follow the published recipe instead
+(``score_trial_cami2v``: SfM of the ground-truth video as the reference, frame-0 depth scale).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Camera poses of a short video by pycolmap incremental SfM with known, fixed intrinsics.
+"""Camera poses of a short video by pycolmap SfM with known, fixed intrinsics.
+
+``evaluate.sfm.mapper`` picks the mapper: ``global`` (GLOMAP-style rotation averaging and global
+positioning: every verified pair constrains every rotation at once, so no single initial pair
+can lock a short forward-moving clip into a wrong model) or ``incremental`` (COLMAP's).
 
 This is the pose estimator of the camera-control benchmark: the protocol runs SfM on each
 generated video, with the intrinsics the video was generated for, several times with different
