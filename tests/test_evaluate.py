@@ -190,17 +190,16 @@ def test_real_re10k_clip_recovers_official_cameras(tmp_path, ray_cluster):
 
 def test_real_re10k_ground_truth_row_is_precise(tmp_path, ray_cluster):
     """The instrument's own error on a real clip where incremental SfM converged to a wrong
-    model in 2 of 3 trials (RotErr ~2.6 summed over 16 frames; plain pycolmap 3.7): the
-    default global mapper gets every trial right."""
+    model in 2 of 3 trials, trial 0 (seed 0) among them (RotErr ~2.6 summed over 16 frames;
+    plain pycolmap 3.7): the default global mapper gets it right (0.09)."""
     root = shared_path("re10k_frames")
     clip = "0c11dbe781b1c11c"
     (tmp_path / "clips.txt").write_text(clip + "\n")
     m = _run(tmp_path / "work", "dataset=re10k", f"dataset.root={root}",
              f"dataset.clip_list={tmp_path / 'clips.txt'}", "evaluate.source=dataset",
-             "evaluate.trials=2", "depth.local_files_only=true")
+             "depth.local_files_only=true")  # one trial: keeps it near a minute
     assert m["clips"] == 1 and m["sfm_success_rate"] == 1.0, m
-    e = m["per_clip"][clip]
-    assert e["kept"] == 2, e
+    assert m["per_clip"][clip]["kept"] == 1, m
     assert m["RotErr"] < 0.4 and m["TransErr_rel"] < 0.4, m  # 16 frames, 26 degrees, 2.9 units
     assert m["ground_truth"]["available"] and m["ground_truth"]["RotErr"] == m["RotErr"]
 
