@@ -182,7 +182,8 @@ class DepthBench:
 
     def __init__(self, P: dict[str, Any], tmp: Path, device: str):
         from pipeline.config import load_config
-        from pipeline.depth.model import load_depth_model, save_random_checkpoint
+        from pipeline.depth.model import load_depth_model
+        from tests.helpers import save_random_checkpoint
 
         self.P, self.tmp = P, tmp
         ckpt = save_random_checkpoint(str(tmp / "ckpt"), P["arch"], "metric", 20,

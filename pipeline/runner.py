@@ -30,8 +30,7 @@ from typing import Any
 
 from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
-from pipeline.config import ConfigError, stage_config_view
-from pipeline.errors import StorageError
+from pipeline.errors import ConfigError, StorageError
 from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.stage import (
@@ -42,6 +41,7 @@ from pipeline.stage import (
     StageNotImplemented,
     TaskOutcome,
     execute,
+    stage_config_view,
 )
 from pipeline.summary import (  # noqa: F401 - status/format_status: public here too
     build_summary,
@@ -394,11 +394,7 @@ class Runner:
         def fin(_task: ShardTask) -> Any:
             from pipeline.stage import ShardResult
 
-            result = ShardResult(n_clips=0, n_ok=0)
-            # set after construction: dataset-wide metrics are kept exactly as returned, never
-            # read as the legacy per-shard keys of ``ShardResult.stats``
-            result.stats = dict(stage.finalize(ctx) or {})
-            return result
+            return ShardResult(n_clips=0, n_ok=0, stats=dict(stage.finalize(ctx) or {}))
 
         self._record(ledger, entry, execute(fin, task))
         if entry.status != DONE:

@@ -23,6 +23,7 @@ keeps the rest of the shard but leaves the shard not fresh: it is retried on the
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -105,19 +106,28 @@ class ShardResult:
         if kinds:
             self.failure_kinds = {**kinds, **self.failure_kinds}
         self.failures = dict(self.failures)
-        # the earlier spelling, magic keys in stats: still understood, moved to their fields,
-        # but only when they have that spelling's shape (a count named ``filtered`` is a metric)
-        if isinstance(self.stats.get("filtered"), dict) and not self.filtered:
-            self.filtered = dict(self.stats.pop("filtered"))
-        if isinstance(self.stats.get("inputs_digest"), str) and self.inputs_digest is None:
-            self.inputs_digest = self.stats.pop("inputs_digest")
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.stats
 
     def kind_of(self, clip_id: str) -> str:
         return self.failure_kinds.get(clip_id, INPUT)
+
+
+def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
+                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it):
+    the sections ``keys`` without the dotted paths ``exclude`` (``"train.sampling"``), settings
+    the stage reads that do not change its outputs."""
+    view = {k: cfg.get(k) for k in keys}
+    if not exclude:
+        return view
+    view = copy.deepcopy(view)
+    for dotted in exclude:
+        *parents, last = dotted.split(".")
+        node: Any = view
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return view
 
 
 class Stage:
@@ -160,8 +170,6 @@ class Stage:
         """The settings that fingerprint this stage's outputs: ``config_keys`` minus
         ``config_exclude``. Override when which settings matter depends on the config itself
         (a stage reading another stage's section only in one mode)."""
-        from pipeline.config import stage_config_view
-
         return stage_config_view(cfg, self.config_keys, self.config_exclude)
 
     def output_file(self, cfg: dict[str, Any], shard_id: str) -> str:

@@ -41,6 +41,7 @@ from pipeline.depth.model import (
     preview_map,
     sample_sensor,
 )
+from pipeline.device import device_for
 from pipeline.formats import frames as frame_io
 from pipeline.io import write_bytes_atomic, write_parquet_atomic
 from pipeline.registry import register
@@ -328,12 +329,6 @@ def build_predictor(dcfg: dict[str, Any], device: str) -> DepthPredictor:
                           int(dcfg["batch_size"]), dcfg["preprocess"])
 
 
-def _local_device(dcfg: dict[str, Any]) -> str:
-    from pipeline.device import choose_device
-
-    return choose_device(dcfg.get("device") or "auto")
-
-
 _LOCAL: dict[str, DepthPredictor] = {}
 
 
@@ -344,7 +339,7 @@ def local_predictor(dcfg: dict[str, Any]) -> DepthPredictor:
     key = stable_hash(dcfg)
     if key not in _LOCAL:
         _LOCAL.clear()
-        _LOCAL[key] = build_predictor(dcfg, _local_device(dcfg))
+        _LOCAL[key] = build_predictor(dcfg, device_for(dcfg))
     return _LOCAL[key]
 
 
@@ -382,7 +377,7 @@ class DepthActorPool:
     def __init__(self, cfg: dict[str, Any]):
         import ray
 
-        from pipeline.config import ConfigError
+        from pipeline.errors import ConfigError
 
         dcfg = cfg["depth"]
         res = ray.cluster_resources()
@@ -475,7 +470,7 @@ class DepthStage(Stage):
             float(cfg["models"]["hub_timeout_s"]),
         )
         if problem:
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"depth.model: {problem}; download it on a connected machine "

@@ -24,12 +24,12 @@ from pipeline.depth.model import (
     finalize_samples,
     load_depth_model,
     sample_sensor,
-    save_random_checkpoint,
 )
 from pipeline.schema import DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
 from pipeline.stage import ShardTask
 from stages import depth as depth_stage
 from tests.conftest import shared_path
+from tests.helpers import save_random_checkpoint
 
 # Tolerances (metres; depths here are 0..20 m):
 # - samples vs. the processor's own post-processed full-resolution map, sampled bilinearly in
@@ -324,7 +324,7 @@ def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
         pq.read_table(ref_task.output).column("depth").to_numpy(), atol=TOL_BATCH,
     )
     bad = load_config([f"paths.work_dir={tmp_path}", "depth=da2_metric", "depth.device=cuda"])
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no GPU"):
         stage.make_executor(bad)

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from pipeline import registry
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.ledger import DONE, Ledger
 from pipeline.runner import Runner, status
 from pipeline.stage import (
@@ -181,9 +182,6 @@ def test_for_each_clip_kinds():
     assert ok == ["good"]
     assert res.failures["bad"] == "bad data" and res.failures["bug"].startswith("KeyError")
     assert (res.kind_of("bad"), res.kind_of("bug")) == (INPUT, ERROR)
-    # stages written against the earlier contract (magic keys in stats) keep working
-    old = ShardResult(1, 1, stats={"filtered": {"x": "rule"}, "inputs_digest": "d", "n": 1})
-    assert (old.filtered, old.inputs_digest, old.stats) == ({"x": "rule"}, "d", {"n": 1})
 
 
 def test_failure_reasons_aggregate():
