@@ -434,14 +434,14 @@ class Runner:
                     entry, task = pending.pop(0)
                     ledger.mark_running(entry)
                     if executor is not None:
-                        ref = executor.submit(task)
+                        key = executor.submit(task)
                     else:
-                        ref = remote.remote(stage, task)
-                    in_flight[ref] = (entry, task)
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    entry, task = in_flight.pop(ref)
-                    self._record(ledger, entry, _collect(ref))
+                        key = remote.remote(stage, task)
+                    in_flight[key] = (entry, task)
+                done = executor.next_done() if executor is not None else _next_done(in_flight)
+                for key, outcome in done:
+                    entry, task = in_flight.pop(key)
+                    self._record(ledger, entry, outcome)
                     if entry.status == DONE:
                         ok += entry.n_ok
                         failed += entry.n_clips - entry.n_ok
@@ -489,6 +489,14 @@ class Runner:
             entry.status = FAILED
             entry.error = outcome.error or "task returned no result"
         ledger.put(entry)
+
+
+def _next_done(refs: dict[Any, Any]) -> list[tuple[Any, TaskOutcome]]:
+    """Wait for the next Ray task to finish; its outcome, keyed by its ObjectRef."""
+    import ray
+
+    ready, _ = ray.wait(list(refs), num_returns=1)
+    return [(ref, _collect(ref)) for ref in ready]
 
 
 def _collect(ref: Any) -> TaskOutcome:

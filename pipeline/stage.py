@@ -204,9 +204,11 @@ class Stage:
         raise StageNotImplemented(f"stage '{self.name}' is declared but not implemented yet")
 
     def make_executor(self, cfg: dict[str, Any]) -> Any | None:
-        """Return an object with ``submit(task) -> ObjectRef[TaskOutcome]`` and ``close()`` to
-        replace plain Ray tasks (e.g. a GPU actor pool that loads a model once: its actors run
-        tasks through ``execute``); ``None`` = Ray tasks."""
+        """Return an executor to replace plain Ray tasks, e.g. a GPU actor pool that loads a
+        model once (``pipeline.pool.ShardActorPool``, whose actors run tasks through
+        ``execute``): ``submit(task)`` returns a key, ``next_done()`` waits for at least one
+        submitted task and returns ``[(key, TaskOutcome)]``, ``close()`` releases it;
+        ``None`` = Ray tasks."""
         return None
 
     def output_problem(self, output: Any) -> str | None:
@@ -281,6 +283,9 @@ class TaskOutcome:
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     node: str = "?"
+    #: the shard this answers (set by ``execute``): a pool that hands results back in the order
+    #: they finish, not the order they were submitted, says whose result it is
+    shard_id: str | None = None
 
 
 def shard_log_path(work_dir: str, stage: str, shard_id: str) -> str:
@@ -338,6 +343,7 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask,
     out.cpu_s = time.process_time() - c0
     out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out.node = ray_utils.node_id()
+    out.shard_id = task.shard_id
     return out
 
 

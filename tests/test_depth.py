@@ -300,7 +300,6 @@ def test_unreadable_frame_fails_only_its_clip(ckpt, predictor, tmp_path):
 def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
     ray_cluster, ckpt, predictor, tmp_path, capsys
 ):
-    import ray
 
     cfg = _cfg(tmp_path, ckpt)
     rows = [_clip(tmp_path / "d", "a", 2, 50, 37, 1)]
@@ -312,9 +311,11 @@ def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
     try:
         assert pool.device == "cpu" and len(pool.actors) == 1
         assert "no GPU in the Ray cluster" in capsys.readouterr().err
-        outcome = ray.get(pool.submit(task), timeout=120)
+        assert pool.submit(task) == task.shard_id
+        [(shard_id, outcome)] = pool.next_done()
     finally:
         pool.close()
+    assert shard_id == task.shard_id
     assert outcome.ok, outcome.error
     res = outcome.result
     assert res.n_ok == 1 and res.stats["device"] == "cpu"

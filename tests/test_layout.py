@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 DOMAIN = ("formats", "sfm", "depth", "geometry", "scale", "synthetic", "evaluation")
 #: the engine: shards, ledger, config, CLI, logging, Ray
 ENGINE = ("runner", "ledger", "registry", "stage", "cli", "config", "settings", "summary", "log",
-          "ray_utils", "ui", "__main__")
+          "ray_utils", "ui", "pool", "__main__")
 
 
 def _imports(path: Path) -> list[str]:
