@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import registry
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Ledger
 from pipeline.log import log
 from pipeline.stage import ERROR, GLOBAL, GLOBAL_SHARD, INPUT

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import registry, storage
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.geometry.poses import camera_extent, metric_relative_c2w, relative_metric_w2c
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register

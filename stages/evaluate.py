@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import ray_utils, storage
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.evaluation import camera_eval as ce
 from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
@@ -127,10 +127,11 @@ class DepthProvider:
                     f"no metric depth: no depth model configured (depth backend is "
                     f"'{dcfg.get('backend')}'; use depth=da2_metric depth.model=HUB_ID_OR_DIR)")
             else:
-                from stages.depth import _local_device, build_predictor
+                from pipeline.device import device_for
+                from stages.depth import build_predictor
 
                 try:
-                    self._predictor = build_predictor(dcfg, _local_device(dcfg))
+                    self._predictor = build_predictor(dcfg, device_for(dcfg))
                 except Exception as exc:  # noqa: BLE001 - offline hub, missing dir, not metric
                     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                     self._model_reason = (

@@ -62,7 +62,7 @@ def check_sampling(cfg: dict[str, Any]) -> None:
     """``train.sampling`` settings, and the image and trajectory files they name, that would
     fail only after training or model loading: one ``ConfigError`` line naming the key, before
     any stage runs."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from trainer.inference.trajectory import PRESETS
 
     s = cfg["train"]["sampling"]
@@ -135,7 +135,7 @@ class TrainStage(Stage):
         if tcfg["sampling"]["after_train"]:  # the sample it writes: settings, image, trajectory
             check_sampling(cfg)
         if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
                               "filesystem: use a local/shared paths.work_dir with it, or "
@@ -150,7 +150,7 @@ class TrainStage(Stage):
                                        float(cfg["models"]["hub_timeout_s"]),
                                        marker="model_index.json")
         if problem:
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"train.svd.pretrained: {problem}; download it on a connected machine "

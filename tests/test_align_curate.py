@@ -13,7 +13,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.geometry import poses as geo
 from pipeline.scale.factors import _mad_rel, frame_factors
 from pipeline.schema import ALIGN, CURATED, DEPTH_SAMPLES, MANIFEST, OBSERVATIONS

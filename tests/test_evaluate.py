@@ -101,7 +101,7 @@ def test_wrong_trajectory_scores_clearly_worse(sample_eval):
     (vids / "no_traj.mp4").write_bytes((vids / "fwd_ok.mp4").read_bytes())
     # metric depth of the videos from a (tiny, random) Depth Anything V2 checkpoint: the path a
     # real model takes; its metric figures are meaningless, but they must exist
-    from pipeline.depth.model import save_random_checkpoint
+    from tests.helpers import save_random_checkpoint
 
     da2 = save_random_checkpoint(str(base / "da2_tiny"), arch="tiny", input_size=126)
     m = _run(base / "work_videos", *sample_eval["common"], f"evaluate.videos={vids}",
@@ -205,7 +205,7 @@ def test_real_re10k_ground_truth_row_is_precise(tmp_path, ray_cluster):
 
 
 def test_user_errors_are_one_line(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from stages.evaluate import STAGE
 
     cfg = load_config(["progress=false"])
