@@ -82,6 +82,9 @@ class RunContext:
         self.shard_ids = sorted(shards)
         self.sources = sources or {}
         self.progress = bool(cfg.get("progress", True))
+        #: what each stage's ``prepare`` returned in this run, by stage name: its dataset-wide
+        #: step (``finalize``) reads it instead of computing the same values again
+        self.prepared: dict[str, dict[str, Any]] = {}
 
     def output_path(self, stage: str, shard_id: str) -> Any:
         return self.work_dir / load_stage(stage).output_file(self.cfg, shard_id)
@@ -288,7 +291,7 @@ class Runner:
 
     def _run_stage(self, stage: Stage, ctx: RunContext, force: bool) -> dict[str, Any]:
         ledger = Ledger(self.work_dir, stage.name)
-        extra_all = stage.prepare(ctx)
+        extra_all = ctx.prepared[stage.name] = stage.prepare(ctx)
         # declared file inputs enter the fingerprint beside the upstream digests; only when
         # there are any, so the fingerprints of stages without them stay as they were
         files = stage.file_inputs(ctx)
