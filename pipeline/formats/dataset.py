@@ -157,12 +157,14 @@ def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue
             found.setdefault(path.stem, []).append((split, path))
     sources: dict[str, dict[str, Any]] = {}
-    video_index = _video_index(ds)
+    video_index = {} if ds.get("source_videos") else _video_index(ds)
     for clip_id, hits in found.items():
         split, path = hits[0]
         videos = [
             str(p) for sp, p in video_index.get(f"{clip_id}.mp4", []) if sp in (split, None)
         ]
+        if ds.get("source_videos"):
+            videos = _source_video_of(ds, path)
         src: dict[str, Any] = {
             "layout": "re10k",
             "split": split,
@@ -182,6 +184,22 @@ def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "problem": f"listed in {ds['clip_list']} but no pose file under {root}",
             }
     return sources
+
+
+def _source_video_of(ds: dict[str, Any], pose_file: Any) -> list[str]:
+    """The source video a pose file's URL line names, if present: its size/mtime joins the
+    clip's fingerprint (a video downloaded or replaced later makes the clip stale). Problems
+    (unreadable file, bad URL, no video) are reported by ``re10k_row`` with the clip's name."""
+    from pipeline.formats import source_video as sv
+
+    try:
+        with storage.path(pose_file).open("r", encoding="utf-8") as fh:
+            url = fh.readline()
+        vid = sv.video_id_from_url(url, "", str(ds["video_id_pattern"]))
+        return [sv.find_source_video("", ds["source_videos"], vid,
+                                     list(ds["source_video_extensions"]))]
+    except (OSError, UnicodeDecodeError, ClipError):
+        return []
 
 
 def clip_windows(ds: dict[str, Any]) -> Callable[[int], list[list[int]]]:
@@ -352,6 +370,32 @@ def _video_info(clip_id: str, path: Any, verify: str) -> tuple[int, int, int]:
     return w, h, n
 
 
+def _source_video_checked(
+    clip_id: str, ds: dict[str, Any], url: str, timestamps: np.ndarray, verify: str
+) -> tuple[str, int, int]:
+    """The clip's source video (``<source_videos>/<video_id>.<ext>``), its width and height.
+
+    Every timestamp must have a frame within half a frame period (read from the packets, no
+    decoding); the frames are then decoded (all, or the first and last) so that a damaged
+    video fails here, once, instead of in every stage that reads it."""
+    from pipeline.formats import source_video as sv
+
+    vid = sv.video_id_from_url(url, clip_id, str(ds["video_id_pattern"]))
+    path = sv.find_source_video(clip_id, ds["source_videos"], vid,
+                                list(ds["source_video_extensions"]))
+    with storage.local_copy(path) as local:
+        table = sv.probe(local, clip_id)
+        sv.frames_at(table, timestamps, clip_id, path)
+        n = len(timestamps)
+        check = list(range(n)) if verify == "all" else sorted({0, n - 1})
+        row = {"clip_id": clip_id, "video_path": local, "timestamps_us": timestamps.tolist()}
+        for _ in sv.decode_rows_frames(row, check, None):
+            pass
+    if table.width <= 0 or table.height <= 0:
+        raise ClipError(clip_id, f"video {path} has no frame size")
+    return path, table.width, table.height
+
+
 def _depth_files(
     clip_id: str, depth_root: str | None, split: str, timestamps: np.ndarray
 ) -> list[str]:
@@ -385,13 +429,19 @@ def re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[st
     folder = next((f for f in folders if f.is_dir()), None)
     # found by discovery, with one listing for the whole dataset (see _video_index)
     videos = [storage.path(v) for v in src.get("videos", []) if storage.path(v).is_file()]
-    if folder is not None:
+    source_type = "images"
+    if ds.get("source_videos"):  # whole source videos, decoded at the pose timestamps
+        source_type = "source_video"
+        video_path, width, height = _source_video_checked(
+            clip_id, ds, poses.url, poses.timestamps_us, ing["verify_frames"])
+    elif folder is not None:
         frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
         width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
     elif videos:
         if len(videos) > 1:
             raise ClipError(clip_id, "several videos match: " + ", ".join(map(str, videos)))
         video_path = str(videos[0])
+        source_type = "video"
         width, height, n_video = _video_info(clip_id, videos[0], ing["verify_frames"])
         if n_video != n:
             raise ClipError(
@@ -407,7 +457,7 @@ def re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[st
     return {
         "clip_id": clip_id,
         "split": split,
-        "source_type": "video" if video_path else "images",
+        "source_type": source_type,
         "video_path": video_path,
         "frame_paths": frame_paths,
         "depth_paths": _depth_files(clip_id, ds.get("depth_root"), split, poses.timestamps_us),
@@ -584,3 +634,4 @@ def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> di
         "true_scale": 1.0 / rel if ds["poses_metric"] else None,
         "url": f"file://{scene.name}",
     }
+
