@@ -166,7 +166,10 @@ class SourceVideoReader:
     def __init__(self, path: str, clip_id: str):
         self.path = path
         self.table = probe(path, clip_id)
-        self._container = av.open(path)
+        try:
+            self._container = av.open(path)
+        except (av.FFmpegError, OSError) as exc:
+            raise ClipError(clip_id, f"cannot open video {path}: {exc}") from exc
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self._frames: Iterator[Any] | None = None
@@ -178,7 +181,10 @@ class SourceVideoReader:
     def shared(cls, path: str, clip_id: str) -> SourceVideoReader:
         """The process's open reader of ``path`` (a few kept; the oldest closed), so that the
         next clip of the same video continues where the previous one stopped."""
-        st = Path(path).stat()
+        try:
+            st = Path(path).stat()
+        except OSError as exc:  # removed since ingest: a reason for this clip, not a crash
+            raise ClipError(clip_id, f"cannot read source video {path}: {exc}") from None
         key = f"{path}|{st.st_size}|{st.st_mtime_ns}"  # a replaced file is opened again
         with cls._lock:
             reader = cls._cache.pop(key, None)
@@ -216,8 +222,16 @@ class SourceVideoReader:
         return k < len(self.table.keyframes) and self.table.keyframes[k] <= target
 
     def frames(self, pts_wanted: Sequence[int], clip_id: str) -> Iterator[tuple[int, Any]]:
-        """Yield ``(pts, av.VideoFrame)`` for each wanted pts, in increasing order."""
-        for target in sorted(set(int(p) for p in pts_wanted)):
+        """Yield ``(pts, av.VideoFrame)`` for each wanted pts, in increasing order; a damaged
+        stream is a ``ClipError`` (and the reader starts afresh for the next request)."""
+        try:
+            yield from self._frames_at(sorted(set(int(p) for p in pts_wanted)), clip_id)
+        except av.FFmpegError as exc:
+            self._frames = None
+            raise ClipError(clip_id, f"cannot decode video {self.path}: {exc}") from exc
+
+    def _frames_at(self, targets: list[int], clip_id: str) -> Iterator[tuple[int, Any]]:
+        for target in targets:
             if self._needs_seek(target):
                 self._seek(target)
             assert self._frames is not None
