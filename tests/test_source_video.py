@@ -147,3 +147,40 @@ def test_timestamps_outside_the_video_fail_that_clip_alone(tmp_path: Path, ray_c
     assert m.loc["inside", "source_type"] == "source_video"
     assert m.loc["inside", "video_path"].endswith("vidA_000001.mp4")
     assert (m.loc["inside", "width"], m.loc["inside", "height"]) == (576, 320)
+
+
+def test_threads_decoding_one_video_get_their_own_frames(tmp_path: Path) -> None:
+    """The depth stage decodes clips on several threads: each has its own reader."""
+    import threading
+
+    video = tmp_path / "vid.mp4"
+    write_video(video, _real_frames())
+    rows = [{"clip_id": f"c{a}", "source_type": "source_video", "video_path": str(video),
+             "timestamps_us": [ts_of(i) for i in range(a, a + 8)], "num_frames": 8}
+            for a in (0, 9, 16)]
+    expected = {r["clip_id"]: frame_io.read_frames(r) for r in rows}
+    got: dict[int, dict] = {}
+
+    def work(k: int) -> None:  # half the threads in reverse order: seeks back and forth
+        got[k] = {r["clip_id"]: frame_io.read_frames(r) for r in (rows[::-1] if k % 2 else rows)}
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0, 1, 2, 3]
+    for clips in got.values():
+        for cid, frames in clips.items():
+            assert frames.keys() == expected[cid].keys()
+            assert all(np.array_equal(frames[i], expected[cid][i]) for i in frames), cid
+
+
+def test_damaged_video_is_a_clip_error(tmp_path: Path) -> None:
+    video = tmp_path / "vid.mp4"
+    write_video(video, _real_frames(6))
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    row = {"clip_id": "c", "source_type": "source_video", "video_path": str(video),
+           "timestamps_us": [ts_of(i) for i in range(6)], "num_frames": 6}
+    with pytest.raises(ClipError, match="video"):
+        frame_io.read_frames(row)

@@ -11,9 +11,9 @@ probed in well under a second), so the mapping is exact even for variable frame 
 frame index computed as ``time * fps`` would drift. Decoding uses PyAV: a seek lands on the
 keyframe at or before a wanted frame and decodes forward to that frame's exact presentation
 time, so no frame is ever "keyframe-snapped". A reader stays open between clips of the same
-video (``SourceVideoReader.shared``): when a later request lies before the next keyframe the
-decoder simply continues, so clips of one video processed in time order are decoded in one
-forward pass.
+video in each thread (``SourceVideoReader.shared``): when a later request lies before the next
+keyframe the decoder simply continues, so clips of one video processed in time order are
+decoded in one forward pass.
 """
 
 from __future__ import annotations
@@ -158,9 +158,10 @@ class SourceVideoReader:
     """An open source video that hands out frames by presentation time, decoding forward and
     seeking only when a keyframe lies between the decoder's position and the wanted frame."""
 
-    _cache: OrderedDict[str, SourceVideoReader] = OrderedDict()
-    _lock = threading.Lock()
-    #: open readers kept per process (each holds a demuxer and a decoder, a few MB)
+    #: each thread's open readers (a decoder is not thread-safe: the depth stage decodes
+    #: clips on several prefetch threads)
+    _local = threading.local()
+    #: open readers kept per thread (each holds a demuxer and a decoder, a few MB)
     CACHE_SIZE = 2
 
     def __init__(self, path: str, clip_id: str):
@@ -179,27 +180,34 @@ class SourceVideoReader:
 
     @classmethod
     def shared(cls, path: str, clip_id: str) -> SourceVideoReader:
-        """The process's open reader of ``path`` (a few kept; the oldest closed), so that the
+        """This thread's open reader of ``path`` (a few kept; the oldest closed), so that the
         next clip of the same video continues where the previous one stopped."""
         try:
             st = Path(path).stat()
         except OSError as exc:  # removed since ingest: a reason for this clip, not a crash
             raise ClipError(clip_id, f"cannot read source video {path}: {exc}") from None
         key = f"{path}|{st.st_size}|{st.st_mtime_ns}"  # a replaced file is opened again
-        with cls._lock:
-            reader = cls._cache.pop(key, None)
-            if reader is None:
-                reader = cls(path, clip_id)
-            cls._cache[key] = reader
-            while len(cls._cache) > cls.CACHE_SIZE:
-                cls._cache.popitem(last=False)[1].close()
-            return reader
+        cache = cls._cache()
+        reader = cache.pop(key, None)
+        if reader is None:
+            reader = cls(path, clip_id)
+        cache[key] = reader
+        while len(cache) > cls.CACHE_SIZE:
+            cache.popitem(last=False)[1].close()
+        return reader
+
+    @classmethod
+    def _cache(cls) -> OrderedDict[str, SourceVideoReader]:
+        if not hasattr(cls._local, "readers"):
+            cls._local.readers = OrderedDict()
+        return cls._local.readers
 
     @classmethod
     def close_all(cls) -> None:
-        with cls._lock:
-            while cls._cache:
-                cls._cache.popitem(last=False)[1].close()
+        """Close this thread's readers."""
+        cache = cls._cache()
+        while cache:
+            cache.popitem(last=False)[1].close()
 
     def close(self) -> None:
         self._container.close()
