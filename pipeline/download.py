@@ -140,6 +140,10 @@ def fetch_http(url: str, dest: Path, timeout_s: float, chunk_bytes: int) -> None
     with resp:
         resumed = have and resp.status == HTTP_PARTIAL and resp.headers.get(
             "Content-Range", "").startswith(f"bytes {have}-")
+        if resp.status == HTTP_PARTIAL and not resumed:  # a range we did not ask for
+            part.unlink(missing_ok=True)
+            raise DownloadFailure(NETWORK, f"{url}: answered bytes={have}- with "
+                                           f"{resp.headers.get('Content-Range')!r}")
         length = resp.headers.get("Content-Length")
         expected = (have if resumed else 0) + int(length) if length is not None else None
         with part.open("ab" if resumed else "wb") as fh:
@@ -270,6 +274,7 @@ def run_download(cfg: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_path)
     todo, counts = [], Counter()
+    counts_lock = threading.Lock()
     for v in videos:
         have = existing_file(out_dir, v.video_id, _extensions(dl))
         old = ledger.entries.get(v.video_id, {})
@@ -286,12 +291,14 @@ def run_download(cfg: dict[str, Any]) -> dict[str, Any]:
         try:
             path = fetch_one(v, dl, out_dir)
         except DownloadFailure as exc:
-            counts[f"failed ({exc.reason})"] += 1
+            with counts_lock:
+                counts[f"failed ({exc.reason})"] += 1
             log.warning("%s: %s: %s", v.video_id, exc.reason, exc)
             ledger.record(v.video_id, status="failed", reason=exc.reason, message=str(exc),
                           clips=v.clips, tried=1)
             return
-        counts["downloaded"] += 1
+        with counts_lock:
+            counts["downloaded"] += 1
         ledger.record(v.video_id, status="done", file=path.name, clips=v.clips, tried=1)
 
     with ThreadPoolExecutor(max_workers=int(dl["workers"])) as pool:

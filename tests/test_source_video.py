@@ -138,7 +138,7 @@ def test_timestamps_outside_the_video_fail_that_clip_alone(tmp_path: Path, ray_c
                              "shards.size=1")).run("ingest")
     failed = {c: f["reason"] for c, f in summary["failed"].items()}
     assert set(failed) == {"beyond", "traversal", "no_video"}, failed
-    assert f"pose timestamp {ts_of(12)} us (line 8 of the pose file)" in failed["beyond"]
+    assert f"pose timestamp {ts_of(12)} us (pose 7 of the clip)" in failed["beyond"]
     assert "12 frames covering 0..366667 us" in failed["beyond"]
     assert "not a safe file name" in failed["traversal"]
     assert "source video notThere not found" in failed["no_video"]

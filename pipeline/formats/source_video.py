@@ -131,10 +131,12 @@ def probe(path: str, clip_id: str) -> FrameTable:
 
 
 def frames_at(
-    table: FrameTable, timestamps_us: Sequence[int], clip_id: str, path: str
+    table: FrameTable, timestamps_us: Sequence[int], clip_id: str, path: str,
+    poses: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Index (into ``table.pts``) of the frame nearest each timestamp; a ``ClipError`` naming
-    the first timestamp with no frame within half a period, and the video's range."""
+    the first timestamp with no frame within half a period, and the video's range. ``poses``:
+    the clip's pose index of each timestamp (default 0, 1, ...), for that message."""
     t = np.asarray(timestamps_us, dtype=np.float64) * 1e-6
     times = table.seconds(table.pts)
     right = np.clip(np.searchsorted(times, t), 1, len(times) - 1) if len(times) > 1 else \
@@ -145,9 +147,10 @@ def frames_at(
     bad = np.nonzero(err > HALF_PERIOD * table.period_s + TIME_SLACK_S)[0]
     if bad.size:
         i = int(bad[0])
+        pose = int(poses[i]) if poses is not None else i
         raise ClipError(
             clip_id,
-            f"pose timestamp {int(timestamps_us[i])} us (line {i + 2} of the pose file) has no "
+            f"pose timestamp {int(timestamps_us[i])} us (pose {pose + 1} of the clip) has no "
             f"frame in source video {path} within half a frame period (nearest "
             f"{err[i] * 1e6:.0f} us away; the video has {table.describe()})"
             + (f"; {bad.size} timestamps out of range in all" if bad.size > 1 else ""))
@@ -272,7 +275,7 @@ def decode_rows_frames(
     with storage.local_copy(path) as local:
         reader = SourceVideoReader.shared(str(Path(local)), clip)
         ts = [row["timestamps_us"][i] for i in wanted]
-        idx = frames_at(reader.table, ts, clip, path)
+        idx = frames_at(reader.table, ts, clip, path, wanted)
         pts = reader.table.pts[idx]
         by_pts: dict[int, list[int]] = {}
         for i, p in zip(wanted, pts):
