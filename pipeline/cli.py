@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
     )
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{run,status,unlock,ui}")
+                                metavar="{run,status,unlock,ui,download}")
     for name, text in (
         ("run", "run a stage and every upstream shard that is missing, failed or stale"),
         ("status", "per stage: shards done / with errors / failed / pending, what `run` would "
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("unlock", "remove a stale run lock (its holder's process is gone or its lease "
                    "expired); refused while the holder is alive"),
         ("ui", "trajectory designer web page: ui [image=PATH | clip=CLIP_ID] [ui.port=N]"),
+        ("download", "fetch the source video of every pose file (dataset=re10k "
+                     "dataset.root=PATH [download.url_template=...]); docs/ingest.md"),
     ):
         p = sub.add_parser(
             name, help=text, description=text, epilog=epilog,
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
             from pipeline.ui import main_ui
 
             return main_ui(args.overrides)
+        if args.command == "download":
+            from pipeline.download import main_download
+
+            return main_download(load_config(args.overrides))
         cfg = load_config(args.overrides, strict=args.command == "run")
         from pipeline import runner, work_lock
 
@@ -136,9 +142,13 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         if args.command == "status":
             try:
                 print(runner.format_status(runner.status(cfg), work_lock.holder(work_dir)))
+                _print_download_ledger(work_dir)
             except OSError as exc:  # status only reads: an unreachable bucket, a lost mount
                 raise StorageError(f"cannot read {work_dir}: {storage.describe(exc)}") from None
             except ConfigError as exc:  # nothing has run: a lock may still stand
+                if _print_download_ledger(work_dir):  # only `download` has run so far
+                    print(f"pipeline: {exc}")
+                    return 0
                 held = work_lock.holder(work_dir)
                 raise ConfigError(f"{exc}; {held.describe()}" if held else str(exc)) from None
             return 0
@@ -160,3 +170,13 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
             return 0
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _print_download_ledger(work_dir: str) -> bool:
+    """The download ledger's summary, where ``python -m pipeline download`` left one."""
+    from pipeline.download import format_ledger
+
+    text = None if storage.is_uri(work_dir) else format_ledger(work_dir)
+    if text:
+        print(text)
+    return bool(text)

@@ -255,7 +255,7 @@ def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
 
     cfg["paths"]["work_dir"] = fix(cfg["paths"]["work_dir"], "paths.work_dir")
     ds = cfg["dataset"]
-    for key in ("root", "frames_root", "videos_root", "depth_root", "clip_list"):
+    for key in ("root", "frames_root", "videos_root", "source_videos", "depth_root", "clip_list"):
         if ds.get(key) and ds[key] != "???":
             ds[key] = fix(ds[key], f"dataset.{key}")
     if ds.get("definition"):

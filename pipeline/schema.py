@@ -25,8 +25,8 @@ MANIFEST = pa.schema(
     [
         ("clip_id", pa.string()),
         ("split", pa.string()),
-        ("source_type", pa.string()),  # "video" | "images"
-        ("video_path", pa.string()),  # absolute, null unless source_type == "video"
+        ("source_type", pa.string()),  # "video" | "images" | "source_video" (at timestamps_us)
+        ("video_path", pa.string()),  # absolute, null unless source_type is a video
         ("frame_paths", pa.list_(pa.string())),  # absolute, per frame; empty for video
         ("depth_paths", pa.list_(pa.string())),  # per frame metric depth files; empty if none
         ("depth_unit", pa.float64()),  # metres per stored unit (0.001 for mm PNG, 1.0 for .npy)

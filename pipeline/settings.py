@@ -93,7 +93,7 @@ class Storage:
 @dataclass
 class Dataset:
     name: str
-    layout: Literal["re10k", "rgbd", "nerfstudio"]
+    layout: Literal["re10k", "rgbd", "nerfstudio", "colmap"]
     limit: POS_INT | None
 
 
@@ -108,6 +108,16 @@ class RgbdDataset(Dataset):
 @dataclass
 class NerfstudioDataset(RgbdDataset):
     poses_metric: bool
+    frame_interval_us: POS_INT
+
+
+@dataclass
+class ColmapDataset(Dataset):
+    images_dir: str
+    sparse_dir: str
+    relative_scale: POS_FLOAT
+    poses_metric: bool
+    depth_unit: POS_FLOAT
     frame_interval_us: POS_INT
 
 
@@ -202,7 +212,8 @@ def section_schemas(cfg: dict[str, Any]) -> dict[str, type]:
         "models": Models,
         "ray": Ray,
         "storage": Storage,
-        "dataset": {"rgbd": RgbdDataset, "nerfstudio": NerfstudioDataset}.get(
+        "dataset": {"rgbd": RgbdDataset, "nerfstudio": NerfstudioDataset,
+                    "colmap": ColmapDataset}.get(
             str(ds.get("layout")), Dataset),
         "ingest": Ingest,
         "align": Align,

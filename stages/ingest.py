@@ -16,6 +16,8 @@ import pyarrow as pa
 
 from pipeline.formats.dataset import (
     check_dataset,
+    colmap_row,
+    discover_colmap,
     discover_nerfstudio,
     discover_re10k,
     discover_rgbd,
@@ -58,6 +60,8 @@ class IngestStage(Stage):
             return discover_rgbd(cfg)
         if ds["layout"] == "nerfstudio":
             return discover_nerfstudio(cfg)
+        if ds["layout"] == "colmap":
+            return discover_colmap(cfg)
         return discover_re10k(cfg)
 
     def shard_extra(self, ctx: Any, shard_id: str, clip_ids: list[str]) -> dict[str, Any]:
@@ -77,6 +81,8 @@ class IngestStage(Stage):
                 return rgbd_row(clip_id, src, task.cfg)
             if src["layout"] == "nerfstudio":
                 return nerfstudio_row(clip_id, src, task.cfg)
+            if src["layout"] == "colmap":
+                return colmap_row(clip_id, src, task.cfg)
             return re10k_row(clip_id, src, task.cfg)
 
         rows, failures = for_each_clip(((c, sources[c]) for c in task.clip_ids), one)

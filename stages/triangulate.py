@@ -15,6 +15,7 @@ import pyarrow as pa
 import pycolmap
 
 from pipeline import storage
+from pipeline.formats import frames as frame_io
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import OBSERVATIONS
@@ -35,7 +36,9 @@ class TriangulateStage(Stage):
         cfg = task.cfg["triangulate"]
         # COLMAP's glog INFO lines (per image, per pass) would flood the driver through Ray
         pycolmap.logging.minloglevel = int(cfg["log_level"])
-        manifest = storage.read_table(task.inputs["ingest"]).to_pylist()
+        # clips of one source video in time order: its open reader decodes them in one pass
+        manifest = sorted(storage.read_table(task.inputs["ingest"]).to_pylist(),
+                          key=frame_io.decode_order)
         per_clip: dict[str, dict[str, Any]] = {}
 
         def run(clip_id: str, row: dict[str, Any]) -> pd.DataFrame:

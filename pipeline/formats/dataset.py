@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import ClipError
+from pipeline.formats import colmap as colmap_format
 from pipeline.formats import frames as frame_io
 from pipeline.formats import nerfstudio as ns_format
 from pipeline.formats import rgbd as rgbd_format
@@ -125,6 +126,13 @@ def check_dataset(cfg: dict[str, Any]) -> None:
                 f"dataset.root={value}: no {ns_format.TRANSFORMS} in it or its sub-folders "
                 "(give one nerfstudio scene folder, or a folder of scene folders)")
         return
+    if ds["layout"] == "colmap":
+        if not colmap_format.scene_dirs(root, str(ds["sparse_dir"])):
+            raise ConfigError(
+                f"dataset.root={value}: no COLMAP model in it or its sub-folders (a scene "
+                f"folder holds {ds['sparse_dir']}/ with cameras and images .bin or .txt, "
+                f"directly or in numbered sub-folders, and {ds['images_dir']}/)")
+        return
     splits = [str(s) for s in ds["splits"]]
     if not any((root / s).is_dir() for s in splits):
         raise ConfigError(
@@ -157,12 +165,14 @@ def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue
             found.setdefault(path.stem, []).append((split, path))
     sources: dict[str, dict[str, Any]] = {}
-    video_index = _video_index(ds)
+    video_index = {} if ds.get("source_videos") else _video_index(ds)
     for clip_id, hits in found.items():
         split, path = hits[0]
         videos = [
             str(p) for sp, p in video_index.get(f"{clip_id}.mp4", []) if sp in (split, None)
         ]
+        if ds.get("source_videos"):
+            videos = _source_video_of(ds, path)
         src: dict[str, Any] = {
             "layout": "re10k",
             "split": split,
@@ -182,6 +192,22 @@ def discover_re10k(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "problem": f"listed in {ds['clip_list']} but no pose file under {root}",
             }
     return sources
+
+
+def _source_video_of(ds: dict[str, Any], pose_file: Any) -> list[str]:
+    """The source video a pose file's URL line names, if present: its size/mtime joins the
+    clip's fingerprint (a video downloaded or replaced later makes the clip stale). Problems
+    (unreadable file, bad URL, no video) are reported by ``re10k_row`` with the clip's name."""
+    from pipeline.formats import source_video as sv
+
+    try:
+        with storage.path(pose_file).open("r", encoding="utf-8") as fh:
+            url = fh.readline()
+        vid = sv.video_id_from_url(url, "", str(ds["video_id_pattern"]))
+        return [sv.find_source_video("", ds["source_videos"], vid,
+                                     list(ds["source_video_extensions"]))]
+    except (OSError, UnicodeDecodeError, ClipError):
+        return []
 
 
 def clip_windows(ds: dict[str, Any]) -> Callable[[int], list[list[int]]]:
@@ -261,6 +287,31 @@ def discover_nerfstudio(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "frame_indices": picked,
                 "stat": _stat(transforms),
                 "files_stat": [_stat(f) if f.exists() else None for f in files],
+            }
+    return sources
+
+
+def discover_colmap(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One clip per COLMAP model (see ``pipeline.formats.colmap``); the size/mtime of the
+    model's files and of every file in the image (and depth) folder fingerprint it."""
+    ds = cfg["dataset"]
+    root = storage.path(ds["root"])
+    sources: dict[str, dict[str, Any]] = {}
+    for scene in colmap_format.scene_dirs(root, str(ds["sparse_dir"])):
+        folders = [scene / str(ds["images_dir"])]
+        if ds.get("depth_dir"):
+            folders.append(scene / str(ds["depth_dir"]))
+        inputs = [[str(p), *_stat(p)] for f in folders if f.is_dir()
+                  for p in sorted(f.iterdir()) if p.is_file()]
+        for clip_id, model in colmap_format.scene_models(scene, str(ds["sparse_dir"])):
+            files = sorted(p for p in model.iterdir() if p.is_file())
+            sources[clip_id] = {
+                "layout": "colmap",
+                "split": ds["split"],
+                "scene": str(scene),
+                "model": str(model),
+                "stat": [[p.name, *_stat(p)] for p in files],
+                "files_stat": inputs,
             }
     return sources
 
@@ -352,6 +403,32 @@ def _video_info(clip_id: str, path: Any, verify: str) -> tuple[int, int, int]:
     return w, h, n
 
 
+def _source_video_checked(
+    clip_id: str, ds: dict[str, Any], url: str, timestamps: np.ndarray, verify: str
+) -> tuple[str, int, int]:
+    """The clip's source video (``<source_videos>/<video_id>.<ext>``), its width and height.
+
+    Every timestamp must have a frame within half a frame period (read from the packets, no
+    decoding); the frames are then decoded (all, or the first and last) so that a damaged
+    video fails here, once, instead of in every stage that reads it."""
+    from pipeline.formats import source_video as sv
+
+    vid = sv.video_id_from_url(url, clip_id, str(ds["video_id_pattern"]))
+    path = sv.find_source_video(clip_id, ds["source_videos"], vid,
+                                list(ds["source_video_extensions"]))
+    with storage.local_copy(path) as local:
+        table = sv.probe(local, clip_id)
+        sv.frames_at(table, timestamps, clip_id, path)
+        n = len(timestamps)
+        check = list(range(n)) if verify == "all" else sorted({0, n - 1})
+        row = {"clip_id": clip_id, "video_path": local, "timestamps_us": timestamps.tolist()}
+        for _ in sv.decode_rows_frames(row, check, None):
+            pass
+    if table.width <= 0 or table.height <= 0:
+        raise ClipError(clip_id, f"video {path} has no frame size")
+    return path, table.width, table.height
+
+
 def _depth_files(
     clip_id: str, depth_root: str | None, split: str, timestamps: np.ndarray
 ) -> list[str]:
@@ -385,13 +462,19 @@ def re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[st
     folder = next((f for f in folders if f.is_dir()), None)
     # found by discovery, with one listing for the whole dataset (see _video_index)
     videos = [storage.path(v) for v in src.get("videos", []) if storage.path(v).is_file()]
-    if folder is not None:
+    source_type = "images"
+    if ds.get("source_videos"):  # whole source videos, decoded at the pose timestamps
+        source_type = "source_video"
+        video_path, width, height = _source_video_checked(
+            clip_id, ds, poses.url, poses.timestamps_us, ing["verify_frames"])
+    elif folder is not None:
         frame_paths = _find_image_frames(clip_id, folder, poses.timestamps_us, exts)
         width, height = _image_size_checked(clip_id, frame_paths, ing["verify_frames"])
     elif videos:
         if len(videos) > 1:
             raise ClipError(clip_id, "several videos match: " + ", ".join(map(str, videos)))
         video_path = str(videos[0])
+        source_type = "video"
         width, height, n_video = _video_info(clip_id, videos[0], ing["verify_frames"])
         if n_video != n:
             raise ClipError(
@@ -407,7 +490,7 @@ def re10k_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[st
     return {
         "clip_id": clip_id,
         "split": split,
-        "source_type": "video" if video_path else "images",
+        "source_type": source_type,
         "video_path": video_path,
         "frame_paths": frame_paths,
         "depth_paths": _depth_files(clip_id, ds.get("depth_root"), split, poses.timestamps_us),
@@ -577,6 +660,89 @@ def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> di
         "depth_unit": unit,
         "timestamps_us": [int(i) * interval for i in src["frame_indices"]],
         "intrinsics": [fx / w, fy / h, cx / w, cy / h],
+        "width": w,
+        "height": h,
+        "num_frames": len(frame_paths),
+        "w2c": w2c,
+        "true_scale": 1.0 / rel if ds["poses_metric"] else None,
+        "url": f"file://{scene.name}",
+    }
+
+
+# ---------------------------------------------------------------------- COLMAP models
+def colmap_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Manifest row of one COLMAP model: its registered images in name order, one pinhole
+    camera (per-image cameras must agree within ``ingest.intrinsics_tolerance`` once
+    normalised), images of the camera's size, translations times ``dataset.relative_scale``;
+    ``true_scale`` only with ``dataset.poses_metric=true``, as for nerfstudio scenes."""
+    ds, ing = cfg["dataset"], cfg["ingest"]
+    scene, model = storage.path(src["scene"]), storage.path(src["model"])
+    rel = float(ds["relative_scale"])
+    tol = float(ing["rotation_tolerance"])
+    rec = colmap_format.read_model(model, clip_id)
+    images = colmap_format.ordered_images(rec)
+    if len(images) < int(ing["min_frames"]):
+        raise ClipError(clip_id, f"COLMAP model {model} has {len(images)} registered images, "
+                                 f"need at least {ing['min_frames']}")
+    image_dir = scene / str(ds["images_dir"])
+    depth_dir = scene / str(ds["depth_dir"]) if ds.get("depth_dir") else None
+    frame_paths, depth_paths, w2c, cams = [], [], [], []
+    for im in images:
+        where = f"{model} image {im.name!r}"
+        path = image_dir / im.name
+        if not path.is_file():
+            raise ClipError(clip_id, f"missing image {path} ({where})")
+        cam = rec.cameras[im.camera_id]
+        fx, fy, cx, cy = colmap_format.camera_pinhole(cam, clip_id, where)
+        w, h = int(cam.width), int(cam.height)
+        cams.append((fx / w, fy / h, cx / w, cy / h, w, h))
+        m = colmap_format.w2c(im)
+        if not np.all(np.isfinite(m)):
+            raise ClipError(clip_id, f"{where}: non-finite pose")
+        check_rotation(clip_id, m[:, :3], tol, where)
+        m[:, 3] *= rel
+        w2c.append(m.reshape(12).tolist())
+        frame_paths.append(str(path))
+        if depth_dir is not None:
+            stem = Path(im.name).with_suffix("")
+            found = [depth_dir / f"{stem}.{ext}" for ext in ("png", "npy")
+                     if (depth_dir / f"{stem}.{ext}").is_file()]
+            if not found:
+                raise ClipError(clip_id, f"missing depth {depth_dir / stem}.png|.npy ({where})")
+            depth_paths.append(str(found[0]))
+    ref = np.asarray(cams[0][:4])
+    itol = float(ing["intrinsics_tolerance"])
+    for cam, path in zip(cams, frame_paths):
+        if cam[4:] != cams[0][4:] or np.abs(np.asarray(cam[:4]) - ref).max() > itol:
+            raise ClipError(clip_id, f"camera changes within the model at {path} (the "
+                                     "pipeline takes one camera per clip)")
+    w, h = cams[0][4:]
+    check = frame_paths if ing["verify_frames"] == "all" else [frame_paths[0], frame_paths[-1]]
+    for p in check:
+        width, height = _image_size_checked(clip_id, [p], "ends")
+        if (width, height) != (w, h):
+            raise ClipError(clip_id, f"image size mismatch: {p} is {width}x{height} but the "
+                                     f"COLMAP camera is {w}x{h}")
+    unit = float(ds["depth_unit"])
+    if depth_paths:
+        if len({p.endswith(".npy") for p in depth_paths}) > 1:
+            raise ClipError(clip_id, "depth files mix .npy and images within the clip")
+        unit = 1.0 if depth_paths[0].endswith(".npy") else unit  # .npy depth is in metres
+        dw, dh = _depth_size(clip_id, depth_paths[0])
+        if (dw, dh) != (w, h):
+            raise ClipError(clip_id, f"depth {depth_paths[0]} is {dw}x{dh} but the image is "
+                                     f"{w}x{h}")
+    interval = int(ds["frame_interval_us"])
+    return {
+        "clip_id": clip_id,
+        "split": src["split"],
+        "source_type": "images",
+        "video_path": None,
+        "frame_paths": frame_paths,
+        "depth_paths": depth_paths,
+        "depth_unit": unit,
+        "timestamps_us": [i * interval for i in range(len(frame_paths))],
+        "intrinsics": [float(x) for x in ref],
         "width": w,
         "height": h,
         "num_frames": len(frame_paths),

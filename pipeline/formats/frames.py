@@ -1,4 +1,5 @@
-"""Decoding a clip's frames from its source (one mp4, or one image file per frame).
+"""Decoding a clip's frames from its source (one mp4, one image file per frame, or the
+whole source video decoded at the pose timestamps: ``pipeline.formats.source_video``).
 
 Stages receive a manifest row and ask for a subset of frame indices, optionally resized; the
 decoder reads a video once, sequentially (seeking in long-GOP mp4s is slow and, with some
@@ -80,7 +81,11 @@ def iter_frames(
     wanted = sorted(set(range(n) if indices is None else (int(i) for i in indices)))
     if wanted and (wanted[0] < 0 or wanted[-1] >= n):
         raise ClipError(clip, f"frame index out of range 0..{n - 1}")
-    if row["source_type"] == "video":
+    if row["source_type"] == "source_video":  # the whole source video, at the pose timestamps
+        from pipeline.formats.source_video import decode_rows_frames
+
+        yield from decode_rows_frames(row, wanted, size)
+    elif row["source_type"] == "video":
         path = row["video_path"]
         # a video in a bucket is copied once to the node's scratch dir for the decoder
         with storage.local_copy(path) as local:
@@ -128,6 +133,14 @@ def _video_frames(
             idx += 1
     finally:
         cap.release()
+
+
+def decode_order(row: dict[str, Any]) -> tuple[str, int]:
+    """Sort key putting the clips of one source video together, in time order (a stable sort
+    leaves every other kind of clip where it was)."""
+    if row["source_type"] != "source_video" or not row["timestamps_us"]:
+        return ("", 0)
+    return (str(row["video_path"]), int(row["timestamps_us"][0]))
 
 
 def read_frames(
