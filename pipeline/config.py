@@ -62,6 +62,9 @@ def _auto_groups(extra: list[Path]) -> list[str]:
 
 
 def _compose(overrides: list[str], extra: list[Path]) -> Any:
+    from pipeline import settings
+
+    settings.register_defaults()  # the schemas' defaults, which conf/ extends and overrides
     GlobalHydra.instance().clear()
     search = []
     if extra:
@@ -201,13 +204,11 @@ def check(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
 
     if defaults is not None:
         _check_types(cfg, defaults, "")
-    schemas = settings.section_schemas(cfg)
+    extra: dict[str, type] = {}
     for stage in registry.stages().values():
-        schemas.update(stage.settings)
+        extra.update(stage.settings)
     try:
-        for key, schema in schemas.items():
-            if key in cfg:
-                settings.validate(cfg[key], schema, key)
+        settings.check_config(cfg, extra)
     except settings.SettingError as exc:
         raise ConfigError(str(exc)) from None
     name = cfg["stage"]["name"]
