@@ -112,11 +112,9 @@ class DepthProvider:
         for those defaults), whichever backend the run uses."""
         if self.cfg["depth"].get("backend") == "sensor":
             return self.cfg["depth"]
-        from omegaconf import OmegaConf
+        from pipeline.settings import DepthSensor, defaults
 
-        from pipeline.config import CONF_DIR
-
-        return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "depth" / "sensor.yaml"))
+        return defaults(DepthSensor)
 
     def _model(self) -> tuple[Any, str | None]:
         if self._predictor is None and self._model_reason is None:
