@@ -246,12 +246,12 @@ class Runner:
     def _adopt_earlier_fingerprint(self, stage: Stage, ledger: Ledger, prev: Entry | None,
                                    fp: str, clips: list[str], digests: dict[str, Any],
                                    extra: Any) -> None:
-        """An entry written before the stage declared ``config_exclude`` carries the
+        """An entry written before the stage declared ``reads.config_exclude`` carries the
         fingerprint of its whole sections: with unchanged settings it is the same result, so it
         takes the new fingerprint instead of being redone (for train: retrained from scratch)."""
-        if prev is None or prev.fingerprint == fp or not stage.config_exclude:
+        if prev is None or prev.fingerprint == fp or not stage.reads.config_exclude:
             return
-        whole = stage_config_view(self.cfg, stage.config_keys)
+        whole = stage_config_view(self.cfg, stage.reads.config)
         if prev.fingerprint == self._fingerprint(stage, clips, digests, extra, whole):
             prev.fingerprint = fp
             ledger.put(prev)
@@ -323,7 +323,7 @@ class Runner:
     def _upstream_of_shard(self, stage: Stage, shard: str) -> tuple[dict, dict, str | None]:
         inputs: dict[str, str] = {}
         digests: dict[str, Any] = {}
-        for up in stage.upstream:
+        for up in stage.reads.upstream:
             up_ledger = Ledger(self.work_dir, up)
             e = up_ledger.get(shard)
             up_out = up_ledger.done_path(e)
@@ -355,7 +355,7 @@ class Runner:
         inputs_all: dict[str, list[str]] = {}
         digests: dict[str, Any] = dict(own)
         blocked = None
-        for up in stage.upstream:
+        for up in stage.reads.upstream:
             up_stage = load_stage(up)
             up_ledger = Ledger(self.work_dir, up)
             ids = [GLOBAL_SHARD] if up_stage.kind == GLOBAL else ctx.shard_ids
@@ -366,7 +366,7 @@ class Runner:
             inputs_all[up] = [storage.join(self.work_root, e.output) for e in done.values()]
             digests[up] = {s: _chained_digest(e) for s, e in done.items()}
         inputs = {up: storage.join(self.work_root, load_stage(up).out_dir_name(self.cfg))
-                  for up in stage.upstream}
+                  for up in stage.reads.upstream}
         return self._plan_task(stage, ctx, ledger, GLOBAL_SHARD, [], inputs, digests,
                                extra_all, blocked, force, inputs_all)
 

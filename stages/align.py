@@ -25,7 +25,8 @@ from pipeline.scale.factors import (
     working_focal,
 )
 from pipeline.schema import ALIGN
-from pipeline.stage import ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.settings import Settings
+from pipeline.stage import Reads, ShardResult, ShardTask, Stage, for_each_clip
 
 KEYS = ["clip_id", "frame_idx", "point_id"]
 
@@ -62,12 +63,14 @@ def _read(path: str, columns: list[str]) -> pd.DataFrame:
 
 class AlignStage(Stage):
     name = "align"
-    upstream = ("ingest", "triangulate", "depth")
-    config_keys = ("align",)
+    #: ``triangulate.image.max_long_side`` (the working focal) is read too; it reaches the
+    #: fingerprint through triangulate's output, which it changes
+    reads = Reads(upstream=("ingest", "triangulate", "depth"), config=("align",))
     version = 1
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        acfg = task.cfg["align"]
+        settings = Settings(task.cfg)
+        acfg = settings.align
         man = _read(task.inputs["ingest"], ["clip_id", "num_frames", "intrinsics", "width",
                                              "height", "w2c"])
         obs = _read(
@@ -77,14 +80,14 @@ class AlignStage(Stage):
         dep = _read(task.inputs["depth"], [*KEYS, "depth", "valid"])
         joined = join_observations(obs, dep)
         joined["valid"] = joined["valid"].eq(True).to_numpy()  # no depth sample -> invalid
-        if acfg.get("min_track_len") is not None and "track_len" in joined:
-            joined["valid"] &= joined["track_len"].to_numpy() >= int(acfg["min_track_len"])
-        if acfg.get("max_reproj_err") is not None and "reproj_err" in joined:
-            joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg["max_reproj_err"])
+        if acfg.min_track_len is not None and "track_len" in joined:
+            joined["valid"] &= joined["track_len"].to_numpy() >= acfg.min_track_len
+        if acfg.max_reproj_err is not None and "reproj_err" in joined:
+            joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg.max_reproj_err)
         groups = joined.groupby("clip_id", sort=False).indices
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
-        focal = working_focal(man, task.cfg["triangulate"]["image"]["max_long_side"])
-        ucfg = uncertainty_settings(acfg)
+        focal = working_focal(man, settings.triangulate.image.max_long_side)
+        ucfg = uncertainty_settings(task.cfg["align"])
         cams = {r.clip_id: camera_arrays(r) for r in man.itertuples(index=False)}
         empty = np.zeros(0, dtype=np.int64)
 
@@ -98,8 +101,8 @@ class AlignStage(Stage):
                 g["z_cam"].to_numpy(),
                 g["depth"].to_numpy(dtype=np.float64, na_value=np.nan),
                 g["valid"].to_numpy(dtype=bool),
-                int(acfg["min_obs_per_frame"]),
-                int(acfg["min_measured_frames"]),
+                acfg.min_obs_per_frame,
+                acfg.min_measured_frames,
                 point_id=g["point_id"].to_numpy(),
                 tri_angle=_column(g, "tri_angle"),
                 ray_err=_column(g, "reproj_err") / focal[clip_id],

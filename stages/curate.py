@@ -19,6 +19,7 @@ report beside the shards. Column definitions: ``docs_curated_columns.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -36,8 +37,10 @@ from pipeline.geometry.poses import camera_extent, metric_relative_c2w, relative
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import CURATED, REALCAM_VID, SCHEMA_VERSION
+from pipeline.settings import Curate, Settings
 from pipeline.stage import (
     ClipError,
+    Reads,
     ShardResult,
     ShardTask,
     Stage,
@@ -238,8 +241,7 @@ class CurateStage(Stage):
     name = "curate"
     output_dir = "curated"
     finalize_output = "_dataset.json"  # the dataset-wide step runs under the ledger
-    upstream = ("ingest", "align")
-    config_keys = ("curate",)
+    reads = Reads(upstream=("ingest", "align"), config=("curate",))
     version = 1
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
@@ -247,8 +249,8 @@ class CurateStage(Stage):
         if out_dir.is_dir():  # every run, even when the shards and the dataset step are fresh
             self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"), list(FILTER_COLUMNS))
-        cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]),
-                              ctx.cfg["curate"]["max_uncertainty"])
+        ccfg = Settings(ctx.cfg).curate
+        cut = compute_cutoffs(aligned, float(ccfg.quantile), ccfg.max_uncertainty)
         ctx.log(
             f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
             + ", ".join(
@@ -289,12 +291,13 @@ class CurateStage(Stage):
 
     # -------------------------------------------------------------------------- finalize
     def finalize(self, ctx: Any) -> dict[str, Any]:
-        ccfg = ctx.cfg["curate"]
+        settings = Settings(ctx.cfg)
+        ccfg = settings.curate
         out_dir = storage.path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"))
-        cut = compute_cutoffs(aligned, float(ccfg["quantile"]), ccfg["max_uncertainty"])
+        cut = compute_cutoffs(aligned, float(ccfg.quantile), ccfg.max_uncertainty)
         curated = _read_many(
             ctx.done_outputs("curate"),
             ["clip_id", "split", "frame_scale", "clip_scale", "true_scale", "num_frames",
@@ -340,8 +343,8 @@ class CurateStage(Stage):
             len(kept) + len(filtered) + len(failed) + len(pending) == len(clips_in)
         )
 
-        qs = [float(q) for q in ccfg["distribution_quantiles"]]
-        bins = int(ccfg["histogram_bins"])
+        qs = [float(q) for q in ccfg.distribution_quantiles]
+        bins = ccfg.histogram_bins
         kept_al = aligned[aligned["clip_id"].isin(kept)] if len(aligned) else aligned
         dist: dict[str, Any] = {}
         for name, frame in (("aligned", aligned), ("kept", kept_al)):
@@ -360,7 +363,7 @@ class CurateStage(Stage):
                 dist[name]["frames_interpolated_fraction"] = float(interp.mean())
 
         truth = self._truth_table(ctx, aligned, manifest, kept, filtered)
-        self._export_compat(out_dir / _side_dir(ccfg["compat_dir"]), curated, ccfg)
+        self._export_compat(out_dir / _side_dir(ccfg.compat_dir), curated, ccfg)
         meta = {
             "schema_version": SCHEMA_VERSION,
             "stage_version": self.version,
@@ -374,16 +377,16 @@ class CurateStage(Stage):
             "pending": pending,
             "true_scale_check": truth,
         }
-        if ccfg["report"]["enabled"]:
+        if ccfg.report.enabled:
             from pipeline.report import make_report
 
             frame_obs = (
                 np.concatenate([np.asarray(x, float) for x in aligned["frame_num_obs"]])
                 if len(aligned) else np.zeros(0)
             )
-            make_report(out_dir / _side_dir(ccfg["report"]["dir"]), aligned, cut, counts,
-                        frame_obs, int(ctx.cfg["align"]["min_obs_per_frame"]), truth,
-                        ccfg["report"])
+            make_report(out_dir / _side_dir(ccfg.report.dir), aligned, cut, counts,
+                        frame_obs, settings.align.min_obs_per_frame, truth,
+                        dataclasses.asdict(ccfg.report))
         write_json_atomic(meta, out_dir / "_dataset.json")
         ctx.log(
             f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(filtered)} "
@@ -434,7 +437,7 @@ class CurateStage(Stage):
 
     def _quarantine(self, ctx: Any, src: Any) -> Any:
         """Move ``src`` into ``curate.quarantine_dir`` (outside curated/), never overwriting."""
-        qdir = storage.path(ctx.work_dir) / str(ctx.cfg["curate"]["quarantine_dir"])
+        qdir = storage.path(ctx.work_dir) / Settings(ctx.cfg).curate.quarantine_dir
         qdir.mkdir(parents=True, exist_ok=True)
         dest, n = qdir / src.name, 1
         while dest.exists():
@@ -467,7 +470,7 @@ class CurateStage(Stage):
         if not rows:
             return {"n": 0, "rows": []}
         errs = np.abs([r["rel_err"] for r in rows])
-        max_rows = int(ctx.cfg["curate"]["truth_log_rows"])
+        max_rows = Settings(ctx.cfg).curate.truth_log_rows
         ctx.log(f"[curate] recovered clip_scale vs true_scale ({len(rows)} clips)")
         ctx.log(f"  {'clip_id':<28}{'true':>12}{'recovered':>12}{'rel err':>10}  status")
         for r in rows[:max_rows]:
@@ -479,20 +482,20 @@ class CurateStage(Stage):
         return {"n": len(rows), "median_abs_rel_err": float(np.median(errs)),
                 "max_abs_rel_err": float(errs.max()), "rows": rows}
 
-    def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: dict[str, Any]) -> None:
+    def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: Curate) -> None:
         """CamI2V/RealCam-I2V drop-in files: clip -> per-frame factors, valid clip lists, and
         the RealCam-Vid-style table of metric relative poses (``realcam_vid_row``)."""
         cdir.mkdir(parents=True, exist_ok=True)
-        dtype = np.dtype(str(ccfg["compat_dtype"]))
+        dtype = np.dtype(ccfg.compat_dtype)
         cur = curated.sort_values("clip_id") if len(curated) else curated
         arrays = {r.clip_id: np.asarray(r.frame_scale, dtype=dtype) for r in cur.itertuples()}
         write_npz_deterministic(arrays, cdir / "per_frame_scale.npz")
         # one Parquet table, rows in clip order, no pandas metadata: byte-identical on re-runs
         rows = [realcam_vid_row(r) for r in cur.itertuples()]
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=REALCAM_VID),
-                             cdir / str(ccfg["compat_realcam_vid"]))
+                             cdir / ccfg.compat_realcam_vid)
         legacy = cdir / "per_frame_scale_cami2v.npz"
-        if ccfg["compat_cami2v_dict"]:
+        if ccfg.compat_cami2v_dict:
             # CamI2V/RealCam-I2V read np.load(p, allow_pickle=True)["arr_0"].item(): one pickled
             # dict. Opt-in, because loading it needs allow_pickle (trust the file's origin).
             holder = np.empty((), dtype=object)
