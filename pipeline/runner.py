@@ -34,6 +34,7 @@ from pipeline.config import ConfigError, stage_config_view
 from pipeline.errors import StorageError
 from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
+from pipeline.settings import Settings
 from pipeline.stage import (
     GLOBAL,
     GLOBAL_SHARD,
@@ -77,11 +78,12 @@ class RunContext:
     def __init__(self, cfg: dict[str, Any], shards: dict[str, list[str]],
                  sources: dict[str, Any] | None = None):
         self.cfg = cfg
-        self.work_dir = storage.path(cfg["paths"]["work_dir"])  # Path, or ObjectPath for a URI
+        settings = Settings(cfg)
+        self.work_dir = storage.path(settings.paths.work_dir)  # Path, or ObjectPath for a URI
         self.shards = shards
         self.shard_ids = sorted(shards)
         self.sources = sources or {}
-        self.progress = bool(cfg.get("progress", True))
+        self.progress = settings.progress
 
     def output_path(self, stage: str, shard_id: str) -> Any:
         return self.work_dir / load_stage(stage).output_file(self.cfg, shard_id)
@@ -115,32 +117,32 @@ class Runner:
         """``started_at``: when the command started (epoch seconds), so the reported wall time
         is the whole command's (imports, Ray start), not only the stages'; default now."""
         self.cfg = cfg
+        #: the same config, typed (attribute access; ``cfg`` stays what tasks receive)
+        self.settings = Settings(cfg)
         self.started_at = time.time() if started_at is None else float(started_at)
         self._ray_ready = False
         #: the work dir as configured: what tasks receive (``~`` is each node's home)
-        self.work_root = str(cfg["paths"]["work_dir"])
+        self.work_root = self.settings.paths.work_dir
         #: the same, resolved here for the driver's own reads and writes
         self.work_dir = storage.path(self.work_root)
-        self.force = bool(cfg.get("force", False))
+        self.force = self.settings.force
         self.report: dict[str, Any] = {"stages": {}}
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
         """Discover clips (the source stage's job) and cut them into shards of sorted ids."""
         sources = registry.source().discover(self.cfg)
+        ds = self.settings.dataset
         if not sources:
-            ds = self.cfg["dataset"]
-            raise ConfigError(f"dataset '{ds['name']}' at {ds.get('root')} has no clips")
+            raise ConfigError(f"dataset '{ds.name}' at {ds.root} has no clips")
         ids = sorted(sources)
-        limit = self.cfg["dataset"].get("limit")
-        if limit is not None:
-            ids = ids[: int(limit)]
+        if ds.limit is not None:
+            ids = ids[: ds.limit]
             sources = {c: sources[c] for c in ids}
-        shards = cut_shards(ids, int(self.cfg["shards"]["size"]),
-                            int(self.cfg["shards"]["max_factor"]))
+        shards = cut_shards(ids, self.settings.shards.size, self.settings.shards.max_factor)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
-            {"dataset": self.cfg["dataset"].get("name"), "shards": shards},
+            {"dataset": ds.name, "shards": shards},
             self.work_dir / "plan.json",
         )
         return shards, sources
@@ -166,11 +168,11 @@ class Runner:
         else:  # the first write: a read-only directory or mount is one line, not a traceback
             check_writable(self.work_root)
         self._lock = work_lock.acquire(self.work_root,
-                                       float(self.cfg["storage"]["lock_ttl_s"]))
+                                       float(self.settings.storage.lock_ttl_s))
         failure: StorageError | None = None
         summary: dict[str, Any] | None = None
         try:
-            plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
+            plog.setup(self.work_dir, self.settings.log.level)
             if self._lock.note:  # a killed run's lock, taken over
                 log.info(self._lock.note)
             summary = self._run_locked(target, chain)
@@ -429,7 +431,7 @@ class Runner:
         pending = list(todo)
         in_flight: dict[Any, tuple[Entry, ShardTask]] = {}
         n_clips = sum(len(t.clip_ids) for _, t in todo)
-        every = float(self.cfg["log"]["progress_every_s"])
+        every = float(self.settings.log.progress_every_s)
         bar = plog.progress(n_clips, f"{stage.name} clips", "clips", ctx.progress, every)
         ok = failed = 0
         try:

@@ -35,7 +35,8 @@ from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.log import log, progress
 from pipeline.registry import register
-from pipeline.stage import GLOBAL, ClipError, ShardResult, ShardTask, Stage
+from pipeline.settings import Settings
+from pipeline.stage import GLOBAL, ClipError, Reads, ShardResult, ShardTask, Stage
 
 #: what to try when no clip could be measured, by source
 NOTHING_HINT = {
@@ -345,10 +346,9 @@ class EvaluateStage(Stage):
     name = "evaluate"
     kind = GLOBAL
     in_all = False
-    upstream = ("ingest",)
     #: evaluate's own settings, and those that put SfM trajectories in metres (``score_trial``
     #: triangulates and aligns with them); ``config_view`` adds what a source reads
-    config_keys = ("evaluate", "triangulate", "align")
+    reads = Reads(upstream=("ingest",), config=("evaluate", "triangulate", "align"))
     output_name = "metrics.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
@@ -367,7 +367,7 @@ class EvaluateStage(Stage):
         """Plus the depth settings when metric depth is on, and the train settings (model,
         sampler) when the model is sampled."""
         view = super().config_view(cfg)
-        if str(cfg["evaluate"]["metric_depth"]) != "none":
+        if Settings(cfg).evaluate.metric_depth != "none":
             view["depth"] = cfg.get("depth")
         if self._source_of(cfg) == "model":
             view["train"] = cfg.get("train")
@@ -378,10 +378,11 @@ class EvaluateStage(Stage):
         checkpoints it samples (a newer or replaced checkpoint is another model)."""
         cfg = ctx.cfg
         source = self._source_of(cfg)
+        s = Settings(cfg)
         if source == "videos":
-            return [str(cfg["evaluate"]["videos"]), str(cfg["evaluate"]["trajectories"])]
+            return [str(s.evaluate.videos), str(s.evaluate.trajectories)]
         if source == "model":
-            return [str(storage.path(ctx.work_dir) / cfg["train"]["out_subdir"] / "checkpoints")]
+            return [str(storage.path(ctx.work_dir) / s.train.out_subdir / "checkpoints")]
         return []
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
@@ -437,9 +438,10 @@ class EvaluateStage(Stage):
             raise ConfigError("evaluate: no clip to evaluate"
                               + (f" ({len(failures)} failed, e.g. "
                                  f"{next(iter(failures.items()))})" if failures else ""))
-        trials = int(ecfg["trials"])
-        threads = int(ecfg["num_cpus"])
-        scratch = None if ecfg.get("scratch_dir") in (None, "auto") else ecfg["scratch_dir"]
+        s = Settings(cfg)
+        trials = s.evaluate.trials
+        threads = s.evaluate.num_cpus
+        scratch = None if s.evaluate.scratch_dir == "auto" else s.evaluate.scratch_dir
         tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
         remote = ray.remote(ce.run_trial).options(
             num_cpus=threads, max_retries=0, name="evaluate-trial",
@@ -454,7 +456,7 @@ class EvaluateStage(Stage):
                                  ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
 
         bar = progress(len(clips) * trials, "evaluate SfM", "trials",
-                       bool(cfg.get("progress", True)), float(cfg["log"]["progress_every_s"]))
+                       s.progress, float(s.log.progress_every_s))
         counts = {"ok": 0, "failed": 0}
 
         def on_result(result: dict[str, Any]) -> None:
@@ -465,7 +467,7 @@ class EvaluateStage(Stage):
         try:
             results = ce.run_trials(
                 [c for c, _, _ in clips], submit,
-                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]),
+                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, s.evaluate.seed,
                 on_result=on_result)
         finally:
             bar.close()
