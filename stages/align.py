@@ -3,7 +3,7 @@
 
 The estimator and every output column are defined in ``pipeline/scale/factors.py``
 (``frame_factors``); this module joins the shard's observations with their depth samples,
-applies the optional observation filters of ``conf/align/default.yaml``, runs the estimator per
+applies the optional observation filters of ``pipeline.settings.Align``, runs the estimator per
 clip (a bad clip is recorded as failed with its reason) and writes the table atomically.
 """
 
