@@ -1093,7 +1093,9 @@ def _check(key: str, value: Any, tp: Any) -> None:
         return
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        # 1 == True in Python: a choice matches only a value of its own kind
+        if not any(c == value and isinstance(c, bool) == isinstance(value, bool)
+                   for c in choices):
             shown = ", ".join("''" if c == "" else str(c).lower() if isinstance(c, bool)
                               else str(c) for c in choices)
             raise SettingError(f"{key} must be one of {shown}; got {_show(value)}")
@@ -1121,10 +1123,9 @@ def _check(key: str, value: Any, tp: Any) -> None:
     else:
         ok = isinstance(value, tp)
     if not ok:
-        if value is None:
-            raise SettingError(f"{key} must be set (a {tp.__name__}), got null")
-        raise SettingError(f"{key} must be {'an' if tp is int else 'a'} {tp.__name__}, "
-                           f"got {_show(value)}")
+        what = {bool: "true/false", int: "an integer", float: "a number",
+                str: "a string"}.get(tp, f"a {tp.__name__}")
+        raise SettingError(f"{key} must be {what}, got {'null' if value is None else _show(value)}")
 
 
 def validate(section: dict[str, Any], schema: type, prefix: str) -> None:

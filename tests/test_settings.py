@@ -91,6 +91,13 @@ def test_bad_triangulate_setting_stops_the_cli_before_ray(monkeypatch, capsys,
     assert err == ["error: triangulate.frames.max_n must be >= 2, got -1"], err
 
 
+def test_choices_match_values_of_their_own_kind() -> None:
+    for ok in ("auto", "true", "false"):
+        load_config([f"train.distributed.use_gpu={ok}"])
+    with pytest.raises(ConfigError, match="use_gpu must be one of auto, true, false; got 1"):
+        load_config(["train.distributed.use_gpu=1"])
+
+
 def test_key_no_schema_declares_is_refused_with_the_closest() -> None:
     cfg = load_config([])
     cfg["evaluate"]["trails"] = 3  # as if a YAML file had it
