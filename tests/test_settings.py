@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from pipeline.io import stable_hash
 from pipeline.settings import Settings
 from pipeline.stage import Reads
 from tests.conftest import ROOT
+from tests.fingerprints import FINGERPRINT_SETS, stage_fingerprints
 
 #: one bad value per section: (override, what the message must also say). The key and the value
 #: are always checked, too.
@@ -172,23 +172,8 @@ def test_typed_view_reads_the_composed_values() -> None:
 
 
 # ---------------------------------------------------------------------- fingerprints
-#: the config overrides whose stage fingerprints were recorded
-FINGERPRINT_SETS = {
-    "sample": [],
-    "re10k": ["dataset=re10k", "dataset.root=data"],
-    "rgbd": ["dataset=rgbd", "dataset.root=data"],
-    "nerfstudio": ["dataset=nerfstudio", "dataset.root=data"],
-    "da2_metric": ["depth=da2_metric"],
-    "svd": ["train=svd_320x512"],
-    "builtin_256": ["train=builtin_256"],
-    "eval_dataset": ["evaluate.source=dataset"],
-    "eval_no_depth": ["evaluate.metric_depth=none"],
-    "eval_videos": ["evaluate.videos=v", "evaluate.trajectories=t"],
-    "edited": ["triangulate.frames.max_n=16", "align.min_track_len=3", "curate.quantile=0.05",
-               "train.sampling.steps=5", "ingest.verify_frames=ends"],
-}
-#: recorded with the defaults still spelt out in conf/*.yaml (stage name, version and
-#: ``config_view`` of every stage, project root and current directory written as placeholders)
+#: ``python -m tests.fingerprints`` (from another directory, with the project on PYTHONPATH) on
+#: the tree whose defaults were still spelt out in conf/*.yaml
 RECORDED = {
     "sample": "524feae9ed31b496",
     "re10k": "0cb80158d8e1ab30",
@@ -204,22 +189,11 @@ RECORDED = {
 }
 
 
-def _stage_fingerprints(cfg: dict[str, Any]) -> dict[str, str]:
-    cwd = os.getcwd()
-    out = {}
-    for name, stage in sorted(registry.stages().items()):
-        text = json.dumps({"stage": name, "version": stage.version,
-                           "config": stage.config_view(cfg)})
-        out[name] = stable_hash(json.loads(text.replace(str(ROOT), "<ROOT>")
-                                           .replace(cwd, "<CWD>")))
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(FINGERPRINT_SETS))
 def test_stage_fingerprints_are_the_recorded_ones(name: str, tmp_path: Path,
                                                   monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    per_stage = _stage_fingerprints(load_config(FINGERPRINT_SETS[name]))
+    per_stage = stage_fingerprints(load_config(FINGERPRINT_SETS[name]))
     assert set(per_stage) >= {"ingest", "triangulate", "depth", "align", "curate", "train",
                               "sample", "evaluate"}
     assert stable_hash(per_stage) == RECORDED[name], per_stage
@@ -228,10 +202,10 @@ def test_stage_fingerprints_are_the_recorded_ones(name: str, tmp_path: Path,
 def test_a_changed_setting_changes_only_its_stages_fingerprint(tmp_path: Path,
                                                                monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    base = _stage_fingerprints(load_config([]))
-    edited = _stage_fingerprints(load_config(["triangulate.frames.max_n=16"]))
+    base = stage_fingerprints(load_config([]))
+    edited = stage_fingerprints(load_config(["triangulate.frames.max_n=16"]))
     assert {n for n in base if base[n] != edited[n]} == {"triangulate", "evaluate"}
-    sampling = _stage_fingerprints(load_config(["train.sampling.steps=5"]))
+    sampling = stage_fingerprints(load_config(["train.sampling.steps=5"]))
     assert {n for n in base if base[n] != sampling[n]} == {"sample", "evaluate"}
 
 
@@ -270,3 +244,4 @@ def test_earlier_spelling_of_a_stage_still_declares_reads() -> None:
         config_exclude = ("old.x",)
 
     assert Old.reads == Reads(upstream=("ingest",), config=("old",), config_exclude=("old.x",))
+
