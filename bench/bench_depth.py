@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.depth.model import save_random_checkpoint  # noqa: E402
 from pipeline.schema import MANIFEST, OBSERVATIONS  # noqa: E402
 from pipeline.stage import ShardTask  # noqa: E402
 from stages import depth as depth_stage  # noqa: E402
+from tests.helpers import save_random_checkpoint  # noqa: E402
 
 
 def make_shard(root: Path, n_clips: int, n_frames: int, w: int, h: int, obs_per_frame: int,

@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tier", default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--strip", type=Path, default=None,
+                    help="PNG of one test case: ground truth, generated metric, generated "
+                         "relative, generated no-camera (one row each, frames left to right)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     deadline = t_start + args.minutes * 60
@@ -300,10 +303,30 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, report["targets"], timings)
     print("direction_cos (last frame, realised vs asked displacement): " + ", ".join(
         f"{k} {v:.2f}" for k, v in report["direction_cos"].items()))
+    if args.strip:
+        write_strip(args.strip, videos, scored, int(bcfg["strip"]["upscale"]))
+        log(f"wrote {args.strip}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=float))
         log(f"wrote {args.out}")
     return 0
+
+
+def write_strip(path: Path, videos: dict[str, np.ndarray], scored: dict[str, Any],
+                upscale: int) -> None:
+    """One test case as rows of frames: the ground truth (what was asked), then the metric,
+    relative and no-camera arms' videos. The case shown is the one where the metric arm's
+    direction is closest to the median over cases (a typical case, not the best)."""
+    import cv2
+
+    cos = [p["direction_cos"] for p in scored["metric"]["per_clip"]]
+    case = int(np.argsort(cos)[len(cos) // 2])
+    rows = [np.concatenate(list(videos[name][case]), axis=1)
+            for name in ("gt", "metric", "relative", "no_camera")]
+    img = np.concatenate(rows, axis=0)
+    img = cv2.resize(img, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img[..., ::-1])
 
 
 def targets(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

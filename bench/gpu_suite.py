@@ -182,7 +182,8 @@ class DepthBench:
 
     def __init__(self, P: dict[str, Any], tmp: Path, device: str):
         from pipeline.config import load_config
-        from pipeline.depth.model import load_depth_model, save_random_checkpoint
+        from pipeline.depth.model import load_depth_model
+        from tests.helpers import save_random_checkpoint
 
         self.P, self.tmp = P, tmp
         ckpt = save_random_checkpoint(str(tmp / "ckpt"), P["arch"], "metric", 20,
@@ -860,10 +861,10 @@ def run_triangulate(suite: Suite, P: dict[str, Any], tmp: Path, executor: str) -
 
 # ---------------------------------------------------------------------- projection
 def projection(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """RealEstate10K wall time and cost from this run's measured rates (the README's projection
-    with the assumed 50 images/s replaced): depth at the best whole-stage rate per GPU for each
-    resolution, triangulation at the measured CPU-seconds per frame spread over the node's
-    cores (shards are independent)."""
+    """RealEstate10K wall time and cost from this run's measured rates (the projection of
+    docs/benchmarks.md with the assumed 50 images/s replaced): depth at the best whole-stage
+    rate per GPU for each resolution, triangulation at the measured CPU-seconds per frame spread
+    over the node's cores (shards are independent)."""
     frames = args.re10k_clips * args.re10k_frames
     out: dict[str, Any] = {"frames": frames, "node_cores": args.node_cores,
                            "node_gpus": args.node_gpus, "usd_per_hour": args.node_cost_per_hour,

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.config import ConfigError, load_config
-from pipeline.errors import StorageError
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, StorageError
 from pipeline.stage import StageNotImplemented
 from pipeline.work_lock import LockHeld
 

@@ -29,7 +29,9 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import ConfigError
 
-__all__ = ["ConfigError"]  # re-exported: the engine and stages import it from here
+# kept importable from here for plug-in stages written against the earlier location; the
+# project itself imports it from pipeline.errors
+__all__ = ["ConfigError"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -270,24 +272,3 @@ def _absolutise(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value and (cwd / value).is_dir():
             holder[key] = fix(value, name)
     return cfg
-
-
-def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
-                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it):
-    the sections ``keys`` without the dotted paths ``exclude`` (``"train.sampling"``), settings
-    the stage reads that do not change its outputs."""
-    import copy
-
-    view = {k: cfg.get(k) for k in keys}
-    if not exclude:
-        return view
-    view = copy.deepcopy(view)
-    for dotted in exclude:
-        *parents, last = dotted.split(".")
-        node: Any = view
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return view

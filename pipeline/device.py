@@ -4,6 +4,8 @@ sampling): ``auto`` = CUDA when this process sees a GPU, else CPU; ``cuda`` insi
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def choose_device(policy: str = "auto") -> str:
     import torch
@@ -16,3 +18,10 @@ def choose_device(policy: str = "auto") -> str:
     if policy == "cpu" or not has_cuda:
         return "cpu"
     return "cuda"
+
+
+def device_for(section: dict[str, Any]) -> str:
+    """The device for a config section that may carry a ``device`` policy (``depth.device``):
+    one helper, so the depth stage and the evaluation stage that loads the same depth model in
+    its own process pick the same device for the same setting."""
+    return choose_device(section.get("device") or "auto")

@@ -93,7 +93,7 @@ def check_shared_dir(work_dir: str) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline import storage
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:

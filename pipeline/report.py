@@ -131,19 +131,10 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def make_report(
-    out_dir: Path,
-    aligned: pd.DataFrame,
-    cutoffs: dict[str, Any],
-    counts: dict[str, Any],
-    frame_num_obs: np.ndarray,
-    min_obs_per_frame: int,
-    truth: dict[str, Any],
-    rcfg: dict[str, Any],
-) -> list[Path]:
-    """Write the PNGs and ``report.html`` into ``out_dir``; returns the files written."""
-    out_dir = storage.path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _plot_all(out_dir: Path, aligned: pd.DataFrame, cutoffs: dict[str, Any],
+              counts: dict[str, Any], frame_num_obs: np.ndarray, min_obs_per_frame: int,
+              truth: dict[str, Any], rcfg: dict[str, Any]) -> dict[str, Path]:
+    """Every figure of the report as a PNG in ``out_dir``; returns them by name."""
     bins, dpi = int(rcfg["bins"]), int(rcfg["dpi"])
     files = {
         "factors": out_dir / "report_factors.png",
@@ -162,20 +153,54 @@ def make_report(
     if truth.get("rows"):
         files["truth"] = out_dir / "report_truth.png"
         plot_truth(truth["rows"], files["truth"], dpi)
+    return files
 
+
+def _count_rows(counts: dict[str, Any]) -> list[list[Any]]:
+    """The counts table: in, kept, filtered per rule, failed per stage, pending."""
+    rows = [["in", counts["in"]], ["kept", counts["kept"]]]
+    rows += [[f"filtered: {r}", n] for r, n in counts["filtered"]["by_rule"].items()]
+    rows += [[f"failed at {s}", n] for s, n in sorted(counts["failed"]["by_stage"].items())]
+    return rows + [["pending", counts["pending"]]]
+
+
+def _truth_section(truth: dict[str, Any], figure: Path) -> list[str]:
+    """Recovered against known scale: the error summary, the figure and one row per clip."""
+    return [
+        "<h2>Recovered vs known scale</h2>",
+        f"<p>median |rel err| {100 * truth['median_abs_rel_err']:.3f}%, "
+        f"max {100 * truth['max_abs_rel_err']:.3f}%</p>",
+        f"<img src='{figure.name}'>",
+        _table([[r["clip_id"], f"{r['true_scale']:.6g}", f"{r['clip_scale']:.6g}",
+                 f"{100 * r['rel_err']:.3f}%", r["status"]] for r in truth["rows"]],
+               ["clip", "true", "recovered", "rel err", "status"]),
+    ]
+
+
+def make_report(
+    out_dir: Path,
+    aligned: pd.DataFrame,
+    cutoffs: dict[str, Any],
+    counts: dict[str, Any],
+    frame_num_obs: np.ndarray,
+    min_obs_per_frame: int,
+    truth: dict[str, Any],
+    rcfg: dict[str, Any],
+) -> list[Path]:
+    """Write the PNGs and ``report.html`` into ``out_dir``; returns the files written."""
+    out_dir = storage.path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _plot_all(out_dir, aligned, cutoffs, counts, frame_num_obs, min_obs_per_frame,
+                      truth, rcfg)
     cut_rows = [[c, cutoffs[c]["k"], cutoffs[c]["low"], cutoffs[c]["high"]]
                 for c in ("scale_max", "scale_min")]
-    count_rows = [["in", counts["in"]], ["kept", counts["kept"]]]
-    count_rows += [[f"filtered: {r}", n] for r, n in counts["filtered"]["by_rule"].items()]
-    count_rows += [[f"failed at {s}", n] for s, n in sorted(counts["failed"]["by_stage"].items())]
-    count_rows += [["pending", counts["pending"]]]
     reason_rows = sorted(counts["failed"]["by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>metric-align curate report"
         "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}"
         "</style></head><body><h1>Curated dataset report</h1>",
-        "<h2>Counts</h2>", _table(count_rows, ["", "clips"]),
+        "<h2>Counts</h2>", _table(_count_rows(counts), ["", "clips"]),
         f"<h2>Cut-offs (q = {html.escape(str(cutoffs['q']))}, "
         f"n = {cutoffs['n_clips']} aligned clips)</h2>",
         _table(cut_rows, ["column", "k per tail", "low", "high"]),
@@ -186,15 +211,7 @@ def make_report(
         _table([[r, n] for r, n in reason_rows], ["stage: reason", "clips"]),
     ]
     if truth.get("rows"):
-        parts += [
-            "<h2>Recovered vs known scale</h2>",
-            f"<p>median |rel err| {100 * truth['median_abs_rel_err']:.3f}%, "
-            f"max {100 * truth['max_abs_rel_err']:.3f}%</p>",
-            f"<img src='{files['truth'].name}'>",
-            _table([[r["clip_id"], f"{r['true_scale']:.6g}", f"{r['clip_scale']:.6g}",
-                     f"{100 * r['rel_err']:.3f}%", r["status"]] for r in truth["rows"]],
-                   ["clip", "true", "recovered", "rel err", "status"]),
-        ]
+        parts += _truth_section(truth, files["truth"])
     parts.append("</body></html>")
     page = out_dir / "report.html"
     write_bytes_atomic("\n".join(parts).encode(), page)

@@ -30,8 +30,7 @@ from typing import Any
 
 from pipeline import log as plog
 from pipeline import ray_utils, registry, storage, work_lock
-from pipeline.config import ConfigError, stage_config_view
-from pipeline.errors import StorageError
+from pipeline.errors import ConfigError, StorageError
 from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
 from pipeline.settings import Settings
@@ -43,6 +42,7 @@ from pipeline.stage import (
     StageNotImplemented,
     TaskOutcome,
     execute,
+    stage_config_view,
 )
 from pipeline.summary import (  # noqa: F401 - status/format_status: public here too
     build_summary,
@@ -84,6 +84,9 @@ class RunContext:
         self.shard_ids = sorted(shards)
         self.sources = sources or {}
         self.progress = settings.progress
+        #: what each stage's ``prepare`` returned in this run, by stage name: its dataset-wide
+        #: step (``finalize``) reads it instead of computing the same values again
+        self.prepared: dict[str, dict[str, Any]] = {}
 
     def output_path(self, stage: str, shard_id: str) -> Any:
         return self.work_dir / load_stage(stage).output_file(self.cfg, shard_id)
@@ -290,7 +293,7 @@ class Runner:
 
     def _run_stage(self, stage: Stage, ctx: RunContext, force: bool) -> dict[str, Any]:
         ledger = Ledger(self.work_dir, stage.name)
-        extra_all = stage.prepare(ctx)
+        extra_all = ctx.prepared[stage.name] = stage.prepare(ctx)
         # declared file inputs enter the fingerprint beside the upstream digests; only when
         # there are any, so the fingerprints of stages without them stay as they were
         files = stage.file_inputs(ctx)
@@ -396,11 +399,7 @@ class Runner:
         def fin(_task: ShardTask) -> Any:
             from pipeline.stage import ShardResult
 
-            result = ShardResult(n_clips=0, n_ok=0)
-            # set after construction: dataset-wide metrics are kept exactly as returned, never
-            # read as the legacy per-shard keys of ``ShardResult.stats``
-            result.stats = dict(stage.finalize(ctx) or {})
-            return result
+            return ShardResult(n_clips=0, n_ok=0, stats=dict(stage.finalize(ctx) or {}))
 
         self._record(ledger, entry, execute(fin, task))
         if entry.status != DONE:
@@ -440,14 +439,14 @@ class Runner:
                     entry, task = pending.pop(0)
                     ledger.mark_running(entry)
                     if executor is not None:
-                        ref = executor.submit(task)
+                        key = executor.submit(task)
                     else:
-                        ref = remote.remote(stage, task)
-                    in_flight[ref] = (entry, task)
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    entry, task = in_flight.pop(ref)
-                    self._record(ledger, entry, _collect(ref))
+                        key = remote.remote(stage, task)
+                    in_flight[key] = (entry, task)
+                done = executor.next_done() if executor is not None else _next_done(in_flight)
+                for key, outcome in done:
+                    entry, task = in_flight.pop(key)
+                    self._record(ledger, entry, outcome)
                     if entry.status == DONE:
                         ok += entry.n_ok
                         failed += entry.n_clips - entry.n_ok
@@ -495,6 +494,14 @@ class Runner:
             entry.status = FAILED
             entry.error = outcome.error or "task returned no result"
         ledger.put(entry)
+
+
+def _next_done(refs: dict[Any, Any]) -> list[tuple[Any, TaskOutcome]]:
+    """Wait for the next Ray task to finish; its outcome, keyed by its ObjectRef."""
+    import ray
+
+    ready, _ = ray.wait(list(refs), num_returns=1)
+    return [(ref, _collect(ref)) for ref in ready]
 
 
 def _collect(ref: Any) -> TaskOutcome:

@@ -135,7 +135,8 @@ CURATED = pa.schema(
 )
 
 # The RealCam-Vid-style export (curated/_compat/realcam_vid.parquet): one row per kept clip,
-# what a camera-conditioned video model reads. README "Compatibility export" documents it.
+# what a camera-conditioned video model reads. docs/output_columns.md ("Compatibility export")
+# documents it.
 REALCAM_VID = pa.schema(
     [
         ("clip_id", pa.string()),  # the source clip (manifest/curated clip_id)

@@ -231,7 +231,7 @@ class TriangulateFrames:
     #: mode max_n: at most this many, evenly spread, first and last included (bounds the cost of
     #: long clips; skipped frames get interpolated factors). Fewer frames, longer baselines within
     #: the matching window: on the real clips longer than 32 frames 32 beat 64 on 5 and lost
-    #: <= 0.15 pp on 3, at 40-60% less CPU (README, Performance); 16 lost 0.8-2.7 pp on whole
+    #: <= 0.15 pp on 3, at 40-60% less CPU (docs/accuracy.md); 16 lost 0.8-2.7 pp on whole
     #: sequences. Earlier, 64 vs 100: errors +0.60/+0.27% vs -2.83/+0.68%.
     max_n: Annotated[int, Range(2)] = 32
 
@@ -326,8 +326,8 @@ class TriangulateFilters:
 class Triangulate:
     """Triangulation with fixed poses (pipeline/sfm/triangulation.py). Defaults chosen with
     bench/bench_accuracy.py on real RGB-D captures (../shared/data/rgbd, whole and 25-frame
-    clips) and the synthetic stress set, against COLMAP's default configuration: see the README's
-    accuracy section for both sides and the CPU ratio."""
+    clips) and the synthetic stress set, against COLMAP's default configuration: see
+    docs/accuracy.md for both sides and the CPU ratio."""
 
     #: Ray CPUs per shard task; COLMAP's num_threads follows it exactly
     num_cpus: POS_INT = 1
@@ -425,7 +425,7 @@ class AlignUncertainty:
     seed: NONNEG_INT = 0
     # The three gains were fitted with bench/bench_accuracy.py on the real RGB-D clips (whole and
     # 25-frame) and the stress set together: every clip off by more than 5% gets an interval
-    # wider than curate.max_uncertainty, while the fewest good clips do (README, accuracy).
+    # wider than curate.max_uncertainty, while the fewest good clips do (docs/accuracy.md).
     #: systematic term: gain * (reprojection residual / focal) / tri. angle
     gain: NONNEG_FLOAT = 0.7
     #: systematic floor (relative), in quadrature
@@ -433,12 +433,12 @@ class AlignUncertainty:
     #: frame-disagreement term: gain * sqrt(pi/2) * sd(log frame) / sqrt(n_eff)
     frames_gain: NONNEG_FLOAT = 0.5
     # Intrinsics term: |scale_focal_sensitivity| x hypot(focal_sigma, focal_check_gain x
-    # max(0, |log(1 + focal_consistency)| - focal_check_tolerance)) (README, "Intrinsics"). A 2%
-    # focal error moves a pan's scale by 6-12% and nothing else in the interval sees it. The
-    # check (on by default) flags both 2%-focal-error stress clips (-6.2%, -10.6%; without it
-    # both were kept at +-1.2-1.4%) and on the benchmark flags one more good real clip
-    # (redkitchen-seq clip 200, -3.0%); a prior instead (focal_sigma 0.01, no check) flagged 10
-    # of 16 stress clips.
+    # max(0, |log(1 + focal_consistency)| - focal_check_tolerance)) (docs/output_columns.md,
+    # "Intrinsics"). A 2% focal error moves a pan's scale by 6-12% and nothing else in the interval
+    # sees it. The check (on by default) flags both 2%-focal-error stress clips (-6.2%, -10.6%;
+    # without it both were kept at +-1.2-1.4%) and on the benchmark flags one more good real
+    # clip (redkitchen-seq clip 200, -3.0%); a prior instead (focal_sigma 0.01, no check)
+    # flagged 10 of 16 stress clips.
     #: prior sd of the relative focal-length error (0 = off; the sensitivity column is always
     #: written)
     focal_sigma: NONNEG_FLOAT = 0.0
@@ -582,6 +582,21 @@ class TrainData:
 
 
 @schema
+class TrainWarpPrior:
+    """Geometric prior (trainer/warp.py): the condition frame reprojected to each frame with a
+    depth the model learns from the condition image; x0 = that warp + network output. Off = the
+    Plücker-only model."""
+
+    enabled: bool = False
+    #: depth head width (full and half resolution)
+    depth_channels: list[POS_INT] = field(default_factory=lambda: [32, 64])
+    #: what the untrained depth head predicts everywhere (poses' units)
+    init_depth: POS_FLOAT = 2.5
+    #: fixed-point steps of the backward warp
+    iterations: POS_INT = 3
+
+
+@schema
 class TrainBuiltin:
     #: space-to-depth factor: "latents" are the pixels folded f x f (32x32 -> 48x8x8)
     latent_factor: POS_INT = 4
@@ -592,6 +607,7 @@ class TrainBuiltin:
     temb_dim: POS_INT = 128
     #: x0 = condition frame + network output (prediction_type sample)
     residual_to_condition: bool = False
+    warp_prior: TrainWarpPrior = field(default_factory=TrainWarpPrior)
 
 
 @schema
@@ -762,9 +778,13 @@ class EvaluateImage:
 
 @schema
 class EvaluateSift:
-    max_num_features: POS_INT = 4096
-    #: 0: no 2x upsampling before SIFT (-1 is COLMAP's default, ~4x cost)
-    first_octave: Annotated[int, Range(-1)] = 0
+    """COLMAP's defaults: on the real clips of bench/bench_instrument.py (2x upsampling, ~2.5x
+    the CPU of 4096 features at octave 0) the global mapper's TransErr_rel fell 0.17 -> 0.10
+    (0bf152ef), 0.31 -> 0.26 (0f47577a), hololens 0.27 -> 0.16."""
+
+    max_num_features: POS_INT = 8192
+    #: -1: 2x upsampling before SIFT (COLMAP's default); 0: none (~2.5x less CPU)
+    first_octave: Annotated[int, Range(-1)] = -1
 
 
 @schema
@@ -783,20 +803,39 @@ class EvaluateMatching:
 
 @schema
 class EvaluateSfm:
-    """pycolmap incremental mapping, intrinsics fixed."""
+    """pycolmap SfM, intrinsics fixed."""
 
+    #: global (GLOMAP-style: rotation averaging + global positioning, pycolmap.global_mapping) |
+    #: incremental (COLMAP). On real RE10K clips incremental converged to a wrong model in 2 of
+    #: 3 trials of 0c11dbe7 (RotErr ~2.6 vs 0.23); global: 3 of 3 right (0.16), see
+    #: docs/evaluation_protocols.md
+    mapper: Literal["global", "incremental"] = "global"
     #: COLMAP log threshold in workers: 0 info, 1 warning, 2 error
     log_level: LOG_LEVEL = 2
     sift: EvaluateSift = field(default_factory=EvaluateSift)
     matching: EvaluateMatching = field(default_factory=EvaluateMatching)
     #: smaller reconstructions are discarded by the mapper
     min_model_size: POS_INT = 3
-    #: mapper attempts at an initial pair (COLMAP default)
+    #: incremental: attempts at an initial pair (COLMAP default)
     init_num_trials: POS_INT = 200
-    #: degrees, initial pair (COLMAP: 16). Frames of a short clip are close together: with 16
-    #: (and frames shrunk to 480 px) real RE10K clips failed or split: 0c9b371c 0 of 5 trials,
-    #: 0bf152ef one 12.3 TransErr_rel outlier; with 4.0 at 576 px: 2 of 2 good trials each
+    #: incremental: degrees, initial pair (COLMAP: 16). Frames of a short clip are close
+    #: together: with 16 (and frames shrunk to 480 px) real RE10K clips failed or split: 0c9b371c
+    #: 0 of 5 trials, 0bf152ef one 12.3 TransErr_rel outlier; with 4.0 at 576 px: 2 of 2 good
+    #: trials each
     init_min_tri_angle: POS_FLOAT = 4.0
+
+
+@schema
+class EvaluateConsensus:
+    """Which successful trials of a clip count (compared among themselves)."""
+
+    #: none: all | majority: the largest group agreeing with one trial | best: the one with the
+    #: lowest reprojection error
+    mode: Literal["none", "majority", "best"] = "majority"
+    #: majority: two trials agree within this mean angle per frame (rad)
+    rot_tol: POS_FLOAT = 0.01
+    #: ... and this mean TransErr_rel per frame
+    trans_tol: POS_FLOAT = 0.02
 
 
 @schema
@@ -822,6 +861,9 @@ class Evaluate:
     #: source=dataset: frames per clip, evenly spread, first and last kept
     num_frames: Annotated[int, Range(2)] = 16
     image: EvaluateImage = field(default_factory=EvaluateImage)
+    #: project | cami2v: the published protocol exactly (see docs/evaluation_protocols.md;
+    #: metric variant from SfM of both videos)
+    protocol: Literal["project", "cami2v"] = "project"
     #: SfM trials per clip (SfM is random; the protocol averages them)
     trials: POS_INT = 5
     #: trial k uses seed + k (RANSAC and mapper seeds)
@@ -834,6 +876,7 @@ class Evaluate:
     #: model of the `depth` config group (depth=da2_metric); sensor | model | none force one
     metric_depth: Literal["auto", "sensor", "model", "none"] = "auto"
     sfm: EvaluateSfm = field(default_factory=EvaluateSfm)
+    consensus: EvaluateConsensus = field(default_factory=EvaluateConsensus)
 
 
 @schema

@@ -23,6 +23,7 @@ keeps the rest of the shard but leaves the shard not fresh: it is retried on the
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -105,16 +106,6 @@ class ShardResult:
         if kinds:
             self.failure_kinds = {**kinds, **self.failure_kinds}
         self.failures = dict(self.failures)
-        # the earlier spelling, magic keys in stats: still understood, moved to their fields,
-        # but only when they have that spelling's shape (a count named ``filtered`` is a metric)
-        if isinstance(self.stats.get("filtered"), dict) and not self.filtered:
-            self.filtered = dict(self.stats.pop("filtered"))
-        if isinstance(self.stats.get("inputs_digest"), str) and self.inputs_digest is None:
-            self.inputs_digest = self.stats.pop("inputs_digest")
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.stats
 
     def kind_of(self, clip_id: str) -> str:
         return self.failure_kinds.get(clip_id, INPUT)
@@ -149,6 +140,25 @@ def config_value(cfg: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
+                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it):
+    the sections ``keys`` without the dotted paths ``exclude`` (``"train.sampling"``), settings
+    the stage reads that do not change its outputs."""
+    view = {k: cfg.get(k) for k in keys}
+    if not exclude:
+        return view
+    view = copy.deepcopy(view)
+    for dotted in exclude:
+        *parents, last = dotted.split(".")
+        node: Any = view
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return view
 
 
 class Stage:
@@ -207,8 +217,6 @@ class Stage:
         """The settings that fingerprint this stage's outputs: ``reads.config`` minus
         ``reads.config_exclude``. Override when which settings matter depends on the config
         itself (a stage reading another stage's section only in one mode)."""
-        from pipeline.config import stage_config_view
-
         return stage_config_view(cfg, self.reads.config, self.reads.config_exclude)
 
     def output_file(self, cfg: dict[str, Any], shard_id: str) -> str:
@@ -243,9 +251,11 @@ class Stage:
         raise StageNotImplemented(f"stage '{self.name}' is declared but not implemented yet")
 
     def make_executor(self, cfg: dict[str, Any]) -> Any | None:
-        """Return an object with ``submit(task) -> ObjectRef[TaskOutcome]`` and ``close()`` to
-        replace plain Ray tasks (e.g. a GPU actor pool that loads a model once: its actors run
-        tasks through ``execute``); ``None`` = Ray tasks."""
+        """Return an executor to replace plain Ray tasks, e.g. a GPU actor pool that loads a
+        model once (``pipeline.pool.ShardActorPool``, whose actors run tasks through
+        ``execute``): ``submit(task)`` returns a key, ``next_done()`` waits for at least one
+        submitted task and returns ``[(key, TaskOutcome)]``, ``close()`` releases it;
+        ``None`` = Ray tasks."""
         return None
 
     def output_problem(self, output: Any) -> str | None:
@@ -322,6 +332,9 @@ class TaskOutcome:
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     node: str = "?"
+    #: the shard this answers (set by ``execute``): a pool that hands results back in the order
+    #: they finish, not the order they were submitted, says whose result it is
+    shard_id: str | None = None
 
 
 def shard_log_path(work_dir: str, stage: str, shard_id: str) -> str:
@@ -379,6 +392,7 @@ def execute(fn: Callable[[ShardTask], ShardResult], task: ShardTask,
     out.cpu_s = time.process_time() - c0
     out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out.node = ray_utils.node_id()
+    out.shard_id = task.shard_id
     return out
 
 

@@ -4,10 +4,11 @@ the rule ``run`` uses to decide what to compute."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import registry
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Ledger
 from pipeline.log import log
 from pipeline.stage import ERROR, GLOBAL, GLOBAL_SHARD, INPUT
@@ -23,36 +24,38 @@ def _fmt(v: Any) -> str:
 
 
 # ---------------------------------------------------------------------- summary
-def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[str, Any]:
-    """Clips in = kept + filtered + failed (+ pending, when shards crashed or were blocked)."""
-    clip_ids = [c for s in ctx.shard_ids for c in ctx.shards[s]]
-    failed: dict[str, dict[str, str]] = {}
-    pending: dict[str, str] = {}
-    stage_rows = []
-    per_stage_done: dict[str, set[str]] = {}
-    filtered: dict[str, str] = {}
-    global_stages: dict[str, Any] = {}
-    shard_failures = 0
+@dataclass
+class _Tally:
+    """What the ledgers of a run's chain say, gathered stage by stage for the summary."""
+
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+    filtered: dict[str, str] = field(default_factory=dict)
+    per_stage_done: dict[str, set[str]] = field(default_factory=dict)
+    stage_rows: list[dict[str, Any]] = field(default_factory=list)
+    global_stages: dict[str, Any] = field(default_factory=dict)
+    shard_failures: int = 0
     #: sharded stages whose dataset-wide step (``finalize``) is not done
-    steps_failed: list[str] = []
-    empty_globals: list[str] = []
-    cap = max_attempts(ctx.cfg)
-    for name in chain:
-        stage = registry.get(name)
-        ledger = Ledger(ctx.work_dir, name)
-        if stage.kind == GLOBAL:
-            e = ledger.get(GLOBAL_SHARD)
-            st = ledger.state(e, [], cap, check=stage.output_problem)
-            global_stages[name] = {
-                "status": e.status if e else "missing", "why": st.why,
-                "metrics": e.stats if e else {}, "wall_s": e.duration_s if e else None,
-            }
-            if e is None or e.status != DONE:
-                shard_failures += 1
-            elif e.n_clips and not e.n_ok:  # it ran, on clips, and none of them succeeded
-                empty_globals.append(name)
-            continue
-        entries = ctx.entries(name)
+    steps_failed: list[str] = field(default_factory=list)
+    empty_globals: list[str] = field(default_factory=list)
+
+    def add_global(self, name: str, stage: Any, ledger: Ledger, cap: int) -> None:
+        """A global stage's one task: its status, why, metrics and wall time."""
+        e = ledger.get(GLOBAL_SHARD)
+        st = ledger.state(e, [], cap, check=stage.output_problem)
+        self.global_stages[name] = {
+            "status": e.status if e else "missing", "why": st.why,
+            "metrics": e.stats if e else {}, "wall_s": e.duration_s if e else None,
+        }
+        if e is None or e.status != DONE:
+            self.shard_failures += 1
+        elif e.n_clips and not e.n_ok:  # it ran, on clips, and none of them succeeded
+            self.empty_globals.append(name)
+
+    def add_sharded(self, name: str, stage: Any, ledger: Ledger, entries: dict[str, Any],
+                    timing: dict[str, Any]) -> None:
+        """A sharded stage: shard counts by status, the clips each done shard kept, failed or
+        filtered, the clips of the other shards as pending, and its dataset-wide step."""
         counts = {DONE: 0, FAILED: 0, BLOCKED: 0, RUNNING: 0, "missing": 0}
         done_clips: set[str] = set()
         for shard, e in entries.items():
@@ -63,48 +66,66 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
             if e.status == DONE:
                 done_clips.update(c for c in e.clip_ids if c not in e.failures)
                 for c, why in e.failures.items():
-                    failed.setdefault(c, {"stage": name, "reason": why,
-                                          "kind": e.failure_kinds.get(c, INPUT)})
-                filtered.update(e.filtered)
+                    self.failed.setdefault(c, {"stage": name, "reason": why,
+                                               "kind": e.failure_kinds.get(c, INPUT)})
+                self.filtered.update(e.filtered)
             else:
-                shard_failures += e.status == FAILED
+                self.shard_failures += e.status == FAILED
                 for c in e.clip_ids:
-                    pending.setdefault(c, f"{name} shard {shard} {e.status}")
-        per_stage_done[name] = done_clips
+                    self.pending.setdefault(c, f"{name} shard {shard} {e.status}")
+        self.per_stage_done[name] = done_clips
         if stage.finalize_output:
             fin = ledger.get(GLOBAL_SHARD)
             if fin is None or fin.status != DONE:
-                steps_failed.append(name)
-        stage_rows.append(
-            {
-                "stage": name,
-                "shards": counts,
-                "clips_ok": sum(e.n_ok for e in entries.values() if e and e.status == DONE),
-                "clips_failed": sum(
-                    len(e.failures) for e in entries.values() if e and e.status == DONE
-                ),
-                "cpu_s": round(sum((e.cpu_s or 0.0) for e in entries.values() if e), 3),
-                **report["stages"].get(name, {}),
-            }
-        )
-    last = [n for n in chain if n in per_stage_done]
-    kept = per_stage_done[last[-1]] if last else set()
+                self.steps_failed.append(name)
+        done = [e for e in entries.values() if e and e.status == DONE]
+        self.stage_rows.append({
+            "stage": name,
+            "shards": counts,
+            "clips_ok": sum(e.n_ok for e in done),
+            "clips_failed": sum(len(e.failures) for e in done),
+            "cpu_s": round(sum((e.cpu_s or 0.0) for e in entries.values() if e), 3),
+            **timing,
+        })
+
+    def problems(self, n_clips: int, last: list[str], kept: set[str],
+                 errors: dict[str, Any], pending: dict[str, str]) -> list[str]:
+        """Everything that makes the run's exit code 1, one line each."""
+        problems = []
+        if errors:
+            problems.append(f"{len(errors)} clip(s) hit unexpected errors")
+        if self.shard_failures:
+            problems.append(f"{self.shard_failures} shard(s) or task(s) failed")
+        for name in self.steps_failed:
+            problems.append(f"the dataset-wide step of {name} failed (its log: "
+                            f"logs/{name}/{GLOBAL_SHARD}.log)")
+        if pending:
+            problems.append(f"{len(pending)} clip(s) pending")
+        if n_clips and last and not kept and not problems:
+            problems.append(f"no clip survived {last[-1]}")
+        return problems + [f"no clip succeeded in {name}" for name in self.empty_globals]
+
+
+def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[str, Any]:
+    """Clips in = kept + filtered + failed (+ pending, when shards crashed or were blocked)."""
+    clip_ids = [c for s in ctx.shard_ids for c in ctx.shards[s]]
+    tally = _Tally()
+    cap = max_attempts(ctx.cfg)
+    for name in chain:
+        stage = registry.get(name)
+        ledger = Ledger(ctx.work_dir, name)
+        if stage.kind == GLOBAL:
+            tally.add_global(name, stage, ledger, cap)
+        else:
+            tally.add_sharded(name, stage, ledger, ctx.entries(name),
+                              report["stages"].get(name, {}))
+    failed, filtered = tally.failed, tally.filtered
+    last = [n for n in chain if n in tally.per_stage_done]
+    kept = tally.per_stage_done[last[-1]] if last else set()
     kept = {c for c in kept if c not in filtered and c not in failed}
-    pending = {c: why for c, why in pending.items() if c not in failed}
+    pending = {c: why for c, why in tally.pending.items() if c not in failed}
     errors = {c: f for c, f in failed.items() if f["kind"] == ERROR}
-    problems = []
-    if errors:
-        problems.append(f"{len(errors)} clip(s) hit unexpected errors")
-    if shard_failures:
-        problems.append(f"{shard_failures} shard(s) or task(s) failed")
-    for name in steps_failed:
-        problems.append(f"the dataset-wide step of {name} failed (its log: "
-                        f"logs/{name}/{GLOBAL_SHARD}.log)")
-    if pending:
-        problems.append(f"{len(pending)} clip(s) pending")
-    if clip_ids and last and not kept and not problems:
-        problems.append(f"no clip survived {last[-1]}")
-    problems += [f"no clip succeeded in {name}" for name in empty_globals]
+    problems = tally.problems(len(clip_ids), last, kept, errors, pending)
     return {
         "clips_in": len(clip_ids),
         "kept": len(kept),
@@ -112,8 +133,8 @@ def build_summary(ctx: Any, chain: list[str], report: dict[str, Any]) -> dict[st
         "failed": failed,
         "errors": errors,
         "pending": pending,
-        "stages": stage_rows,
-        "global_stages": global_stages,
+        "stages": tally.stage_rows,
+        "global_stages": tally.global_stages,
         "last_stage": last[-1] if last else None,
         "wall_s": report.get("wall_s"),
         "problems": problems,

@@ -730,7 +730,7 @@ def check_local(cfg: dict[str, Any]) -> None:
     names, and writes its exports beside them, so every place it uses must be local: an
     ``s3://`` value is one ``ConfigError`` line here, not a local folder named ``s3:``."""
     from pipeline import storage
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     u, ds = cfg["ui"], cfg["dataset"]
     places = [("paths.work_dir", cfg["paths"]["work_dir"]), ("ui.image", u.get("image")),

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import ConfigError
-from pipeline.errors import StorageError
+from pipeline.errors import ConfigError, StorageError
 
 
 def acquire(work_dir: Any, ttl_s: float) -> Any:

@@ -2,7 +2,7 @@
 (``pipeline.schema.ALIGN``, one row per clip).
 
 The estimator and every output column are defined in ``pipeline/scale/factors.py``
-(``frame_factors``); this module joins the shard's observations with their depth samples,
+(``clip_factors``); this module joins the shard's observations with their depth samples,
 applies the optional observation filters of ``pipeline.settings.Align``, runs the estimator per
 clip (a bad clip is recorded as failed with its reason) and writes the table atomically.
 """
@@ -19,9 +19,10 @@ from pipeline import storage
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.scale.factors import (
+    ClipObservations,
+    FactorSettings,
     camera_arrays,
-    frame_factors,
-    uncertainty_settings,
+    clip_factors,
     working_focal,
 )
 from pipeline.schema import ALIGN
@@ -87,30 +88,25 @@ class AlignStage(Stage):
         groups = joined.groupby("clip_id", sort=False).indices
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
         focal = working_focal(man, settings.triangulate.image.max_long_side)
-        ucfg = uncertainty_settings(task.cfg["align"])
+        factor_settings = FactorSettings.from_align(task.cfg["align"])
         cams = {r.clip_id: camera_arrays(r) for r in man.itertuples(index=False)}
         empty = np.zeros(0, dtype=np.int64)
 
         def one(clip_id: str, _: Any) -> dict[str, Any]:
             rows = groups.get(clip_id, empty)
             g = joined.iloc[rows]
-            return frame_factors(
-                clip_id,
-                int(n_frames[clip_id]),
+            obs = ClipObservations(
                 g["frame_idx"].to_numpy(),
                 g["z_cam"].to_numpy(),
                 g["depth"].to_numpy(dtype=np.float64, na_value=np.nan),
                 g["valid"].to_numpy(dtype=bool),
-                acfg.min_obs_per_frame,
-                acfg.min_measured_frames,
                 point_id=g["point_id"].to_numpy(),
                 tri_angle=_column(g, "tri_angle"),
                 ray_err=_column(g, "reproj_err") / focal[clip_id],
-                ucfg=ucfg,
                 uv=np.stack([_column(g, "u"), _column(g, "v")], axis=1),
-                w2c=cams[clip_id][0],
-                K=cams[clip_id][1],
             )
+            return clip_factors(clip_id, int(n_frames[clip_id]), obs, factor_settings,
+                                *cams[clip_id])
 
         clip_ids = sorted(n_frames)
         rows, failures = for_each_clip(((c, None) for c in clip_ids), one)

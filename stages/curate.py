@@ -24,6 +24,7 @@ import io
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import registry, storage
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.geometry.poses import camera_extent, metric_relative_c2w, relative_metric_w2c
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register
@@ -237,6 +238,110 @@ def _side_dir(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------ stage
+def _prepared_cutoffs(ctx: Any, stage: str) -> dict[str, Any]:
+    """The cut-offs ``prepare`` computed in this run (the runner keeps what each stage's
+    ``prepare`` returned in ``ctx.prepared``)."""
+    prepared = (getattr(ctx, "prepared", None) or {}).get(stage)
+    if not prepared or "cutoffs" not in prepared:
+        raise RuntimeError("curate's dataset-wide step needs the cut-offs from prepare()")
+    return prepared["cutoffs"]
+
+
+@dataclass
+class _Outcomes:
+    """Where every input clip ended: kept, filtered (clip -> rule), failed (clip -> stage and
+    reason, first failing stage of the chain) or pending (no outcome yet)."""
+
+    clips_in: set[str]
+    kept: set[str]
+    filtered: dict[str, str]
+    failed: dict[str, dict[str, str]]
+    pending: list[str]
+
+    def counts(self) -> dict[str, Any]:
+        """The ``counts`` block of ``_dataset.json``: totals, per rule, per stage and reason."""
+        by_rule = {UNCERTAINTY_RULE: 0}
+        by_rule.update({f"{c}_{t}": 0 for c in FILTER_COLUMNS for t in ("low", "high")})
+        for rule in self.filtered.values():
+            by_rule[rule] += 1
+        by_stage: dict[str, int] = {}
+        by_reason: dict[str, int] = {}
+        for clip, f in self.failed.items():
+            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
+            key = f"{f['stage']}: {_norm_reason(f['reason'], clip)}"
+            by_reason[key] = by_reason.get(key, 0) + 1
+        n = (len(self.kept), len(self.filtered), len(self.failed), len(self.pending))
+        return {
+            "in": len(self.clips_in),
+            "kept": n[0],
+            "filtered": {"total": n[1], "by_rule": by_rule},
+            "failed": {"total": n[2], "by_stage": by_stage, "by_reason": by_reason},
+            "pending": n[3],
+            "sums_to_input": sum(n) == len(self.clips_in),
+        }
+
+
+def _outcomes(ctx: Any, stage: str, aligned: pd.DataFrame, curated: pd.DataFrame,
+              manifest: pd.DataFrame, cut: dict[str, Any]) -> _Outcomes:
+    """Every input clip's outcome from the ledgers' failures, the curated shards and the
+    filter rules applied to the aligned clips."""
+    failed: dict[str, dict[str, str]] = {}
+    for up in registry.chain(stage):
+        for clip, reason in sorted(ctx.clip_failures(up).items()):
+            failed.setdefault(clip, {"stage": up, "reason": reason})
+    shards = getattr(ctx, "shards", None)
+    if shards is not None:
+        clips_in = {c for s in ctx.shard_ids for c in shards[s]}
+    else:
+        clips_in = set(manifest["clip_id"]) | set(failed)
+    kept = set(curated["clip_id"])
+    filtered = {}
+    for rec in aligned.to_dict("records"):
+        rule = filter_rule(rec, cut)
+        if rule is not None and rec["clip_id"] not in failed:
+            filtered[rec["clip_id"]] = rule
+    pending = sorted(clips_in - kept - set(filtered) - set(failed))
+    return _Outcomes(clips_in, kept, filtered, failed, pending)
+
+
+def _distributions(aligned: pd.DataFrame, kept: set[str], ccfg: Curate) -> dict[str, Any]:
+    """Quantiles and histograms of the clip and frame factors, over all aligned clips and
+    over the kept ones."""
+    qs = [float(q) for q in ccfg.distribution_quantiles]
+    bins = ccfg.histogram_bins
+    kept_al = aligned[aligned["clip_id"].isin(kept)] if len(aligned) else aligned
+    dist: dict[str, Any] = {}
+    for name, frame in (("aligned", aligned), ("kept", kept_al)):
+        dist[name] = {
+            col: _distribution(frame[col].to_numpy() if len(frame) else [], qs, bins)
+            for col in ("scale_max", "scale_min", "scale_median", "scale_spread")
+        }
+        if len(frame):
+            fs = np.concatenate([np.asarray(x, float) for x in frame["frame_scale"]])
+            no = np.concatenate([np.asarray(x, float) for x in frame["frame_num_obs"]])
+            interp = np.concatenate(
+                [np.asarray(x, bool) for x in frame["frame_interpolated"]]
+            )
+            dist[name]["frame_scale"] = _distribution(fs, qs, bins)
+            dist[name]["frame_num_obs"] = _distribution(no, qs, bins)
+            dist[name]["frames_interpolated_fraction"] = float(interp.mean())
+    return dist
+
+
+def _write_report(report_dir: Path, settings: Settings, aligned: pd.DataFrame,
+                  cut: dict[str, Any], counts: dict[str, Any], truth: dict[str, Any]) -> None:
+    """The HTML report with its figures (``pipeline.report``)."""
+    from pipeline.report import make_report
+
+    frame_obs = (
+        np.concatenate([np.asarray(x, float) for x in aligned["frame_num_obs"]])
+        if len(aligned) else np.zeros(0)
+    )
+    make_report(report_dir, aligned, cut, counts, frame_obs,
+                settings.align.min_obs_per_frame, truth,
+                dataclasses.asdict(settings.curate.report))
+
+
 class CurateStage(Stage):
     name = "curate"
     output_dir = "curated"
@@ -291,78 +396,26 @@ class CurateStage(Stage):
 
     # -------------------------------------------------------------------------- finalize
     def finalize(self, ctx: Any) -> dict[str, Any]:
+        """``_dataset.json`` (counts, cut-offs, distributions, filtered / failed / pending
+        clips, true-scale check), the compatibility export and the report. The cut-offs are the
+        ones ``prepare`` computed for this run's shards (``ctx.prepared``): the same aligned
+        clips, so recomputing them could only disagree."""
         settings = Settings(ctx.cfg)
         ccfg = settings.curate
         out_dir = storage.path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_shards(ctx, out_dir)
+        cut = _prepared_cutoffs(ctx, self.name)
         aligned = _read_many(ctx.done_outputs("align"))
-        cut = compute_cutoffs(aligned, float(ccfg.quantile), ccfg.max_uncertainty)
         curated = _read_many(
             ctx.done_outputs("curate"),
             ["clip_id", "split", "frame_scale", "clip_scale", "true_scale", "num_frames",
              "c2w_metric", "intrinsics", "width", "height"],
         )
         manifest = _read_many(ctx.done_outputs("ingest"), ["clip_id", "split", "true_scale"])
-
-        failed: dict[str, dict[str, str]] = {}
-        for stage in registry.chain(self.name):
-            for clip, reason in sorted(ctx.clip_failures(stage).items()):
-                failed.setdefault(clip, {"stage": stage, "reason": reason})
-        shards = getattr(ctx, "shards", None)
-        if shards is not None:
-            clips_in = {c for s in ctx.shard_ids for c in shards[s]}
-        else:
-            clips_in = set(manifest["clip_id"]) | set(failed)
-        kept = set(curated["clip_id"])
-        filtered = {}
-        for rec in aligned.to_dict("records"):
-            rule = filter_rule(rec, cut)
-            if rule is not None and rec["clip_id"] not in failed:
-                filtered[rec["clip_id"]] = rule
-        pending = sorted(clips_in - kept - set(filtered) - set(failed))
-
-        by_rule = {UNCERTAINTY_RULE: 0}
-        by_rule.update({f"{c}_{t}": 0 for c in FILTER_COLUMNS for t in ("low", "high")})
-        for rule in filtered.values():
-            by_rule[rule] += 1
-        by_stage: dict[str, int] = {}
-        by_reason: dict[str, int] = {}
-        for clip, f in failed.items():
-            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
-            key = f"{f['stage']}: {_norm_reason(f['reason'], clip)}"
-            by_reason[key] = by_reason.get(key, 0) + 1
-        counts = {
-            "in": len(clips_in),
-            "kept": len(kept),
-            "filtered": {"total": len(filtered), "by_rule": by_rule},
-            "failed": {"total": len(failed), "by_stage": by_stage, "by_reason": by_reason},
-            "pending": len(pending),
-        }
-        counts["sums_to_input"] = (
-            len(kept) + len(filtered) + len(failed) + len(pending) == len(clips_in)
-        )
-
-        qs = [float(q) for q in ccfg.distribution_quantiles]
-        bins = ccfg.histogram_bins
-        kept_al = aligned[aligned["clip_id"].isin(kept)] if len(aligned) else aligned
-        dist: dict[str, Any] = {}
-        for name, frame in (("aligned", aligned), ("kept", kept_al)):
-            dist[name] = {
-                col: _distribution(frame[col].to_numpy() if len(frame) else [], qs, bins)
-                for col in ("scale_max", "scale_min", "scale_median", "scale_spread")
-            }
-            if len(frame):
-                fs = np.concatenate([np.asarray(x, float) for x in frame["frame_scale"]])
-                no = np.concatenate([np.asarray(x, float) for x in frame["frame_num_obs"]])
-                interp = np.concatenate(
-                    [np.asarray(x, bool) for x in frame["frame_interpolated"]]
-                )
-                dist[name]["frame_scale"] = _distribution(fs, qs, bins)
-                dist[name]["frame_num_obs"] = _distribution(no, qs, bins)
-                dist[name]["frames_interpolated_fraction"] = float(interp.mean())
-
-        truth = self._truth_table(ctx, aligned, manifest, kept, filtered)
+        oc = _outcomes(ctx, self.name, aligned, curated, manifest, cut)
+        counts = oc.counts()
+        truth = self._truth_table(ctx, aligned, manifest, oc.kept, oc.filtered)
         self._export_compat(out_dir / _side_dir(ccfg.compat_dir), curated, ccfg)
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -371,29 +424,23 @@ class CurateStage(Stage):
                                                    "curate")},
             "counts": counts,
             "cutoffs": cut,
-            "distribution": dist,
-            "filtered": dict(sorted(filtered.items())),
-            "failed": dict(sorted(failed.items())),
-            "pending": pending,
+            "distribution": _distributions(aligned, oc.kept, ccfg),
+            "filtered": dict(sorted(oc.filtered.items())),
+            "failed": dict(sorted(oc.failed.items())),
+            "pending": oc.pending,
             "true_scale_check": truth,
         }
         if ccfg.report.enabled:
-            from pipeline.report import make_report
-
-            frame_obs = (
-                np.concatenate([np.asarray(x, float) for x in aligned["frame_num_obs"]])
-                if len(aligned) else np.zeros(0)
-            )
-            make_report(out_dir / _side_dir(ccfg.report.dir), aligned, cut, counts,
-                        frame_obs, settings.align.min_obs_per_frame, truth,
-                        dataclasses.asdict(ccfg.report))
+            _write_report(out_dir / _side_dir(ccfg.report.dir), settings, aligned, cut, counts,
+                          truth)
         write_json_atomic(meta, out_dir / "_dataset.json")
         ctx.log(
-            f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(filtered)} "
-            f"{by_rule}, failed {len(failed)}, pending {len(pending)} -> {out_dir}"
+            f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(oc.filtered)} "
+            f"{counts['filtered']['by_rule']}, failed {len(oc.failed)}, "
+            f"pending {len(oc.pending)} -> {out_dir}"
         )
-        return {"in": counts["in"], "kept": counts["kept"], "filtered": len(filtered),
-                "failed": len(failed), "pending": len(pending)}
+        return {"in": counts["in"], "kept": counts["kept"], "filtered": len(oc.filtered),
+                "failed": len(oc.failed), "pending": len(oc.pending)}
 
     def _remove_stale_shards(self, ctx: Any, out_dir: Path) -> None:
         """The curated directory is read as one table by plain Parquet readers, so it must hold

@@ -3,11 +3,11 @@
 Output rows follow the observations of the shard one to one, in the same order (align joins on
 row order), for every clip that reached this stage and did not fail here. Two backends:
 
-- ``da2_metric``: Depth Anything V2 metric on a pool of Ray actors, one per GPU (model loaded
-  once per actor). Worker threads decode and preprocess frames of several clips while the model
-  runs; frames of all clips of a shard are batched together, grouped by preprocessed shape. A
-  cluster without a GPU gets CPU actors and a logged message (asking Ray for a GPU that does not
-  exist would wait forever).
+- ``da2_metric``: Depth Anything V2 metric on Ray actors, one per GPU (model loaded once per
+  actor), fed shards by Ray's ``ActorPool`` (``pipeline.pool``). Worker threads decode and
+  preprocess frames of several clips while the model runs; frames of all clips of a shard are
+  batched together, grouped by preprocessed shape. A cluster without a GPU gets CPU actors and
+  a logged message (asking Ray for a GPU that does not exist would wait forever).
 - ``sensor``: the dataset's own metric depth (synthetic ground truth, RGB-D PNGs), as plain Ray
   tasks.
 
@@ -41,8 +41,10 @@ from pipeline.depth.model import (
     preview_map,
     sample_sensor,
 )
+from pipeline.device import device_for
 from pipeline.formats import frames as frame_io
 from pipeline.io import write_bytes_atomic, write_parquet_atomic
+from pipeline.pool import ShardActorPool
 from pipeline.registry import register
 from pipeline.schema import DEPTH_SAMPLES
 from pipeline.settings import DepthSensor, Settings
@@ -330,12 +332,6 @@ def build_predictor(dcfg: dict[str, Any], device: str) -> DepthPredictor:
                           int(dcfg["batch_size"]), dcfg["preprocess"])
 
 
-def _local_device(dcfg: dict[str, Any]) -> str:
-    from pipeline.device import choose_device
-
-    return choose_device(dcfg.get("device") or "auto")
-
-
 _LOCAL: dict[str, DepthPredictor] = {}
 
 
@@ -346,7 +342,7 @@ def local_predictor(dcfg: dict[str, Any]) -> DepthPredictor:
     key = stable_hash(dcfg)
     if key not in _LOCAL:
         _LOCAL.clear()
-        _LOCAL[key] = build_predictor(dcfg, _local_device(dcfg))
+        _LOCAL[key] = build_predictor(dcfg, device_for(dcfg))
     return _LOCAL[key]
 
 
@@ -378,13 +374,14 @@ def _announce(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class DepthActorPool:
-    """``submit(task) -> ObjectRef[ShardResult]`` over actors; the least-busy actor gets it."""
+class DepthActorPool(ShardActorPool):
+    """The depth model's actors (one per GPU, or CPU actors when the cluster has no GPU) under
+    Ray's ``ActorPool``: decides how many and where, and fails early when they cannot start."""
 
     def __init__(self, cfg: dict[str, Any]):
         import ray
 
-        from pipeline.config import ConfigError
+        from pipeline.errors import ConfigError
 
         dcfg = cfg["depth"]
         res = ray.cluster_resources()
@@ -420,7 +417,7 @@ class DepthActorPool:
             **opts, max_restarts=int(dcfg["max_restarts"]), max_task_retries=0,
         )
         self.device = device
-        self.actors = [remote.remote(dcfg, device, cpus) for _ in range(n)]
+        super().__init__([remote.remote(dcfg, device, cpus) for _ in range(n)])
         # Surface load errors (missing weights, a relative head) once, here, not per shard,
         # and never wait silently for actors the cluster cannot place.
         refs = [a.ready.remote() for a in self.actors]
@@ -434,26 +431,6 @@ class DepthActorPool:
                 "loading the model is stuck"
             )
         ray.get(refs)
-        self.pending: list[list[Any]] = [[] for _ in self.actors]
-
-    def submit(self, task: ShardTask) -> Any:
-        import ray
-
-        for i, refs in enumerate(self.pending):
-            if refs:
-                done, rest = ray.wait(refs, num_returns=len(refs), timeout=0)
-                self.pending[i] = rest
-        i = min(range(len(self.actors)), key=lambda k: len(self.pending[k]))
-        ref = self.actors[i].process.remote(task)
-        self.pending[i].append(ref)
-        return ref
-
-    def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
 
 
 # ---------------------------------------------------------------------- the stage
@@ -477,7 +454,7 @@ class DepthStage(Stage):
             dcfg.model, dcfg.revision, dcfg.local_files_only, float(s.models.hub_timeout_s),
         )
         if problem:
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"depth.model: {problem}; download it on a connected machine "

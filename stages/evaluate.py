@@ -20,6 +20,7 @@ Sources (``evaluate.source``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import ray_utils, storage
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.evaluation import camera_eval as ce
 from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
@@ -55,7 +56,8 @@ ROW_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("trial", pa.int32()), ("seed", pa.int64()),
     ("success", pa.bool_()), ("reason", pa.string()), ("num_frames", pa.int32()),
     ("sfm_points", pa.int64()), ("scale_factor", pa.float64()), ("metric_reason", pa.string()),
-    ("t_sfm_s", pa.float64()),
+    ("t_sfm_s", pa.float64()), ("reproj_error", pa.float64()), ("kept", pa.bool_()),
+    ("set_aside", pa.string()), ("row", pa.string()),
     *[(k, pa.float64()) for k in ce.ALL_METRICS],
 ])
 
@@ -125,10 +127,11 @@ class DepthProvider:
                     f"no metric depth: no depth model configured (depth backend is "
                     f"'{dcfg.get('backend')}'; use depth=da2_metric depth.model=HUB_ID_OR_DIR)")
             else:
-                from stages.depth import _local_device, build_predictor
+                from pipeline.device import device_for
+                from stages.depth import build_predictor
 
                 try:
-                    self._predictor = build_predictor(dcfg, _local_device(dcfg))
+                    self._predictor = build_predictor(dcfg, device_for(dcfg))
                 except Exception as exc:  # noqa: BLE001 - offline hub, missing dir, not metric
                     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                     self._model_reason = (
@@ -244,8 +247,11 @@ def video_clips(ecfg: dict[str, Any], depth: DepthProvider,
 
 
 def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
-                failures: dict[str, str]) -> list[tuple[ce.EvalClip, Any, str | None]]:
-    """Sample the latest checkpoint on curated test clips; keep the mp4s and trajectories."""
+                failures: dict[str, str], real: list[tuple[ce.EvalClip, Any, str | None]]
+                ) -> list[tuple[ce.EvalClip, Any, str | None]]:
+    """Sample the latest checkpoint on curated test clips; keep the mp4s and trajectories.
+    ``real`` receives each clip's real frames (the video the model was asked to produce, at the
+    same size, with the same cameras): the ground-truth row scored beside the model."""
     import torch
 
     from stages.train import default_device
@@ -286,8 +292,12 @@ def model_clips(ctx: Any, ecfg: dict[str, Any], depth: DepthProvider,
         write_mp4(frames, gen_dir / "videos" / f"{clip}.mp4", float(s["fps"]))
         ce.write_trajectory(c2w, gen_dir / "trajectories" / f"{clip}.txt")
         dm, reason = depth.maps(frames, None, None)
-        out.append((ce.EvalClip(clip, frames, item["K"].double().numpy(), c2w, True), dm,
-                    reason))
+        K = item["K"].double().numpy()
+        out.append((ce.EvalClip(clip, frames, K, c2w, True), dm, reason))
+        real_frames = to_uint8(item["video"])
+        rdm, rreason = depth.maps(real_frames, None, None)
+        real.append((ce.EvalClip(clip + ce.REAL_SUFFIX, real_frames, K, c2w, True), rdm,
+                     rreason))
         bar.update(1)
     bar.close()
     ctx.log(f"[evaluate] sampled {len(out)} clips with {path.name} -> {gen_dir}")
@@ -422,7 +432,10 @@ class EvaluateStage(Stage):
 
         cfg = ctx.cfg
         ecfg = cfg["evaluate"]
+        s = Settings(cfg)
+        protocol = s.evaluate.protocol
         failures: dict[str, str] = {}
+        real: list[tuple[ce.EvalClip, Any, str | None]] = []
         try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
             source = _source(ecfg)
             depth = DepthProvider(cfg, ecfg, source)
@@ -431,31 +444,38 @@ class EvaluateStage(Stage):
             elif source == "videos":
                 clips = video_clips(ecfg, depth, failures)
             else:
-                clips = model_clips(ctx, ecfg, depth, failures)
+                clips = model_clips(ctx, ecfg, depth, failures, real)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"evaluate: {exc}") from None
         if not clips:
             raise ConfigError("evaluate: no clip to evaluate"
                               + (f" ({len(failures)} failed, e.g. "
                                  f"{next(iter(failures.items()))})" if failures else ""))
-        s = Settings(cfg)
         trials = s.evaluate.trials
         threads = s.evaluate.num_cpus
         scratch = None if s.evaluate.scratch_dir == "auto" else s.evaluate.scratch_dir
         tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
+        # the published protocol averages every successful trial; its metric scale comes from
+        # SfM's own frame-0 points, so no triangulation with fixed poses is needed
+        ccfg = dataclasses.asdict(s.evaluate.consensus)
+        if protocol != "project":
+            ccfg["mode"] = "none"
         remote = ray.remote(ce.run_trial).options(
             num_cpus=threads, max_retries=0, name="evaluate-trial",
             **ray_utils.task_options(cfg))
-        by_id = {c.clip_id: (c, dm, why) for c, dm, why in clips}
-        refs = {c.clip_id: ray.put(c.frames) for c, _, _ in clips}
-        ctx.log(f"[evaluate] source={source}: {len(clips)} clips x {trials} SfM trials")
+        all_clips = clips + real
+        by_id = {c.clip_id: (c, dm, why) for c, dm, why in all_clips}
+        refs = {c.clip_id: ray.put(c.frames) for c, _, _ in all_clips}
+        ctx.log(f"[evaluate] source={source} protocol={protocol}: {len(clips)} clips"
+                + (f" and their {len(real)} real videos" if real else "")
+                + f" x {trials} SfM trials")
 
         def submit(clip: ce.EvalClip, trial: int, seed: int) -> Any:
-            need_scale = by_id[clip.clip_id][2] is None
+            need_scale = protocol == "project" and by_id[clip.clip_id][2] is None
             return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
                                  ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
 
-        bar = progress(len(clips) * trials, "evaluate SfM", "trials",
+        bar = progress(len(all_clips) * trials, "evaluate SfM", "trials",
                        s.progress, float(s.log.progress_every_s))
         counts = {"ok": 0, "failed": 0}
 
@@ -466,19 +486,49 @@ class EvaluateStage(Stage):
 
         try:
             results = ce.run_trials(
-                [c for c, _, _ in clips], submit,
+                [c for c, _, _ in all_clips], submit,
                 lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, s.evaluate.seed,
                 on_result=on_result)
         finally:
             bar.close()
+        asides = {cid: ce.consensus(res, ccfg) for cid, res in results.items()}
+        real_ids = {c.clip_id for c, _, _ in real}
+
+        def reference(clip_id: str) -> ce.Reference:
+            """The ground-truth video of a clip (cami2v's metric variant): for source=dataset
+            the clip's own frames, for source=model the real clip the model was asked for."""
+            gt_id = clip_id if source == "dataset" or clip_id in real_ids else \
+                clip_id + ce.REAL_SUFFIX
+            if gt_id not in results:
+                return ce.Reference(None, "no ground-truth video (the published metric variant "
+                                          "runs SfM on it; evaluate.videos has none)")
+            _, gdm, gwhy = by_id[gt_id]
+            return ce.cami2v_reference(results[gt_id], [a is None for a in asides[gt_id]], gdm,
+                                       gwhy if gdm is None else None)
+
         rows = []
         for clip_id, res in results.items():
             clip, dm, why = by_id[clip_id]
             for r in res:
                 _log_trial_output(r)
-            rows.extend(ce.score_trial(clip, r, dm, why, cfg["align"]) for r in res)
-        metrics = ce.aggregate(rows, [c.clip_id for c, _, _ in clips])
-        unmeasured = ce.unmeasured_clips(rows)
+            ref = reference(clip_id) if protocol == "cami2v" else None
+            for r, aside in zip(res, asides[clip_id], strict=True):
+                if ref is None:
+                    row = ce.score_trial(clip, r, dm, why, cfg["align"])
+                else:
+                    row = ce.score_trial_cami2v(clip, r, dm, why if dm is None else None, ref)
+                rows.append({**row, "reproj_error": float(r.get("reproj_error", math.nan)),
+                             "kept": bool(row["success"]) and aside is None,
+                             "set_aside": aside,
+                             "row": "ground_truth" if clip_id in real_ids or source == "dataset"
+                             else "model"})
+        gen_rows = [r for r in rows if r["clip_id"] not in real_ids]
+        metrics = ce.aggregate(gen_rows, [c.clip_id for c, _, _ in clips])
+        metrics["protocol"] = protocol
+        metrics["ground_truth"] = ce.ground_truth_summary(
+            source, metrics, [r for r in rows if r["clip_id"] in real_ids],
+            [c.clip_id for c, _, _ in real])
+        unmeasured = ce.unmeasured_clips(gen_rows)
         metrics.update(source=source, failed_clips={**failures, **unmeasured})
         out_dir = storage.path(ctx.work_dir) / "evaluate"
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def check_sampling(cfg: dict[str, Any]) -> None:
     """``train.sampling`` settings, and the image and trajectory files they name, that would
     fail only after training or model loading: one ``ConfigError`` line naming the key, before
     any stage runs."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from trainer.inference.trajectory import PRESETS
 
     s = Settings(cfg).train.sampling
@@ -136,7 +136,7 @@ class TrainStage(Stage):
         if tcfg.sampling.after_train:  # the sample it writes: settings, image, trajectory
             check_sampling(cfg)
         if tcfg.distributed.backend == "ray" and storage.is_uri(s.paths.work_dir):
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
                               "filesystem: use a local/shared paths.work_dir with it, or "
@@ -149,7 +149,7 @@ class TrainStage(Stage):
         problem = model_source_problem(svd.pretrained, None, svd.local_files_only,
                                        float(s.models.hub_timeout_s), marker="model_index.json")
         if problem:
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"train.svd.pretrained: {problem}; download it on a connected machine "

@@ -1,8 +1,11 @@
-"""Small synthetic inputs for engine tests: RealEstate10K pose files with tiny frames."""
+"""Small synthetic inputs for tests (and benchmarks): RealEstate10K pose files with tiny frames,
+randomly initialised Depth Anything checkpoints."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -88,3 +91,79 @@ def noise_videos(base: Path, names: list[str], n: int = 4, size: int = 32) -> tu
         c2w[:, 2, 3] = np.linspace(0.0, 0.3, n)
         write_trajectory(c2w, trajs / f"{name}.txt")
     return vids, trajs
+
+
+# ---------------------------------------------------------------------- offline depth checkpoints
+#: Depth Anything V2 architecture shapes (backbone width/depth/heads, DPT neck), as published.
+ARCHS: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden": 32, "layers": 4, "heads": 2, "out": [1, 2, 3, 4],
+             "neck": [8, 16, 32, 32], "fusion": 16, "head_hidden": 8},
+    "vits": {"hidden": 384, "layers": 12, "heads": 6, "out": [3, 6, 9, 12],
+             "neck": [48, 96, 192, 384], "fusion": 64, "head_hidden": 32},
+    "vitb": {"hidden": 768, "layers": 12, "heads": 12, "out": [3, 6, 9, 12],
+             "neck": [96, 192, 384, 768], "fusion": 128, "head_hidden": 32},
+    "vitl": {"hidden": 1024, "layers": 24, "heads": 16, "out": [5, 12, 18, 24],
+             "neck": [256, 512, 1024, 1024], "fusion": 256, "head_hidden": 32},
+}
+
+
+def save_random_checkpoint(
+    out_dir: str,
+    arch: str = "tiny",
+    depth_type: str = "metric",
+    max_depth: int = 20,
+    input_size: int = 518,
+    seed: int = 0,
+) -> str:
+    """A randomly initialised Depth Anything checkpoint + image processor saved like the hub's.
+
+    For tests and benchmarks without network access (``bench/`` imports it from here): it is
+    loaded through exactly the same ``pipeline.depth.model.load_depth_model`` path as a real
+    checkpoint. The processor config mirrors the released
+    ones (keep aspect ratio, multiple of 14, bicubic, ImageNet mean/std).
+    """
+    import torch
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessorPil,
+    )
+
+    a = ARCHS[arch]
+    backbone = Dinov2Config(
+        hidden_size=a["hidden"], num_hidden_layers=a["layers"], num_attention_heads=a["heads"],
+        intermediate_size=4 * a["hidden"], patch_size=14, image_size=518,
+        out_indices=a["out"], reshape_hidden_states=False,
+    )
+    cfg = DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=a["hidden"],
+        neck_hidden_sizes=a["neck"], fusion_hidden_size=a["fusion"],
+        head_hidden_size=a["head_hidden"], depth_estimation_type=depth_type,
+        max_depth=max_depth,
+    )
+    torch.manual_seed(seed)
+    model = DepthAnythingForDepthEstimation(cfg).eval()
+    # transformers' init (std 0.02) makes the untrained head output a constant ~max_depth/2;
+    # He-initialised convolutions give a map that varies over the image, so tests can see
+    # a wrong pixel mapping.
+    with torch.no_grad():
+        for mod in [*model.neck.modules(), *model.head.modules()]:
+            if isinstance(mod, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                torch.nn.init.kaiming_normal_(mod.weight)
+        model.head.conv3.weight.mul_(0.02)  # keep the sigmoid away from saturation
+        model.head.conv3.bias.zero_()
+    model.save_pretrained(out_dir)
+    proc = DPTImageProcessorPil(
+        size={"height": input_size, "width": input_size}, keep_aspect_ratio=True,
+        ensure_multiple_of=14, resample=3, do_pad=False,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )
+    proc.save_pretrained(out_dir)
+    # The hub's files name the class "DPTImageProcessor"; keep that so the Auto mapping (which
+    # falls back to the PIL backend without torchvision) is exercised as with real checkpoints.
+    path = Path(out_dir) / "preprocessor_config.json"
+    meta = json.loads(path.read_text())
+    meta["image_processor_type"] = "DPTImageProcessor"
+    path.write_text(json.dumps(meta, indent=2))
+    return out_dir

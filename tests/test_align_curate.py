@@ -14,7 +14,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.geometry import poses as geo
 from pipeline.scale.factors import _mad_rel, frame_factors
 from pipeline.schema import ALIGN, CURATED, DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
@@ -101,6 +102,7 @@ class FakeCtx:
         self.shard_ids = sorted(shards)
         self.failures = failures or {}
         self.lines: list[str] = []
+        self.prepared: dict[str, dict[str, Any]] = {}
 
     def output_path(self, stage: str, shard_id: str) -> Path:
         d = "curated" if stage == "curate" else stage
@@ -436,7 +438,7 @@ def run_curate(tmp_path: Path, cfg: dict[str, Any]
     cfg = {**cfg, "curate": {**cfg["curate"], "quantile": 0.125}}  # n=9 aligned -> k=1
     ctx = FakeCtx(cfg, tmp_path, shards,
                   failures={"align": {"k3": "no frame has >= 10 valid depth/point ratios"}})
-    extra = CURATE_STAGE.prepare(ctx)
+    extra = ctx.prepared["curate"] = CURATE_STAGE.prepare(ctx)
     filtered: dict[str, str] = {}
     results = {}
     for shard, clips in shards.items():
@@ -485,6 +487,7 @@ def test_curate_prepare_process_finalize(tmp_path: Path, cfg: dict[str, Any]) ->
                                         "scale_max_high": 1, "scale_min_low": 1,
                                         "scale_min_high": 1}
     assert meta["cutoffs"]["scale_min"]["k"] == 1
+    assert meta["cutoffs"] == run["extra"]["cutoffs"]  # prepare's, passed on, not recomputed
     assert meta["distribution"]["kept"]["scale_median"]["n"] == 5
     npz = np.load(out / "_compat" / "per_frame_scale.npz", allow_pickle=False)
     assert sorted(npz.files) == sorted(kept)
@@ -505,6 +508,15 @@ def test_curate_prepare_process_finalize(tmp_path: Path, cfg: dict[str, Any]) ->
     CURATE_STAGE.finalize(ctx)
     after = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert before == after
+
+
+def test_finalize_needs_the_cutoffs_of_prepare(tmp_path: Path, cfg: dict[str, Any]) -> None:
+    """finalize reports with the cut-offs prepare computed for the run; a context without
+    them (prepare not run) is an error, not a silent recomputation."""
+    ctx, *_ = run_curate(tmp_path, cfg)
+    ctx.prepared.clear()
+    with pytest.raises(RuntimeError, match="cut-offs from prepare"):
+        CURATE_STAGE.finalize(ctx)
 
 
 def test_curated_dir_reads_with_ray_data(tmp_path: Path, cfg: dict[str, Any],

@@ -72,7 +72,7 @@ def test_depth_default_follows_dataset():
 def test_bad_integer_settings_are_config_errors(tmp_path):
     """dataset.limit=-1 used to drop the last clip silently (ids[:-1]); shards.size=abc ended in
     a traceback. Both are user mistakes: one-line ConfigError."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.runner import Runner
     from tests.helpers import cfg_for, write_clip
 
@@ -134,7 +134,8 @@ def test_missing_dataset_root_is_one_line_before_ray_models_or_rendering(
 def test_synthetic_dataset_root_may_be_new(tmp_path):
     """The sample is rendered on first use: into the work dir by default (even before the work
     dir exists), or into a new folder of an existing directory."""
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
     from pipeline.registry import source
 
     ingest = source()

@@ -24,12 +24,12 @@ from pipeline.depth.model import (
     finalize_samples,
     load_depth_model,
     sample_sensor,
-    save_random_checkpoint,
 )
 from pipeline.schema import DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
 from pipeline.stage import ShardTask
 from stages import depth as depth_stage
 from tests.conftest import shared_path
+from tests.helpers import save_random_checkpoint
 
 # Tolerances (metres; depths here are 0..20 m):
 # - samples vs. the processor's own post-processed full-resolution map, sampled bilinearly in
@@ -300,7 +300,6 @@ def test_unreadable_frame_fails_only_its_clip(ckpt, predictor, tmp_path):
 def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
     ray_cluster, ckpt, predictor, tmp_path, capsys
 ):
-    import ray
 
     cfg = _cfg(tmp_path, ckpt)
     rows = [_clip(tmp_path / "d", "a", 2, 50, 37, 1)]
@@ -312,9 +311,11 @@ def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
     try:
         assert pool.device == "cpu" and len(pool.actors) == 1
         assert "no GPU in the Ray cluster" in capsys.readouterr().err
-        outcome = ray.get(pool.submit(task), timeout=120)
+        assert pool.submit(task) == task.shard_id
+        [(shard_id, outcome)] = pool.next_done()
     finally:
         pool.close()
+    assert shard_id == task.shard_id
     assert outcome.ok, outcome.error
     res = outcome.result
     assert res.n_ok == 1 and res.stats["device"] == "cpu"
@@ -324,7 +325,7 @@ def test_actor_pool_falls_back_to_cpu_and_processes_a_shard(
         pq.read_table(ref_task.output).column("depth").to_numpy(), atol=TOL_BATCH,
     )
     bad = load_config([f"paths.work_dir={tmp_path}", "depth=da2_metric", "depth.device=cuda"])
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no GPU"):
         stage.make_executor(bad)

@@ -143,7 +143,7 @@ def test_real_rgbd_recovers_known_scale(tmp_path, ray_cluster):
 def test_depth_anything_backend_through_the_runner(sample_run, tmp_path, ray_cluster):
     """The real-data path end to end: depth=da2_metric with a (tiny, random, local) checkpoint
     runs through the runner's actor pool (CPU fallback here), re-running only depth onwards."""
-    from pipeline.depth.model import save_random_checkpoint
+    from tests.helpers import save_random_checkpoint
 
     ref = sample_run["work"]
     work = tmp_path / "da2"

@@ -8,14 +8,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline import registry
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.ledger import DONE, Ledger
 from pipeline.runner import Runner, status
 from pipeline.stage import (
@@ -24,6 +27,8 @@ from pipeline.stage import (
     INPUT,
     ClipError,
     ShardResult,
+    ShardTask,
+    execute,
     for_each_clip,
     reason_key,
 )
@@ -181,9 +186,6 @@ def test_for_each_clip_kinds():
     assert ok == ["good"]
     assert res.failures["bad"] == "bad data" and res.failures["bug"].startswith("KeyError")
     assert (res.kind_of("bad"), res.kind_of("bug")) == (INPUT, ERROR)
-    # stages written against the earlier contract (magic keys in stats) keep working
-    old = ShardResult(1, 1, stats={"filtered": {"x": "rule"}, "inputs_digest": "d", "n": 1})
-    assert (old.filtered, old.inputs_digest, old.stats) == ({"x": "rule"}, "d", {"n": 1})
 
 
 def test_failure_reasons_aggregate():
@@ -336,3 +338,117 @@ def test_noop_rerun_starts_no_ray_and_reports_the_whole_command(tmp_path, ray_cl
     assert "Ray" not in out.stdout + out.stderr, out.stdout + out.stderr
     wall = read_json(work / "summary.json")["wall_s"]
     assert 0.7 * elapsed <= wall <= elapsed + 1.0, (wall, elapsed)
+
+
+# ---------------------------------------------------------------------- executors on actors
+def _pool_worker_class() -> type:
+    """A pool actor (defined in a function: pickled by value, Ray workers need not import
+    tests/): ``sleep`` seconds of work per shard, echoes its shard id, and shard ``die`` kills
+    the actor process under it."""
+
+    class Worker:
+        def ready(self) -> bool:
+            return True
+
+        def process(self, task: ShardTask) -> Any:
+            def run(t: ShardTask) -> ShardResult:
+                if t.shard_id == "die":
+                    os._exit(1)
+                time.sleep(float(t.extra.get("sleep", 0.0)))
+                return ShardResult(n_clips=1, n_ok=1, stats={"echo": t.shard_id})
+
+            return execute(run, task, in_worker=True)
+
+    return Worker
+
+
+def _pool_task(tmp_path: Path, shard_id: str, sleep: float = 0.0) -> ShardTask:
+    return ShardTask(stage="toy", shard_id=shard_id, clip_ids=[shard_id], inputs={},
+                     output=str(tmp_path / f"{shard_id}.parquet"), cfg={},
+                     work_dir=str(tmp_path), extra={"sleep": sleep})
+
+
+def _drain(pool: Any, n: int) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    while len(out) < n:
+        out += pool.next_done()
+    return out
+
+
+def test_actor_pool_records_each_result_for_its_own_shard(ray_cluster, tmp_path):
+    """Ray's ActorPool hands results back as they finish, not in submission order: each one
+    must still be recorded for its own shard, and every shard exactly once."""
+    import ray
+
+    from pipeline.pool import ShardActorPool
+
+    remote = ray.remote(_pool_worker_class()).options(num_cpus=0)
+    actors = [remote.remote() for _ in range(2)]
+    ray.get([a.ready.remote() for a in actors])
+    pool = ShardActorPool(actors)
+    try:
+        tasks = [_pool_task(tmp_path, "slow", 3.0), _pool_task(tmp_path, "fast"),
+                 _pool_task(tmp_path, "next1"), _pool_task(tmp_path, "next2")]
+        assert [pool.submit(t) for t in tasks] == [t.shard_id for t in tasks]
+        done = _drain(pool, len(tasks))
+    finally:
+        pool.close()
+    order = [key for key, _ in done]
+    assert sorted(order) == sorted(t.shard_id for t in tasks)
+    assert order.index("fast") < order.index("slow")  # out of submission order
+    for key, outcome in done:
+        assert outcome.ok, outcome.error
+        assert outcome.shard_id == key and outcome.result.stats["echo"] == key
+
+
+def test_actor_pool_takes_back_a_restarted_actor(ray_cluster, tmp_path):
+    """An actor killed under a shard fails that shard (kept for the next run); once Ray has
+    restarted it (``max_restarts``), it takes the next shards again: without being handed
+    back, the pool would have dropped its only actor."""
+    import ray
+
+    from pipeline.pool import ShardActorPool
+
+    remote = ray.remote(_pool_worker_class()).options(num_cpus=0, max_restarts=1,
+                                                      max_task_retries=0)
+    actor = remote.remote()
+    pool = ShardActorPool([actor])
+    try:
+        pool.submit(_pool_task(tmp_path, "die"))
+        [(key, outcome)] = pool.next_done()
+        assert key == "die" and not outcome.ok and "Actor" in outcome.error
+        deadline = time.monotonic() + 60
+        while True:  # the restart takes a moment; calls meanwhile say it is restarting
+            try:
+                ray.get(actor.ready.remote(), timeout=10)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                assert time.monotonic() < deadline, "the actor did not come back"
+                time.sleep(0.5)
+        for shard_id in ("x", "y"):
+            pool.submit(_pool_task(tmp_path, shard_id))
+        done = dict(_drain(pool, 2))
+    finally:
+        pool.close()
+    assert sorted(done) == ["x", "y"]
+    assert all(o.ok and o.result.stats["echo"] == k for k, o in done.items())
+
+
+def test_actor_pool_with_a_dead_actor_fails_the_rest_without_hanging(ray_cluster, tmp_path):
+    """No restarts left: every later shard fails at once with Ray's reason (as on a dead
+    worker), none waits forever for an actor that will not come back."""
+    import ray
+
+    from pipeline.pool import ShardActorPool
+
+    remote = ray.remote(_pool_worker_class()).options(num_cpus=0, max_restarts=0,
+                                                      max_task_retries=0)
+    pool = ShardActorPool([remote.remote()])
+    try:
+        for shard_id in ("die", "x", "y"):
+            pool.submit(_pool_task(tmp_path, shard_id))
+        done = dict(_drain(pool, 3))
+    finally:
+        pool.close()
+    assert sorted(done) == ["die", "x", "y"]
+    assert all(not o.ok and "Actor" in o.error for o in done.values())

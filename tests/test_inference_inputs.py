@@ -223,7 +223,7 @@ def _fast_sampler(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def test_tiny_image_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from stages.sample import STAGE as SAMPLE
     from trainer.sampling import sample_to_mp4
 

@@ -351,9 +351,9 @@ def test_renderer_on_gpu_matches_cpu() -> None:
     torch.testing.assert_close(cpu.image, gpu.image.cpu())
 
 
-def test_readme_trajectory_example_loads(tmp_path: Path) -> None:
+def test_documented_trajectory_example_loads(tmp_path: Path) -> None:
     """The documented example is valid: a UI author can start from it."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "training_and_sampling.md").read_text()
     block = text.split("**Trajectory format**", 1)[1].split("```json", 1)[1].split("```", 1)[0]
     (tmp_path / "t.json").write_text(block)
     tr = tj.load_trajectory(tmp_path / "t.json")

@@ -126,7 +126,7 @@ def test_external_image_with_preset_and_depth_file(small_sample: dict, tmp_path:
 
 
 def test_depth_anything_backend_gives_a_full_map(tmp_path: Path) -> None:
-    from pipeline.depth.model import save_random_checkpoint
+    from tests.helpers import save_random_checkpoint
     from trainer.inference.preview import condition_depth
     from trainer.sampling import scene_inputs
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.formats.re10k import parse_pose_file
 from pipeline.ledger import Ledger
 from pipeline.runner import Runner

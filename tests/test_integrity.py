@@ -78,17 +78,6 @@ def test_failed_dataset_wide_step_fails_the_run(work, monkeypatch):
     assert any("curate" in p for p in summary["problems"]), summary["problems"]
 
 
-def test_metrics_named_like_legacy_keys_stay_metrics():
-    """A count called ``filtered`` (curate's dataset-wide metrics) is a metric, not the old
-    spelling of ``ShardResult.filtered``; the old spelling (a dict) is still understood."""
-    from pipeline.stage import ShardResult
-
-    res = ShardResult(n_clips=0, n_ok=0, stats={"filtered": 2, "inputs_digest": 7})
-    assert res.stats == {"filtered": 2, "inputs_digest": 7} and res.filtered == {}
-    old = ShardResult(n_clips=1, n_ok=0, stats={"filtered": {"c": "rule"}, "inputs_digest": "ab"})
-    assert old.filtered == {"c": "rule"} and old.inputs_digest == "ab" and old.stats == {}
-
-
 # ---------------------------------------------------------------------- the trained model
 MODEL_FILES = ("checkpoints", "metrics.jsonl", "summary.json")
 
@@ -115,7 +104,7 @@ def trained(work):
 
 
 def test_sampling_options_leave_the_trained_model_alone(trained):
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     w, cfg, before = trained
     summary = Runner(cfg(*TINY_TRAIN, "train.sampling.guidance_scale=3.0",
@@ -156,7 +145,7 @@ def test_model_trained_before_the_sampling_exclusion_stays_fresh(work, monkeypat
 
 
 def test_config_view_leaves_out_excluded_paths():
-    from pipeline.config import stage_config_view
+    from pipeline.stage import stage_config_view
 
     cfg = {"train": {"lr": 1, "sampling": {"steps": 2}}, "other": 3}
     assert stage_config_view(cfg, ("train",)) == {"train": cfg["train"]}

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 DOMAIN = ("formats", "sfm", "depth", "geometry", "scale", "synthetic", "evaluation")
 #: the engine: shards, ledger, config, CLI, logging, Ray
 ENGINE = ("runner", "ledger", "registry", "stage", "cli", "config", "settings", "summary", "log",
-          "ray_utils", "ui", "__main__")
+          "ray_utils", "ui", "pool", "__main__")
 
 
 def _imports(path: Path) -> list[str]:
@@ -61,3 +61,81 @@ def test_engine_names_no_stage(name: str) -> None:
     text = path.read_text(encoding="utf-8")
     for stage in sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__"):
         assert f"stages.{stage}" not in text, f"pipeline/{name}.py names stages.{stage}"
+
+
+def _engine_graph() -> dict[str, set[str]]:
+    """``pipeline/<name>.py`` -> the ``pipeline/*.py`` modules it imports (also inside
+    functions: a late import still closes a circle, it only hides it until run time)."""
+    mods = {p.stem for p in (ROOT / "pipeline").glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in sorted(mods):
+        deps = set()
+        for m in _imports(ROOT / "pipeline" / f"{name}.py"):
+            parts = m.split(".")
+            if parts[0] == "pipeline" and len(parts) > 1 and parts[1] in mods:
+                deps.add(parts[1])  # pipeline.x, pipeline.x.y, and "from pipeline import x"
+        graph[name] = deps - {name}
+    return graph
+
+
+def _circle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle as a path ``[a, b, ..., a]``, or ``[]``: depth-first search."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def test_circle_finder_finds_a_circle() -> None:
+    assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_import_circle_among_pipeline_modules() -> None:
+    graph = _engine_graph()
+    assert graph["stage"] and graph["runner"]  # the scan sees imports at all
+    circle = _circle(graph)
+    assert not circle, "import circle: " + " -> ".join(f"pipeline/{m}.py" for m in circle)
+
+
+def _stage_files() -> list[Path]:
+    return sorted(p for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("path", _stage_files(), ids=lambda p: p.stem)
+def test_stage_uses_no_private_name_of_another_stage(path: Path) -> None:
+    """A helper two stages share belongs in ``pipeline/`` (or is public): a stage reaching into
+    another's ``_private`` names breaks when that stage is refactored on its own."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "stages" and parts[1:] != [path.stem]:
+                bad += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            base = node.value  # stages.x._name spelled out after "import stages.x"
+            if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name) \
+                    and base.value.id == "stages" and base.attr != path.stem:
+                bad.append(f"stages.{base.attr}.{node.attr}")
+    assert not bad, f"stages/{path.name} uses {bad}"

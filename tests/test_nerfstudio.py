@@ -101,7 +101,7 @@ def test_invalid_scene_is_a_clip_error(tmp_path: Path, change, reason: str) -> N
 def test_root_without_scenes_and_unreadable_scene(tmp_path: Path) -> None:
     """A root with no transforms.json is one start-up line; a scene whose transforms.json is
     broken is one failing clip named after the scene (the other scenes still run)."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.registry import source
 
     (tmp_path / "empty").mkdir()

@@ -30,7 +30,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline import ray_utils, storage, work_lock
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.ledger import DONE, Ledger
 from pipeline.runner import Runner
 from tests.conftest import ROOT, S3_ENV

@@ -155,7 +155,7 @@ def test_second_run_on_the_same_work_dir_is_refused(tmp_path, ray_cluster):
 
     import pytest
 
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     root, work = tmp_path / "data", tmp_path / "work"
     write_clip(root, "c0")

@@ -68,6 +68,31 @@ def test_bad_value_fails_at_compose_time_naming_key_value_and_allowed(section: s
     assert key in msg and value in msg and allowed in msg, msg
 
 
+@pytest.mark.parametrize("override, allowed", [
+    ("evaluate.protocol=realcam", "one of project, cami2v"),
+    ("evaluate.sfm.mapper=hybrid", "one of global, incremental"),
+    ("evaluate.consensus.mode=vote", "one of none, majority, best"),
+    ("evaluate.consensus.trans_tol=0", "> 0"),
+    ("train.builtin.warp_prior.iterations=0", ">= 1"),
+    ("train.builtin.warp_prior.depth_channels=[32,0]", ">= 1"),
+])
+def test_evaluation_and_warp_prior_settings_checked_at_compose_time(override: str,
+                                                                    allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert override.partition("=")[0] in str(err.value) and allowed in str(err.value), err.value
+
+
+def test_evaluation_and_warp_prior_defaults_read_typed() -> None:
+    s = Settings(load_config([]))
+    assert (s.evaluate.protocol, s.evaluate.sfm.mapper) == ("project", "global")
+    assert (s.evaluate.sfm.sift.max_num_features, s.evaluate.sfm.sift.first_octave) == (8192, -1)
+    assert s.evaluate.consensus == settings.EvaluateConsensus(mode="majority", rot_tol=0.01,
+                                                             trans_tol=0.02)
+    assert s.train.builtin.warp_prior == settings.TrainWarpPrior(
+        enabled=False, depth_channels=[32, 64], init_depth=2.5, iterations=3)
+
+
 def test_depth_variant_checked_by_its_own_schema() -> None:
     with pytest.raises(ConfigError, match=r"depth.interpolation must be one of bilinear, "
                                           r"nearest; got 'cubic'"):
@@ -173,19 +198,20 @@ def test_typed_view_reads_the_composed_values() -> None:
 
 # ---------------------------------------------------------------------- fingerprints
 #: ``python -m tests.fingerprints`` (from another directory, with the project on PYTHONPATH) on
-#: the tree whose defaults were still spelt out in conf/*.yaml
+#: the tree whose defaults were still spelt out in conf/*.yaml, as of the evaluation protocol
+#: settings (evaluate.protocol, sfm.mapper, consensus, SIFT defaults) and train.builtin.warp_prior
 RECORDED = {
-    "sample": "524feae9ed31b496",
-    "re10k": "0cb80158d8e1ab30",
-    "rgbd": "6197edcff15b3a05",
-    "nerfstudio": "098969ca17cd7d54",
-    "da2_metric": "a14783bae7e31675",
-    "svd": "cdbb87d69fa094ac",
-    "builtin_256": "4e494fbeb20518ac",
-    "eval_dataset": "c0f9eb4f2f83094b",
-    "eval_no_depth": "9b97bc3e782f5f20",
-    "eval_videos": "aeb6a4d63cd0565a",
-    "edited": "3d45047cb36e73bc",
+    "sample": "6c8ea18dfb56f6e5",
+    "re10k": "10e92f6e793ae172",
+    "rgbd": "d0e46cf7f5c02b2a",
+    "nerfstudio": "b47de384ef65c1ae",
+    "da2_metric": "d287311dd69897f0",
+    "svd": "ffb7b5ccfd51807e",
+    "builtin_256": "01c3bc8c67084dbf",
+    "eval_dataset": "7b95f04311e9834c",
+    "eval_no_depth": "12905787b4d1236a",
+    "eval_videos": "c552b6b1a8df2496",
+    "edited": "13f088068e70a751",
 }
 
 

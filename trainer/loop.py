@@ -185,6 +185,144 @@ class _MetricsLog:
         self.pending.clear()
 
 
+def _seed_process(tcfg: dict[str, Any], device: torch.device) -> int:
+    """Thread count and the global seeds, before anything draws a random number."""
+    if device.type == "cpu" and int(tcfg["cpu_threads"]) > 0:
+        # intra-op threads beyond the free cores spin at barriers: on 2 shared cores with a
+        # loader worker, 2 threads measured 10x slower per step than 1
+        torch.set_num_threads(int(tcfg["cpu_threads"]))
+    seed = int(tcfg["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return seed
+
+
+@dataclass
+class _Training:
+    """The model and everything an optimizer step updates or a checkpoint holds."""
+
+    model: torch.nn.Module
+    scheduler: DDPMScheduler
+    params: Any
+    optimizer: torch.optim.Optimizer
+    lr_sched: Any
+    scaler: torch.amp.GradScaler
+    mixed: str
+
+    @classmethod
+    def build(cls, tcfg: dict[str, Any], device: torch.device) -> _Training:
+        """Backbone, noise scheduler, AdamW, lr schedule and grad scaler from the config."""
+        model = build_backbone(tcfg).to(device)
+        scheduler = build_noise_scheduler(tcfg)
+        params = model.trainable_parameters()
+        a = tcfg["adam"]
+        optimizer = torch.optim.AdamW(
+            params, lr=float(tcfg["lr"]), betas=(float(a["beta1"]), float(a["beta2"])),
+            eps=float(a["eps"]), weight_decay=float(a["weight_decay"]),
+        )
+        lr_sched = get_scheduler(
+            tcfg["lr_scheduler"], optimizer, num_warmup_steps=int(tcfg["warmup_steps"]),
+            num_training_steps=int(tcfg["max_steps"]),
+        )
+        mixed = str(tcfg["mixed_precision"])
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and mixed == "fp16")
+        return cls(model, scheduler, params, optimizer, lr_sched, scaler, mixed)
+
+    def resume(self, state: dict[str, Any] | None) -> int:
+        """Load a checkpoint's states (RNG included); returns its step (0 without one)."""
+        if state is None:
+            return 0
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_sched.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+        ckpt.set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def state(self, step: int, backbone: str) -> dict[str, Any]:
+        """What a checkpoint holds for an exact resume at ``step``."""
+        return {
+            "model": self.model.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_sched.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "step": step,
+            "backbone": backbone,
+        }
+
+
+@dataclass
+class _Loop:
+    """One run's step loop: optimizer steps over the batch stream, metrics and checkpoints."""
+
+    tcfg: dict[str, Any]
+    dist: DistInfo
+    device: torch.device
+    seed: int
+    tr: _Training
+    net: torch.nn.Module
+    metrics_log: _MetricsLog
+    checkpoints: Any
+    bar: Any
+    end: int
+    per_step: int
+
+    def optimizer_step(self, batches: Any, step: int) -> tuple[float, float, float]:
+        """One step over ``grad_accum`` micro-batches: (mean loss, grad norm, lr used)."""
+        tr, accum = self.tr, int(self.tcfg["grad_accum"])
+        tr.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(accum):
+            batch = next(batches)
+            gen = step_generator(self.seed, step, micro, self.dist.rank)
+            with _autocast(self.device, tr.mixed):
+                loss = diffusion_loss(self.net, tr.scheduler, batch, gen, self.tcfg, self.device)
+            tr.scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+        tr.scaler.unscale_(tr.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(tr.params, float(self.tcfg["max_grad_norm"]))
+        tr.scaler.step(tr.optimizer)
+        tr.scaler.update()
+        lr = tr.optimizer.param_groups[0]["lr"]
+        tr.lr_sched.step()
+        return total, float(gnorm), lr
+
+    def run(self, batches: Any, step: int) -> tuple[int, dict[str, Any]]:
+        """Steps until ``end``, logging each and checkpointing every ``checkpoint_every`` and
+        at the end; returns the last step and its metrics."""
+        ckpt_every = int(self.tcfg["checkpoint_every"])
+        last: dict[str, Any] = {}
+        while step < self.end:
+            t0 = time.perf_counter()
+            total, gnorm, lr = self.optimizer_step(batches, step)
+            step += 1
+            dt = time.perf_counter() - t0
+            last = {
+                "step": step, "loss": total, "lr": lr, "grad_norm": gnorm,
+                "samples_per_s": self.per_step / dt, "step_s": dt,
+            }
+            if self.dist.rank == 0:
+                self.metrics_log.append(json.dumps(last) + "\n")
+            self.bar.set_postfix(loss=f"{total:.4f}")
+            self.bar.update(1)
+            if step % ckpt_every == 0 or step == self.end:
+                state = (self.tr.state(step, self.tcfg["backbone"]) if self.dist.rank == 0
+                         else None)
+                self.metrics_log.flush()  # with the checkpoint: a resume truncates to it anyway
+                self.checkpoints.save(step, state, last)
+        return step, last
+
+
+def _dataset(tcfg: dict[str, Any], data_files: Sequence[str | Path],
+             seed: int) -> CuratedVideoDataset:
+    """The training clips of the curated tables (``train.data.split``; empty: every split)."""
+    dcfg = tcfg["data"]
+    rows = load_curated(data_files, dcfg["split"] or None)
+    return CuratedVideoDataset(rows, dcfg, train=True, seed=seed,
+                               camera=str(tcfg.get("camera", "metric")))
+
+
 def train(
     tcfg: dict[str, Any],
     data_files: Sequence[str | Path],
@@ -207,111 +345,35 @@ def train(
     out_dir = storage.path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoints or LocalCheckpoints(out_dir, int(tcfg["keep_checkpoints"]))
-    if device.type == "cpu" and int(tcfg["cpu_threads"]) > 0:
-        # intra-op threads beyond the free cores spin at barriers: on 2 shared cores with a
-        # loader worker, 2 threads measured 10x slower per step than 1
-        torch.set_num_threads(int(tcfg["cpu_threads"]))
-    seed = int(tcfg["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-    dcfg = tcfg["data"]
-    rows = load_curated(data_files, dcfg["split"] or None)
-    dataset = CuratedVideoDataset(rows, dcfg, train=True, seed=seed,
-                                  camera=str(tcfg.get("camera", "metric")))
-
-    model = build_backbone(tcfg).to(device)
-    scheduler = build_noise_scheduler(tcfg)
-    params = model.trainable_parameters()
-    a = tcfg["adam"]
-    optimizer = torch.optim.AdamW(
-        params, lr=float(tcfg["lr"]), betas=(float(a["beta1"]), float(a["beta2"])),
-        eps=float(a["eps"]), weight_decay=float(a["weight_decay"]),
-    )
-    max_steps = int(tcfg["max_steps"])
-    lr_sched = get_scheduler(
-        tcfg["lr_scheduler"], optimizer, num_warmup_steps=int(tcfg["warmup_steps"]),
-        num_training_steps=max_steps,
-    )
-    mixed = str(tcfg["mixed_precision"])
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and mixed == "fp16")
-
-    step = 0
-    state = checkpoints.latest()
-    if state is not None:
-        model.load_trainable_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        scaler.load_state_dict(state["grad_scaler"])
-        ckpt.set_rng_state(state["rng"])
-        step = int(state["step"])
+    seed = _seed_process(tcfg, device)
+    dataset = _dataset(tcfg, data_files, seed)
+    tr = _Training.build(tcfg, device)
+    step = tr.resume(checkpoints.latest())
     metrics_path = out_dir / "metrics.jsonl"
     if dist.rank == 0:
         _truncate_metrics(metrics_path, step)
-    metrics_log = _MetricsLog(metrics_path)
-    net = wrap_model(model) if wrap_model is not None else model
+    net = wrap_model(tr.model) if wrap_model is not None else tr.model
     net.train()
-
     bsz, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    max_steps = int(tcfg["max_steps"])
     end = max_steps if stop_at is None else min(max_steps, int(stop_at))
     per_step = bsz * accum * dist.world
     loader = make_loader(
         dataset, bsz, start=step * per_step, rank=dist.rank, world=dist.world,
-        num_workers=int(dcfg["num_workers"]), count=max(0, end - step) * bsz * accum, seed=seed,
+        num_workers=int(tcfg["data"]["num_workers"]), count=max(0, end - step) * bsz * accum,
+        seed=seed,
     )
     batches = iter(loader)
-    ckpt_every = int(tcfg["checkpoint_every"])
     bar = progress_bar(end, "train", "steps", progress and dist.rank == 0,
                        math.inf if progress_every_s is None else float(progress_every_s),
                        initial=step)
-    last: dict[str, Any] = {}
-    t_start = time.perf_counter()
-    start_step = step
-    while step < end:
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(accum):
-            batch = next(batches)
-            gen = step_generator(seed, step, micro, dist.rank)
-            with _autocast(device, mixed):
-                loss = diffusion_loss(net, scheduler, batch, gen, tcfg, device)
-            scaler.scale(loss / accum).backward()
-            total += float(loss.detach()) / accum
-        scaler.unscale_(optimizer)
-        gnorm = torch.nn.utils.clip_grad_norm_(params, float(tcfg["max_grad_norm"]))
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
-        lr_sched.step()
-        step += 1
-        dt = time.perf_counter() - t0
-        last = {
-            "step": step, "loss": total, "lr": lr, "grad_norm": float(gnorm),
-            "samples_per_s": per_step / dt, "step_s": dt,
-        }
-        if dist.rank == 0:
-            metrics_log.append(json.dumps(last) + "\n")
-        bar.set_postfix(loss=f"{total:.4f}")
-        bar.update(1)
-        if step % ckpt_every == 0 or step == end:
-            state = None
-            if dist.rank == 0:
-                state = {
-                    "model": model.trainable_state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_sched.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "rng": ckpt.rng_state(),
-                    "step": step,
-                    "backbone": tcfg["backbone"],
-                }
-            metrics_log.flush()  # with the checkpoint: a resume truncates to it anyway
-            checkpoints.save(step, state, last)
-    metrics_log.flush()
+    loop = _Loop(tcfg, dist, device, seed, tr, net, _MetricsLog(metrics_path), checkpoints,
+                 bar, end, per_step)
+    t_start, start_step = time.perf_counter(), step
+    step, last = loop.run(batches, step)
+    loop.metrics_log.flush()
     bar.close()
-    wall = time.perf_counter() - t_start
-    done = step - start_step
+    wall, done = time.perf_counter() - t_start, step - start_step
     return {
         "step": step,
         "steps_run": done,

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
+from trainer.warp import warp_condition
+
 
 def _groups(ch: int) -> int:
     for g in (32, 16, 8, 4, 2, 1):
@@ -117,12 +119,15 @@ class TemporalAttention(nn.Module):
 class SpaceTimeDenoiser(nn.Module):
     """A small U-Net over (B, F, C, h, w): ResBlocks + temporal attention per level."""
 
-    def __init__(self, latent_channels: int, channels: list[int], heads: int, temb_dim: int):
+    def __init__(self, latent_channels: int, channels: list[int], heads: int, temb_dim: int,
+                 n_inputs: int = 2):
         super().__init__()
         self.channels = list(channels)
         self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(channels[0], temb_dim)
-        self.conv_in = nn.Conv2d(2 * latent_channels, channels[0], 3, padding=1)
+        # n_inputs latents per frame, stacked on channels: the noisy one, the condition frame's
+        # and (with the warp prior) the condition frame reprojected to this frame
+        self.conv_in = nn.Conv2d(n_inputs * latent_channels, channels[0], 3, padding=1)
         self.down_res = nn.ModuleList()
         self.down_attn = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -176,6 +181,35 @@ class SpaceTimeDenoiser(nn.Module):
         return out.view(b, f, -1, h, w)
 
 
+class DepthHead(nn.Module):
+    """Condition image (B, 3, H, W) in [-1, 1] -> z-depth (B, 1, H, W) in the poses' units.
+
+    A small encoder-decoder with a global (image-mean) feature, since how far a room's walls are
+    is a property of the whole view. The last layer is zero-initialised, so an untrained head
+    predicts ``init_depth`` everywhere: a fronto-parallel plane, with which the warp already
+    moves the view the right way and the training only has to learn the shape and the scale.
+    """
+
+    def __init__(self, channels: list[int], init_depth: float):
+        super().__init__()
+        c0, c1 = int(channels[0]), int(channels[1])
+        self.enc0 = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(c0, c0, 3, padding=1), nn.SiLU())
+        self.enc1 = nn.Sequential(nn.Conv2d(c0, c1, 3, stride=2, padding=1), nn.SiLU(),
+                                  nn.Conv2d(c1, c1, 3, padding=1), nn.SiLU())
+        self.glob = nn.Linear(c1, c1)
+        self.dec = nn.Sequential(nn.Conv2d(c0 + c1, c0, 3, padding=1), nn.SiLU())
+        self.out = zero_module(nn.Conv2d(c0, 1, 3, padding=1))
+        self.log_init = math.log(float(init_depth))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        e0 = self.enc0(image)
+        e1 = self.enc1(e0)
+        e1 = e1 + self.glob(e1.mean(dim=(-2, -1)))[:, :, None, None]
+        up = F.interpolate(e1, size=e0.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.exp(self.out(self.dec(torch.cat([e0, up], dim=1))) + self.log_init)
+
+
 class BuiltinBackbone(nn.Module):
     """Pixel-space (space-to-depth) latents + ``SpaceTimeDenoiser`` + ``CameraEncoder``.
 
@@ -190,14 +224,23 @@ class BuiltinBackbone(nn.Module):
         self.factor = int(cfg["latent_factor"])
         self.latent_channels = 3 * self.factor**2
         channels = list(cfg["channels"])
+        # the geometric prior: the condition frame reprojected along each frame's camera with a
+        # learned depth (trainer.warp); the denoiser refines that warp instead of the plain
+        # condition frame
+        warp = cfg.get("warp_prior") or {}
+        self.warp = bool(warp.get("enabled", False))
         self.denoiser = SpaceTimeDenoiser(
-            self.latent_channels, channels, int(cfg["heads"]), int(cfg["temb_dim"])
+            self.latent_channels, channels, int(cfg["heads"]), int(cfg["temb_dim"]),
+            n_inputs=3 if self.warp else 2,
         )
+        if self.warp:
+            self.depth_head = DepthHead(list(warp["depth_channels"]), float(warp["init_depth"]))
+            self.warp_iterations = int(warp["iterations"])
         self.camera = CameraEncoder(self.factor, list(cfg["camera_channels"]), channels)
         # x0 prediction as the condition frame plus a learned change: a model that has learnt
         # nothing yet already returns the condition image in every frame, so training time goes
         # into how the view changes with the camera rather than into copying the image
-        self.residual = bool(cfg.get("residual_to_condition", False))
+        self.residual = bool(cfg.get("residual_to_condition", False)) or self.warp
         if self.residual:
             zero_module(self.denoiser.conv_out)
 
@@ -249,9 +292,16 @@ class BuiltinBackbone(nn.Module):
         """``keep_*`` (B,) float masks implement condition dropout (0 = dropped)."""
         b, f = z_t.shape[:2]
         c = cond["latent"]
+        base = self.warped_condition(c, plucker, keep_camera, f) if self.warp else None
         if keep_image is not None:
             c = c * keep_image.view(-1, 1, 1, 1).to(c.dtype)
-        x = torch.cat([z_t, c[:, None].expand(-1, f, -1, -1, -1)], dim=2)
+        inputs = [z_t, c[:, None].expand(-1, f, -1, -1, -1)]
+        if base is not None:
+            shown = base
+            if keep_image is not None:
+                shown = base * keep_image.view(-1, 1, 1, 1, 1).to(base.dtype)
+            inputs.append(shown)
+        x = torch.cat(inputs, dim=2)
         feats = None
         if plucker is not None:
             feats = self.camera(plucker.flatten(0, 1).to(z_t.dtype))
@@ -259,6 +309,35 @@ class BuiltinBackbone(nn.Module):
                 m = keep_camera.to(z_t.dtype).repeat_interleave(f).view(-1, 1, 1, 1)
                 feats = [ft * m for ft in feats]
         out = self.denoiser(x, t, feats)
+        if base is not None:
+            return out + base
         if self.residual:
             out = out + cond["latent"][:, None]
         return out
+
+    def warped_condition(self, cond_latent: torch.Tensor, plucker: torch.Tensor | None,
+                         keep_camera: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """(B, F, C, h, w) latents of the condition frame seen from each frame's camera.
+
+        Samples without a camera (an all-zero Plücker map: the no-camera arm; or camera
+        dropout) get the condition frame unchanged in every frame."""
+        image = F.pixel_shuffle(cond_latent, self.factor) if self.factor > 1 else cond_latent
+        same = cond_latent[:, None].expand(-1, frames, -1, -1, -1)
+        if plucker is None:
+            return same
+        pl = plucker.to(cond_latent.dtype)
+        has = pl.flatten(1).abs().amax(dim=1) > 0
+        if keep_camera is not None:
+            has = has & (keep_camera > 0)
+        if not bool(has.any()):
+            return same
+        # samples without a camera borrow a valid map so that no NaN enters the graph, and
+        # are then replaced by the unwarped frame
+        donor = int(torch.nonzero(has)[0, 0])
+        pl = torch.where(has.view(-1, 1, 1, 1, 1), pl, pl[donor: donor + 1])
+        depth = self.depth_head(image)
+        warped, _ = warp_condition(image, pl, depth, self.warp_iterations)
+        z = F.pixel_unshuffle(warped.flatten(0, 1), self.factor) if self.factor > 1 else (
+            warped.flatten(0, 1))
+        z = z.view(*warped.shape[:2], *z.shape[1:])
+        return torch.where(has.view(-1, 1, 1, 1, 1), z, same)

@@ -12,8 +12,12 @@ the driver (``score_trial``), where the clip's depth maps are loaded once for al
 
 Nothing is made up: a trial SfM could not finish is recorded as failed with its reason; metric
 figures are NaN, with the reason, where no metric depth or no metric ground truth exists.
-Aggregation follows the protocol: a clip's metric is the mean over its successful trials, the
-reported figure the mean over clips; the SfM success rate is successful trials / all trials.
+Aggregation: a clip's metric is the mean over its successful trials that the consensus keeps
+(``consensus``: trials that converged to a model the other trials disagree with are set aside;
+``evaluate.protocol=cami2v`` keeps every successful trial, as published), the reported figure
+the mean over clips; the SfM success rate is successful trials / all trials. Under
+``evaluate.protocol=cami2v`` the metric variants follow the published recipe instead
+(``score_trial_cami2v``: SfM of the ground-truth video as the reference, frame-0 depth scale).
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from pipeline.sfm.incremental import SfmFailure, estimate_poses, write_frames
 RELATIVE = ("RotErr", "TransErr_rel", "CamMC_rel")
 METRIC = ("TransErr_metric", "CamMC_metric")
 ALL_METRICS = RELATIVE + METRIC
+#: ``evaluate.protocol``: the project's own, or the published CamI2V / RealCam-I2V one
+PROTOCOLS = ("project", "cami2v")
+#: clip id suffix of a clip's real video, scored beside the model's (the ground-truth row)
+REAL_SUFFIX = "#real"
 
 
 @dataclass
@@ -142,6 +150,7 @@ def _trial(
         out.update(success=False, reason=_reason(exc), t_sfm=time.perf_counter() - t0)
         return out
     out.update(success=True, reason=None, w2c=res.w2c, sfm_points=res.num_points,
+               reproj_error=res.reproj_error, frame0_obs=res.frame0_obs,
                t_sfm=time.perf_counter() - t0)
     if tri_cfg is None:
         return out
@@ -228,14 +237,138 @@ def score_trial(clip: EvalClip, result: dict[str, Any], depth: DepthMaps | None,
     return row
 
 
+def trial_distance(w2c_a: np.ndarray, w2c_b: np.ndarray) -> tuple[float, float]:
+    """How far apart two trials' trajectories of the same frames are, without any ground truth:
+    per-frame mean rotation angle (radians) and per-frame mean relative translation difference
+    (each trajectory normalised by its own extent, as TransErr_rel does)."""
+    n = len(w2c_a)
+    try:
+        m = cm.relative_metrics(cm.c2w_from_w2c34(w2c_a), cm.c2w_from_w2c34(w2c_b))
+    except ValueError:  # a trajectory without translation agrees with nothing
+        return math.inf, math.inf
+    return m["RotErr"] / n, m["TransErr_rel"] / n
+
+
+def consensus(results: Sequence[dict[str, Any]], ccfg: dict[str, Any]) -> list[str | None]:
+    """Which successful trials of one clip count, compared among themselves (never with the
+    ground truth): per trial ``None`` (kept) or why it was set aside.
+
+    SfM on a short clip sometimes converges to a wrong but self-consistent model (a bad initial
+    pair, a flipped depth ordering); such a trial disagrees with the trials that found the right
+    one, and averaging it in makes the instrument noisy. ``evaluate.consensus.mode``:
+    ``none`` keeps every successful trial; ``majority`` keeps the largest group of trials that
+    agree with one trial (within ``rot_tol`` radians and ``trans_tol`` per frame; ties go to the
+    lower mean reprojection error); ``best`` keeps the one trial with the lowest mean
+    reprojection error (all successful trials have every frame registered)."""
+    mode = str(ccfg["mode"])
+    if mode not in ("none", "majority", "best"):
+        raise ValueError(f"evaluate.consensus.mode must be none|majority|best, got {mode!r}")
+    out: list[str | None] = [None] * len(results)
+    ok = [i for i, r in enumerate(results) if r.get("success") and "w2c" in r]
+    if mode == "none" or len(ok) < 2:
+        return out
+    err = {i: float(results[i].get("reproj_error", math.nan)) for i in ok}
+    err = {i: (e if math.isfinite(e) else math.inf) for i, e in err.items()}
+    if mode == "best":
+        best = min(ok, key=lambda i: (err[i], i))
+        for i in ok:
+            if i != best:
+                out[i] = (f"set aside: trial {results[best]['trial']} has the lower "
+                          f"reprojection error ({err[best]:.3f} px vs {err[i]:.3f} px)")
+        return out
+    rot_tol, trans_tol = float(ccfg["rot_tol"]), float(ccfg["trans_tol"])
+    agree = {i: {i} for i in ok}
+    for a in ok:
+        for b in ok:
+            if a < b:
+                dr, dt = trial_distance(results[a]["w2c"], results[b]["w2c"])
+                if dr <= rot_tol and dt <= trans_tol:
+                    agree[a].add(b)
+                    agree[b].add(a)
+    centre = min(ok, key=lambda i: (-len(agree[i]), err[i], i))
+    for i in ok:
+        if i not in agree[centre]:
+            out[i] = (f"set aside: disagrees with the {len(agree[centre])} of {len(ok)} "
+                      f"successful trials that agree with trial {results[centre]['trial']}")
+    return out
+
+
+def frame0_factor(result: dict[str, Any], depth: DepthMaps) -> float:
+    """The published protocol's metres per SfM unit of one trial: median of metric depth / SfM
+    depth over the points SfM reconstructed in frame 0 (``camera_metrics.frame0_scale``)."""
+    obs = result.get("frame0_obs") or {}
+    u = np.asarray(obs.get("u", []), np.float64)
+    if not len(u):
+        raise ValueError("SfM reconstructed no point seen in frame 0")
+    d, valid = sample_depth(depth, np.zeros(len(u), np.int64), u, np.asarray(obs["v"]))
+    d = np.where(valid, d, np.nan)
+    return cm.frame0_scale(d, obs["z_cam"])
+
+
+@dataclass
+class Reference:
+    """The published metric variant's ground truth: the ground-truth video's SfM trajectory in
+    metres (frame-0 factor applied), or why there is none."""
+
+    c2w: np.ndarray | None
+    reason: str | None = None
+    trial: int | None = None
+
+
+def cami2v_reference(gt_results: Sequence[dict[str, Any]], kept: Sequence[bool],
+                     depth: DepthMaps | None, no_depth_reason: str | None) -> Reference:
+    """SfM of the ground-truth video in metres: of its trials (kept by the consensus), the one
+    with the lowest mean reprojection error, scaled by its frame-0 factor."""
+    if depth is None:
+        return Reference(None, no_depth_reason or "no metric depth of the ground-truth video")
+    ok = [r for r, k in zip(gt_results, kept, strict=True) if r.get("success") and k]
+    if not ok:
+        return Reference(None, "SfM failed on the ground-truth video")
+    best = min(ok, key=lambda r: (float(r.get("reproj_error", math.inf)), r["trial"]))
+    try:
+        k = frame0_factor(best, depth)
+    except ValueError as exc:
+        return Reference(None, f"no metric scale of the ground-truth video: {exc}")
+    return Reference(cm.scaled(cm.c2w_from_w2c34(best["w2c"]), k), None, int(best["trial"]))
+
+
+def score_trial_cami2v(clip: EvalClip, result: dict[str, Any], depth: DepthMaps | None,
+                       no_depth_reason: str | None, ref: Reference) -> dict[str, Any]:
+    """One per_clip.parquet row under ``evaluate.protocol=cami2v``: the relative metrics as in
+    ``score_trial``; the metric ones against the ground-truth video's SfM (``Reference``), with
+    this trial put in metres by its own frame-0 factor."""
+    row = score_trial(clip, result, None, "pending", {})
+    row["metric_reason"] = None
+    if not row["success"]:
+        row["metric_reason"] = "SfM failed"
+        return row
+    reason = ref.reason
+    if reason is None and depth is None:
+        reason = no_depth_reason or "no metric depth of the video"
+    if reason is None:
+        try:
+            k = frame0_factor(result, depth)
+        except ValueError as exc:
+            reason = f"no metric scale: {exc}"
+        else:
+            row["scale_factor"] = k
+            row.update(cm.cami2v_metric_metrics(cm.c2w_from_w2c34(result["w2c"]), k,
+                                                ref.c2w, 1.0))
+    row["metric_reason"] = reason
+    return row
+
+
 def aggregate(rows: Sequence[dict[str, Any]], clip_ids: Sequence[str]) -> dict[str, Any]:
     """metrics.json: per metric, the mean over clips of each clip's mean over its successful
-    trials; NaN metric values (unavailable) are left out and counted, never imputed."""
+    trials that the consensus kept (``consensus``; a row without ``kept`` counts); NaN metric
+    values (unavailable) are left out and counted, never imputed."""
     per_clip: dict[str, dict[str, Any]] = {}
     for clip in clip_ids:
-        ok = [r for r in rows if r["clip_id"] == clip and r["success"]]
+        ok = [r for r in rows if r["clip_id"] == clip and r["success"] and r.get("kept", True)]
         entry: dict[str, Any] = {"trials": sum(r["clip_id"] == clip for r in rows),
-                                 "successful": len(ok)}
+                                 "successful": sum(r["clip_id"] == clip and bool(r["success"])
+                                                   for r in rows),
+                                 "kept": len(ok)}
         for k in ALL_METRICS:
             vals = [r[k] for r in ok if not math.isnan(r[k])]
             entry[k] = float(np.mean(vals)) if vals else math.nan
@@ -257,6 +390,28 @@ def aggregate(rows: Sequence[dict[str, Any]], clip_ids: Sequence[str]) -> dict[s
     out["metric_unavailable"] = reasons or None
     out["per_clip"] = per_clip
     return out
+
+
+def ground_truth_summary(source: str, metrics: dict[str, Any],
+                         real_rows: Sequence[dict[str, Any]],
+                         real_ids: Sequence[str]) -> dict[str, Any]:
+    """metrics.json's ``ground_truth``: the same SfM on the real frames against their own poses
+    (where the right answer is zero), so every figure comes with the instrument's noise floor.
+    ``source=dataset`` is that row itself; ``source=model`` scores the real clips the model was
+    asked to follow; ``source=videos`` has no real frames."""
+    if source == "dataset":
+        return {"available": True, "note": "source=dataset: this run is the ground-truth row",
+                **{k: metrics[k] for k in ALL_METRICS}}
+    if not real_ids:
+        return {"available": False,
+                "reason": "no real frames for these videos (give the real clips as "
+                          "evaluate.source=dataset to measure the instrument's error)"}
+    agg = aggregate(real_rows, real_ids)
+    per_clip = {cid[: -len(REAL_SUFFIX)] if cid.endswith(REAL_SUFFIX) else cid: e
+                for cid, e in agg["per_clip"].items()}
+    return {"available": True, **{k: agg[k] for k in ALL_METRICS},
+            "sfm_success_rate": agg["sfm_success_rate"], "clips_with_sfm": agg["clips_with_sfm"],
+            "per_clip": per_clip}
 
 
 def unmeasured_clips(rows: Sequence[dict[str, Any]]) -> dict[str, str]:

@@ -117,3 +117,31 @@ def metric_metrics(gen_c2w_m: np.ndarray, gt_c2w_m: np.ndarray) -> dict[str, flo
         "TransErr_metric": trans_err(gen, gt, s_gt, s_gt),
         "CamMC_metric": cammc(gen, gt, s_gt, s_gt),
     }
+
+
+def frame0_scale(depth: np.ndarray, z_cam: np.ndarray) -> float:
+    """Metres per SfM unit as the published protocol measures it: the median, over the SfM
+    points seen in frame 0, of metric depth / SfM camera depth (invalid depth or points behind
+    the camera left out). Raises ``ValueError`` when no point is usable."""
+    depth = np.asarray(depth, dtype=np.float64)
+    z_cam = np.asarray(z_cam, dtype=np.float64)
+    ok = np.isfinite(depth) & np.isfinite(z_cam) & (depth > 0) & (z_cam > 0)
+    if not ok.any():
+        raise ValueError(f"no SfM point of frame 0 has a valid metric depth "
+                         f"({len(depth)} points)")
+    return float(np.median(depth[ok] / z_cam[ok]))
+
+
+def scaled(c2w: np.ndarray, factor: float) -> np.ndarray:
+    """Camera-to-world poses with translations multiplied by ``factor`` (rotations kept)."""
+    out = np.array(c2w, dtype=np.float64)
+    out[:, :3, 3] *= float(factor)
+    return out
+
+
+def cami2v_metric_metrics(gen_sfm_c2w: np.ndarray, k_gen: float, gt_sfm_c2w: np.ndarray,
+                          k_gt: float) -> dict[str, float]:
+    """The published absolute variant: SfM of the generated video and SfM of the ground-truth
+    video, each put in metres by its own frame-0 factor, both divided by the ground-truth
+    video's extent (``metric_metrics`` on the two scaled SfM trajectories)."""
+    return metric_metrics(scaled(gen_sfm_c2w, k_gen), scaled(gt_sfm_c2w, k_gt))

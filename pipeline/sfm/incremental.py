@@ -1,4 +1,8 @@
-"""Camera poses of a short video by pycolmap incremental SfM with known, fixed intrinsics.
+"""Camera poses of a short video by pycolmap SfM with known, fixed intrinsics.
+
+``evaluate.sfm.mapper`` picks the mapper: ``global`` (GLOMAP-style rotation averaging and global
+positioning: every verified pair constrains every rotation at once, so no single initial pair
+can lock a short forward-moving clip into a wrong model) or ``incremental`` (COLMAP's).
 
 This is the pose estimator of the camera-control benchmark: the protocol runs SfM on each
 generated video, with the intrinsics the video was generated for, several times with different
@@ -37,6 +41,11 @@ class SfmResult:
     w2c: np.ndarray  # (N, 3, 4) world-to-camera per input frame, SfM's arbitrary world and scale
     num_points: int
     stats: dict[str, Any] = field(default_factory=dict)
+    #: mean reprojection error of the model (pixels): a trial-quality signal for the consensus
+    reproj_error: float = float("nan")
+    #: frame 0's observations of the model's points: u, v (pixels) and z_cam (SfM units), for
+    #: the published protocol's metric scale (median of metric depth / SfM depth on frame 0)
+    frame0_obs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def write_frames(frames: Sequence[np.ndarray], image_dir: Path) -> list[str]:
@@ -113,6 +122,56 @@ def _mapper_options(
     return opt
 
 
+def _global_options(cfg: dict[str, Any], seed: int, threads: int
+                    ) -> pycolmap.GlobalPipelineOptions:
+    """GLOMAP-style global mapping (rotation averaging, then global positioning), intrinsics
+    held fixed like the incremental mapper's."""
+    opt = pycolmap.GlobalPipelineOptions()
+    opt.num_threads = threads
+    opt.random_seed = int(seed)
+    opt.multiple_models = False
+    opt.min_model_size = int(cfg["min_model_size"])
+    opt.min_num_matches = int(cfg["matching"]["min_num_inliers"])
+    opt.mapper.num_threads = threads
+    opt.mapper.random_seed = int(seed)
+    ba = opt.mapper.bundle_adjustment
+    ba.refine_focal_length = False
+    ba.refine_principal_point = False
+    ba.refine_extra_params = False
+    ba.ceres.use_gpu = False
+    return opt
+
+
+def _map(db_path: Path, image_dir: Path, out_dir: Path, cfg: dict[str, Any], seed: int,
+         threads: int) -> dict[int, pycolmap.Reconstruction]:
+    """The mapper ``evaluate.sfm.mapper`` names: incremental (COLMAP) or global (GLOMAP)."""
+    mapper = str(cfg["mapper"])
+    if mapper == "incremental":
+        return pycolmap.incremental_mapping(db_path, image_dir, out_dir,
+                                            _mapper_options(cfg, seed, threads))
+    if mapper == "global":
+        if not hasattr(pycolmap, "global_mapping"):
+            raise ValueError("evaluate.sfm.mapper=global needs pycolmap >= 3.12 (global_mapping)")
+        return pycolmap.global_mapping(db_path, image_dir, out_dir,
+                                       _global_options(cfg, seed, threads))
+    raise ValueError(f"evaluate.sfm.mapper must be incremental|global, got {mapper!r}")
+
+
+def frame_observations(rec: pycolmap.Reconstruction, image: Any) -> dict[str, np.ndarray]:
+    """u, v (pixels) and camera depth z of every model point ``image`` observes."""
+    R = np.asarray(image.cam_from_world().rotation.matrix())
+    t = np.asarray(image.cam_from_world().translation)
+    uv, xyz = [], []
+    for p2d in image.points2D:
+        if p2d.has_point3D():
+            uv.append(np.asarray(p2d.xy, np.float64))
+            xyz.append(np.asarray(rec.points3D[p2d.point3D_id].xyz, np.float64))
+    if not uv:
+        return {"u": np.zeros(0), "v": np.zeros(0), "z_cam": np.zeros(0)}
+    uv_a, z = np.stack(uv), (np.stack(xyz) @ R.T + t)[:, 2]
+    return {"u": uv_a[:, 0], "v": uv_a[:, 1], "z_cam": z}
+
+
 def estimate_poses(
     frames: Sequence[np.ndarray],
     K: np.ndarray,
@@ -146,8 +205,7 @@ def estimate_poses(
         _match(db_path, cfg, seed, threads)
         t_match = time.perf_counter()
         out_dir.mkdir()
-        models = pycolmap.incremental_mapping(db_path, image_dir, out_dir,
-                                              _mapper_options(cfg, seed, threads))
+        models = _map(db_path, image_dir, out_dir, cfg, seed, threads)
         t_map = time.perf_counter()
         if not models:
             raise SfmFailure(f"SfM reconstructed nothing from {n} frames at {w}x{h} "
@@ -166,8 +224,10 @@ def estimate_poses(
             raise RuntimeError("pycolmap changed the fixed intrinsics: refinement is on")
         w2c = np.stack([cs.w2c_from_rigid(by_name[name].cam_from_world()) for name in names])
         num_points = int(rec.num_points3D())
+        reproj = float(rec.compute_mean_reprojection_error())
+        obs0 = frame_observations(rec, by_name[names[0]])
     return SfmResult(
-        w2c=w2c, num_points=num_points,
+        w2c=w2c, num_points=num_points, reproj_error=reproj, frame0_obs=obs0,
         stats={"t_features_matching": t_match - t0, "t_mapping": t_map - t_match,
                "models": len(models)},
     )

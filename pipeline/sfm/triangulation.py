@@ -36,6 +36,7 @@ per clip; the pipeline's parallelism is across clips (Ray tasks) anyway.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,51 +204,50 @@ def _write_frames(
 
 
 # ------------------------------------------------------------------------------ one clip
-def triangulate_clip(
-    row: dict[str, Any], cfg: dict[str, Any], scratch: str | Path | None = None,
-    num_threads: int | None = None, stats: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Observations (OBSERVATIONS columns) of one manifest row; ``cfg`` = ``cfg["triangulate"]``.
+@dataclass(frozen=True)
+class _ClipCameras:
+    """A manifest row's cameras, checked: the frames taking part, every frame's orthonormal w2c
+    (relative scale), the working size and the pixel K at that size."""
 
-    ``scratch`` is the parent of the per-clip scratch folder (``None``/"auto": tmpfs when
-    available); the folder is always removed. ``stats`` (optional) receives per-clip figures
-    (timings, counts, frames without observations). Raises ``ClipError`` with a specific
-    reason when the clip cannot give enough points.
-    """
-    clip = str(row["clip_id"])
-    threads = int(num_threads if num_threads is not None else cfg["num_cpus"])
-    stats = {} if stats is None else stats
-    n = int(row["num_frames"])
-    W, H = int(row["width"]), int(row["height"])
-    indices = select_frames(n, cfg["frames"])
-    if len(indices) < 2:
-        raise ClipError(clip, f"needs >= 2 frames to triangulate, has {len(indices)} selected")
-    if len(row["w2c"]) != n:
-        raise ClipError(clip, f"manifest has {len(row['w2c'])} poses for {n} frames")
-    w2c_all = np.asarray(row["w2c"], dtype=np.float64).reshape(n, 3, 4)
-    if not np.all(np.isfinite(w2c_all)):
-        raise ClipError(clip, "non-finite w2c pose in manifest")
-    w2c_all = cs.orthonormal_w2c(w2c_all)
-    w, h = working_size(W, H, int(cfg["image"]["max_long_side"]))
-    K = pixel_K(row["intrinsics"], w, h)
-    root = cs.scratch_root(None if scratch is None else str(scratch))
-    t0 = time.perf_counter()
-    with cs.scratch_dir(root, f"tri_{clip[:40]}_") as work:
-        image_dir, db_path = work / "images", work / "database.db"
-        names = _write_frames(row, indices, (w, h), image_dir)
-        t_decode = time.perf_counter()
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "PINHOLE"
-        params = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-        reader.camera_params = ",".join(repr(float(x)) for x in params)
-        pycolmap.Database.open(str(db_path)).close()  # the path-based calls need it to exist
-        # import first: ids follow name order (extraction alone numbers images as threads finish)
-        pycolmap.import_images(db_path, image_dir, pycolmap.CameraMode.SINGLE, names, reader)
-        pycolmap.extract_features(
-            db_path, image_dir, names, pycolmap.CameraMode.SINGLE, reader,
-            _extraction_options(cfg, threads), pycolmap.Device.cpu,
-        )
-        t_extract = time.perf_counter()
+    clip: str
+    indices: list[int]
+    w2c_all: np.ndarray
+    size: tuple[int, int]
+    K: np.ndarray
+    #: original / working resolution, to report (u, v) at the manifest's resolution
+    scale_uv: tuple[float, float]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], cfg: dict[str, Any]) -> _ClipCameras:
+        clip = str(row["clip_id"])
+        n = int(row["num_frames"])
+        W, H = int(row["width"]), int(row["height"])
+        indices = select_frames(n, cfg["frames"])
+        if len(indices) < 2:
+            raise ClipError(clip, f"needs >= 2 frames to triangulate, has {len(indices)} selected")
+        if len(row["w2c"]) != n:
+            raise ClipError(clip, f"manifest has {len(row['w2c'])} poses for {n} frames")
+        w2c_all = np.asarray(row["w2c"], dtype=np.float64).reshape(n, 3, 4)
+        if not np.all(np.isfinite(w2c_all)):
+            raise ClipError(clip, "non-finite w2c pose in manifest")
+        w2c_all = cs.orthonormal_w2c(w2c_all)
+        w, h = working_size(W, H, int(cfg["image"]["max_long_side"]))
+        return cls(clip, indices, w2c_all, (w, h), pixel_K(row["intrinsics"], w, h),
+                   (W / w, H / h))
+
+
+@dataclass
+class _Database:
+    """What triangulation needs from the feature database: images in name order, the one
+    camera, and every image's keypoint positions by point2D_idx."""
+
+    images: list[Any]
+    cameras: list[Any]
+    kp_xy: dict[int, np.ndarray]
+    n_kp: int
+
+    @classmethod
+    def read(cls, db_path: Path, clip: str, n_names: int) -> _Database:
         db = pycolmap.Database.open(str(db_path))
         try:
             images = sorted(db.read_all_images(), key=lambda im: im.name)
@@ -259,70 +259,147 @@ def triangulate_clip(
             n_kp = int(sum(len(x) for x in kp_xy.values()))
         finally:
             db.close()
-        if len(images) != len(names) or len(cameras) != 1:
+        if len(images) != n_names or len(cameras) != 1:
             raise ClipError(clip, f"database holds {len(images)} images / {len(cameras)} cameras, "
-                                  f"expected {len(names)} / 1")
-        frame_of = {im.image_id: int(Path(im.name).stem) for im in images}
-        w2c_of = {iid: w2c_all[f] for iid, f in frame_of.items()}
-        _match(db_path, cfg, threads)
-        pair_stats = None
-        if cfg["matching"]["verification"] == "poses":
-            pair_stats = cs.verify_with_poses(
-                db_path, K, w2c_of, float(cfg["matching"]["max_epipolar_error"]),
-                int(cfg["matching"]["min_num_inliers"]),
-            )
-        elif cfg["matching"]["verification"] != "ransac":
-            raise ValueError("triangulate.matching.verification must be poses|ransac")
-        t_match = time.perf_counter()
+                                  f"expected {n_names} / 1")
+        return cls(images, cameras, kp_xy, n_kp)
 
-        rec = pycolmap.Reconstruction()
-        cam = cs.pinhole_camera(K, w, h, camera_id=cameras[0].camera_id)
-        rec.add_camera_with_trivial_rig(cam)
-        for im in images:
-            rec.add_image_with_trivial_frame(
-                pycolmap.Image(name=im.name, camera_id=cam.camera_id, image_id=im.image_id),
-                cs.rigid_from_w2c(w2c_of[im.image_id]),
-            )
-        posed = {iid: cs.w2c_from_rigid(rec.image(iid).cam_from_world()) for iid in frame_of}
-        out_dir = work / "model"
-        out_dir.mkdir()
-        tri_threads = int(cfg["triangulation"]["num_threads"]) or threads
-        rec = pycolmap.triangulate_points(
-            rec, db_path, image_dir, out_dir, clear_points=True,
-            options=_triangulation_options(cfg, tri_threads),
-            refine_intrinsics=False,
+
+def _extract_features(cam: _ClipCameras, db_path: Path, image_dir: Path, names: list[str],
+                      cfg: dict[str, Any], threads: int) -> None:
+    """A database with the frames imported under the clip's one pinhole camera, then SIFT."""
+    K = cam.K
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "PINHOLE"
+    params = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+    reader.camera_params = ",".join(repr(float(x)) for x in params)
+    pycolmap.Database.open(str(db_path)).close()  # the path-based calls need it to exist
+    # import first: ids follow name order (extraction alone numbers images as threads finish)
+    pycolmap.import_images(db_path, image_dir, pycolmap.CameraMode.SINGLE, names, reader)
+    pycolmap.extract_features(
+        db_path, image_dir, names, pycolmap.CameraMode.SINGLE, reader,
+        _extraction_options(cfg, threads), pycolmap.Device.cpu,
+    )
+
+
+def _match_and_verify(db_path: Path, cfg: dict[str, Any], threads: int, K: np.ndarray,
+                      w2c_of: dict[int, np.ndarray]) -> Any:
+    """Match the frame pairs; with ``verification=poses`` check them against the given poses
+    (returns that check's figures, None for RANSAC verification)."""
+    _match(db_path, cfg, threads)
+    verification = cfg["matching"]["verification"]
+    if verification == "poses":
+        return cs.verify_with_poses(
+            db_path, K, w2c_of, float(cfg["matching"]["max_epipolar_error"]),
+            int(cfg["matching"]["min_num_inliers"]),
         )
-        t_tri = time.perf_counter()
-        for iid, before in posed.items():  # the contract: cameras are inputs, never outputs
-            after = cs.w2c_from_rigid(rec.image(iid).cam_from_world())
-            if not np.allclose(before, after, rtol=0, atol=1e-7):
-                raise RuntimeError(f"pycolmap changed the pose of image {iid}: refinement is on")
-        if not np.allclose(rec.camera(cam.camera_id).params, cam.params, rtol=0, atol=1e-9):
-            raise RuntimeError("pycolmap changed the intrinsics: refinement is on")
-        df = _observations(clip, rec, kp_xy, frame_of, w2c_of, K, (W / w, H / h), cfg["filters"])
+    if verification != "ransac":
+        raise ValueError("triangulate.matching.verification must be poses|ransac")
+    return None
+
+
+def _triangulate_fixed(cam: _ClipCameras, db: _Database, w2c_of: dict[int, np.ndarray],
+                       paths: tuple[Path, Path, Path], cfg: dict[str, Any],
+                       threads: int) -> pycolmap.Reconstruction:
+    """Points triangulated with the given poses and intrinsics held fixed; raises if pycolmap
+    changed either (the contract: cameras are inputs, never outputs). ``paths``: the database,
+    the image folder and the work folder."""
+    db_path, image_dir, work = paths
+    rec = pycolmap.Reconstruction()
+    pinhole = cs.pinhole_camera(cam.K, *cam.size, camera_id=db.cameras[0].camera_id)
+    rec.add_camera_with_trivial_rig(pinhole)
+    for im in db.images:
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(name=im.name, camera_id=pinhole.camera_id, image_id=im.image_id),
+            cs.rigid_from_w2c(w2c_of[im.image_id]),
+        )
+    posed = {iid: cs.w2c_from_rigid(rec.image(iid).cam_from_world()) for iid in w2c_of}
+    out_dir = work / "model"
+    out_dir.mkdir()
+    tri_threads = int(cfg["triangulation"]["num_threads"]) or threads
+    rec = pycolmap.triangulate_points(
+        rec, db_path, image_dir, out_dir, clear_points=True,
+        options=_triangulation_options(cfg, tri_threads),
+        refine_intrinsics=False,
+    )
+    for iid, before in posed.items():
+        after = cs.w2c_from_rigid(rec.image(iid).cam_from_world())
+        if not np.allclose(before, after, rtol=0, atol=1e-7):
+            raise RuntimeError(f"pycolmap changed the pose of image {iid}: refinement is on")
+    if not np.allclose(rec.camera(pinhole.camera_id).params, pinhole.params, rtol=0, atol=1e-9):
+        raise RuntimeError("pycolmap changed the intrinsics: refinement is on")
+    return rec
+
+
+def triangulate_clip(
+    row: dict[str, Any], cfg: dict[str, Any], scratch: str | Path | None = None,
+    num_threads: int | None = None, stats: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Observations (OBSERVATIONS columns) of one manifest row; ``cfg`` = ``cfg["triangulate"]``.
+
+    ``scratch`` is the parent of the per-clip scratch folder (``None``/"auto": tmpfs when
+    available); the folder is always removed. ``stats`` (optional) receives per-clip figures
+    (timings, counts, frames without observations). Raises ``ClipError`` with a specific
+    reason when the clip cannot give enough points.
+    """
+    threads = int(num_threads if num_threads is not None else cfg["num_cpus"])
+    stats = {} if stats is None else stats
+    cam = _ClipCameras.from_row(row, cfg)
+    root = cs.scratch_root(None if scratch is None else str(scratch))
+    times = [time.perf_counter()]
+    with cs.scratch_dir(root, f"tri_{cam.clip[:40]}_") as work:
+        image_dir, db_path = work / "images", work / "database.db"
+        names = _write_frames(row, cam.indices, cam.size, image_dir)
+        times.append(time.perf_counter())
+        _extract_features(cam, db_path, image_dir, names, cfg, threads)
+        times.append(time.perf_counter())
+        db = _Database.read(db_path, cam.clip, len(names))
+        frame_of = {im.image_id: int(Path(im.name).stem) for im in db.images}
+        w2c_of = {iid: cam.w2c_all[f] for iid, f in frame_of.items()}
+        pair_stats = _match_and_verify(db_path, cfg, threads, cam.K, w2c_of)
+        times.append(time.perf_counter())
+        rec = _triangulate_fixed(cam, db, w2c_of, (db_path, image_dir, work), cfg, threads)
+        times.append(time.perf_counter())
+        df = _observations(cam.clip, rec, db.kp_xy, frame_of, w2c_of, cam.K, cam.scale_uv,
+                           cfg["filters"])
+    _clip_stats(stats, df, cam, db.n_kp, int(rec.num_points3D()), times, pair_stats)
+    _require_points(stats, cam, db.n_kp, int(rec.num_points3D()), int(cfg["min_points"]))
+    return df
+
+
+def _clip_stats(stats: dict[str, Any], df: pd.DataFrame, cam: _ClipCameras, n_kp: int,
+                points_raw: int, times: list[float], pair_stats: Any) -> None:
+    """The per-clip figures into ``stats``: counts, frames without observations, and the
+    decode / extract / match / triangulate times (``times``: the five stage boundaries)."""
     n_points = int(df["point_id"].nunique()) if len(df) else 0
     per_frame = df.groupby("frame_idx").size() if len(df) else pd.Series(dtype=int)
-    frames_empty = [i for i in indices if int(per_frame.get(i, 0)) == 0]
+    frames_empty = [i for i in cam.indices if int(per_frame.get(i, 0)) == 0]
+    t0, t_decode, t_extract, t_match, t_tri = times
     stats.update(
-        frames_selected=len(indices), size=[w, h], keypoints=n_kp,
-        points_raw=int(rec.num_points3D()), points=n_points, observations=int(len(df)),
+        frames_selected=len(cam.indices), size=list(cam.size), keypoints=n_kp,
+        points_raw=points_raw, points=n_points, observations=int(len(df)),
         frames_without_obs=len(frames_empty),
-        obs_per_frame_min=int(min((per_frame.get(i, 0) for i in indices), default=0)),
+        obs_per_frame_min=int(min((per_frame.get(i, 0) for i in cam.indices), default=0)),
         t_decode=t_decode - t0, t_extract=t_extract - t_decode, t_match=t_match - t_extract,
         t_triangulate=t_tri - t_match,
     )
     if pair_stats is not None:
         stats.update(pairs=pair_stats.pairs, pairs_kept=pair_stats.pairs_kept,
                      matches=pair_stats.matches, inliers=pair_stats.inliers)
-    min_points = int(cfg["min_points"])
+
+
+def _require_points(stats: dict[str, Any], cam: _ClipCameras, n_kp: int, points_raw: int,
+                    min_points: int) -> None:
+    """Fail the clip, with the figures that say why, when too few points survived."""
+    n_points = int(stats["points"])
     if n_points < min_points:
+        w, h = cam.size
         raise ClipError(
-            clip,
+            cam.clip,
             f"too few triangulated points: {n_points} < {min_points} after filters "
-            f"({int(rec.num_points3D())} before; {n_kp} keypoints in {len(indices)} frames at "
+            f"({points_raw} before; {n_kp} keypoints in {len(cam.indices)} frames at "
             f"{w}x{h}; {stats.get('inliers', 'n/a')} verified matches)",
         )
-    return df
 
 
 def _observations(
@@ -336,24 +413,11 @@ def _observations(
     filt: dict[str, Any],
 ) -> pd.DataFrame:
     """Flatten the tracks into observations, apply the filters, renumber points canonically."""
-    pids, img_ids, kp_idx, xyz_obs = [], [], [], []
-    for pid, pt in rec.points3D.items():
-        for el in pt.track.elements:
-            pids.append(pid)
-            img_ids.append(el.image_id)
-            kp_idx.append(el.point2D_idx)
-            xyz_obs.append(pt.xyz)
-    if not pids:
+    tracks = _flatten_tracks(rec, kp_xy)
+    if tracks is None:
         return pd.DataFrame({c: pd.Series(dtype=OBSERVATIONS.field(c).type.to_pandas_dtype())
                              for c in OBS_COLUMNS})
-    pids = np.asarray(pids, dtype=np.int64)
-    img_ids = np.asarray(img_ids, dtype=np.int64)
-    kp_idx = np.asarray(kp_idx, dtype=np.int64)
-    xy = np.empty((len(pids), 2))
-    for iid in np.unique(img_ids):
-        sel = img_ids == iid
-        xy[sel] = kp_xy[int(iid)][kp_idx[sel]]
-    X = np.asarray(xyz_obs, dtype=np.float64)
+    pids, img_ids, xy, X = tracks
     ids_sorted = sorted(w2c_of)
     lut = {iid: k for k, iid in enumerate(ids_sorted)}
     poses = np.stack([w2c_of[i] for i in ids_sorted])
@@ -371,46 +435,79 @@ def _observations(
     # track lengths and angles after dropping bad observations
     pids, k, xy, X, z, err = pids[keep], k[keep], xy[keep], X[keep], z[keep], err[keep]
     uniq, inv, tlen = np.unique(pids, return_inverse=True, return_counts=True)
-    # per-point padded arrays for the angle
-    order = np.lexsort((k, inv))
-    inv_o = inv[order]
-    start = np.searchsorted(inv_o, np.arange(len(uniq)))
-    slot = np.arange(len(order)) - start[inv_o]
-    L = int(tlen.max()) if len(tlen) else 0
-    cen = np.zeros((len(uniq), max(L, 1), 3))
-    mask = np.zeros((len(uniq), max(L, 1)), dtype=bool)
-    cen[inv_o, slot] = centres[k[order]]
-    mask[inv_o, slot] = True
-    xyz_pt = np.zeros((len(uniq), 3))
-    xyz_pt[inv] = X
-    angle = max_triangulation_angle(cen, xyz_pt, mask)
+    angle = _point_angles(len(uniq), inv, tlen, k, centres, X)
     good_pt = (tlen >= int(filt["min_track_len"])) & (angle >= float(filt["min_tri_angle"]))
     obs_keep = good_pt[inv]
     frame_idx = np.array([frame_of[ids_sorted[i]] for i in k], dtype=np.int32)[obs_keep]
     pid_old = pids[obs_keep]
     u = xy[obs_keep, 0] * scale_uv[0]
     v = xy[obs_keep, 1] * scale_uv[1]
-    z, err, tl = z[obs_keep], err[obs_keep], tlen[inv][obs_keep]
-    tri_angle = angle[inv][obs_keep]
-    # canonical point ids: by (first frame, u, v) of the point's first observation
-    first = pd.DataFrame({"p": pid_old, "f": frame_idx, "u": u, "v": v}).sort_values(
-        ["p", "f", "u", "v"], kind="mergesort").groupby("p", sort=True).first()
-    first = first.sort_values(["f", "u", "v"], kind="mergesort")
-    new_id = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
     df = pd.DataFrame(
         {
             "clip_id": clip,
             "frame_idx": frame_idx,
-            "point_id": new_id.loc[pid_old].to_numpy(),
+            "point_id": _canonical_point_ids(pid_old, frame_idx, u, v),
             "u": u.astype(np.float32),
             "v": v.astype(np.float32),
-            "z_cam": z.astype(np.float64),
-            "track_len": tl.astype(np.int32),
-            "reproj_err": err.astype(np.float32),
-            "tri_angle": tri_angle.astype(np.float32),
+            "z_cam": z[obs_keep].astype(np.float64),
+            "track_len": tlen[inv][obs_keep].astype(np.int32),
+            "reproj_err": err[obs_keep].astype(np.float32),
+            "tri_angle": angle[inv][obs_keep].astype(np.float32),
         }
     )
     return df.sort_values(["frame_idx", "point_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _flatten_tracks(
+    rec: pycolmap.Reconstruction, kp_xy: dict[int, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(point id, image id, keypoint xy, point xyz) per track element; None without points."""
+    pids, img_ids, kp_idx, xyz_obs = [], [], [], []
+    for pid, pt in rec.points3D.items():
+        for el in pt.track.elements:
+            pids.append(pid)
+            img_ids.append(el.image_id)
+            kp_idx.append(el.point2D_idx)
+            xyz_obs.append(pt.xyz)
+    if not pids:
+        return None
+    pids = np.asarray(pids, dtype=np.int64)
+    img_ids = np.asarray(img_ids, dtype=np.int64)
+    kp_idx = np.asarray(kp_idx, dtype=np.int64)
+    xy = np.empty((len(pids), 2))
+    for iid in np.unique(img_ids):
+        sel = img_ids == iid
+        xy[sel] = kp_xy[int(iid)][kp_idx[sel]]
+    return pids, img_ids, xy, np.asarray(xyz_obs, dtype=np.float64)
+
+
+def _point_angles(n_points: int, inv: np.ndarray, tlen: np.ndarray, k: np.ndarray,
+                  centres: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Every point's largest ray angle (degrees) over its observations (``inv``: the point of
+    each observation, ``k``: its camera), via per-point padded arrays of camera centres."""
+    order = np.lexsort((k, inv))
+    inv_o = inv[order]
+    start = np.searchsorted(inv_o, np.arange(n_points))
+    slot = np.arange(len(order)) - start[inv_o]
+    L = int(tlen.max()) if len(tlen) else 0
+    cen = np.zeros((n_points, max(L, 1), 3))
+    mask = np.zeros((n_points, max(L, 1)), dtype=bool)
+    cen[inv_o, slot] = centres[k[order]]
+    mask[inv_o, slot] = True
+    xyz_pt = np.zeros((n_points, 3))
+    xyz_pt[inv] = X
+    return max_triangulation_angle(cen, xyz_pt, mask)
+
+
+def _canonical_point_ids(pid_old: np.ndarray, frame_idx: np.ndarray, u: np.ndarray,
+                         v: np.ndarray) -> np.ndarray:
+    """New point ids in a canonical order, by (first frame, u, v) of each point's first
+    observation, so equal inputs give equal ids whatever order COLMAP created the points in."""
+    first = pd.DataFrame({"p": pid_old, "f": frame_idx, "u": u, "v": v}).sort_values(
+        ["p", "f", "u", "v"], kind="mergesort").groupby("p", sort=True).first()
+    first = first.sort_values(["f", "u", "v"], kind="mergesort")
+    new_id = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
+    return new_id.loc[pid_old].to_numpy()
 
 
 def _best_per_point_and_frame(pids: np.ndarray, k: np.ndarray, err: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,33 +91,9 @@ def wall_contrast(clip_id: str, texture: Any) -> float:
     return value
 
 
-def render_clip(
-    out_root: Path,
-    clip_id: str,
-    split: str,
-    seed: int,
-    kind: str,
-    n_frames: int,
-    width: int,
-    height: int,
-    rel_scale: float,
-    fov_deg: float = 60.0,
-    frame_interval_us: int = 33333,
-    pose_noise: dict[str, Any] | None = None,
-    depth_noise: dict[str, Any] | None = None,
-    texture: str | float = "normal",
-    write_exact_depth: bool = False,
-    rolling_shutter: dict[str, Any] | None = None,
-    intrinsics_error: dict[str, Any] | None = None,
-    on_frame: Callable[[], None] | None = None,
-    only_frames: Collection[int] | None = None,
-) -> dict[str, Any]:
-    """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
-
-    The row lets tests of later stages start from a clip without running ingest. Paths in it
-    are absolute, as the manifest contract requires. ``w2c`` in the row and the pose file are
-    in the relative scale; the metric poses are under the extra key ``metric_w2c`` (ignored by
-    the Arrow schema, handy for tests).
+@dataclass(frozen=True)
+class _ClipSpec:
+    """One clip's render parameters and stress options, as ``render_clip`` takes them.
 
     Stress options (all off by default, which renders exactly as before they existed):
     ``pose_noise`` (keys of ``synthetic.perturb_poses`` plus ``seed``) perturbs only the
@@ -134,131 +111,223 @@ def render_clip(
     ``intrinsics_error`` (``focal``: relative error) writes fx, fy times ``1 + focal`` into the
     pose file and the row (the frames are rendered with the true focal): a SLAM/calibration
     focal error, which nothing downstream corrects. What was realised is under the extra key
-    ``stress``. ``on_frame`` is called after each frame is written (progress of a render that
-    takes minutes). ``only_frames`` renders and writes just those frame indices (the pose file
-    and the row still hold every frame): a test of a stage that reads a few frames of a long
-    clip need not render them all; per-frame ``stress`` records then cover those frames only.
+    ``stress`` of the row.
     """
-    out_root = Path(out_root).resolve()
-    seed, n_frames, width, height = int(seed), int(n_frames), int(width), int(height)
-    rel_scale, fov_deg = float(rel_scale), float(fov_deg)
-    if not (rel_scale > 0 and n_frames >= 1 and width >= 1 and height >= 1 and 0 < fov_deg < 180):
-        raise ValueError(
-            f"clip {clip_id}: bad sample parameters (rel_scale={rel_scale}, n_frames={n_frames},"
-            f" size={width}x{height}, fov={fov_deg})"
-        )
-    pose_noise = _checked_noise(clip_id, "pose_noise", pose_noise, POSE_NOISE_KEYS)
-    depth_noise = _checked_noise(clip_id, "depth_noise", depth_noise, DEPTH_NOISE_KEYS)
-    rolling = _checked_noise(clip_id, "rolling_shutter", rolling_shutter, ROLLING_SHUTTER_KEYS)
-    intr_err = _checked_noise(clip_id, "intrinsics_error", intrinsics_error,
-                              INTRINSICS_ERROR_KEYS)
-    focal_err = float(intr_err.get("focal", 0.0))
-    if not (np.isfinite(focal_err) and focal_err > -1):
-        raise ValueError(f"clip {clip_id}: intrinsics_error.focal must be > -1, got {focal_err}")
-    readout_ms = float(rolling.get("readout_ms", 0.0))
-    if not (np.isfinite(readout_ms) and readout_ms >= 0):
-        raise ValueError(f"clip {clip_id}: rolling_shutter.readout_ms must be >= 0, "
-                         f"got {readout_ms}")
-    readout_frames = readout_ms * 1000.0 / float(frame_interval_us)
-    if readout_frames > 0 and n_frames < 2:
-        raise ValueError(f"clip {clip_id}: a rolling shutter needs at least 2 frames")
-    scene = make_scene(seed, wall_contrast(clip_id, texture))
-    poses = make_trajectory(kind, n_frames, scene, seed + 1)
+
+    clip_id: str
+    split: str
+    seed: int
+    kind: str
+    n_frames: int
+    width: int
+    height: int
+    rel_scale: float
+    fov_deg: float
+    frame_interval_us: int
+    pose_noise: dict[str, Any]
+    depth_noise: dict[str, Any]
+    rolling: dict[str, Any]
+    intr_err: dict[str, Any]
+    write_exact_depth: bool
+
+    def checked(self) -> _ClipSpec:
+        """The spec with numbers of the right type and option mappings with known keys only;
+        ``ValueError`` naming the clip and the bad value otherwise."""
+        c = replace(self, seed=int(self.seed), n_frames=int(self.n_frames),
+                    width=int(self.width), height=int(self.height),
+                    rel_scale=float(self.rel_scale), fov_deg=float(self.fov_deg))
+        if not (c.rel_scale > 0 and c.n_frames >= 1 and c.width >= 1 and c.height >= 1
+                and 0 < c.fov_deg < 180):
+            raise ValueError(
+                f"clip {c.clip_id}: bad sample parameters (rel_scale={c.rel_scale}, "
+                f"n_frames={c.n_frames}, size={c.width}x{c.height}, fov={c.fov_deg})"
+            )
+        c = replace(
+            c, pose_noise=_checked_noise(c.clip_id, "pose_noise", c.pose_noise, POSE_NOISE_KEYS),
+            depth_noise=_checked_noise(c.clip_id, "depth_noise", c.depth_noise,
+                                       DEPTH_NOISE_KEYS),
+            rolling=_checked_noise(c.clip_id, "rolling_shutter", c.rolling,
+                                   ROLLING_SHUTTER_KEYS),
+            intr_err=_checked_noise(c.clip_id, "intrinsics_error", c.intr_err,
+                                    INTRINSICS_ERROR_KEYS))
+        if not (np.isfinite(c.focal_err) and c.focal_err > -1):
+            raise ValueError(f"clip {c.clip_id}: intrinsics_error.focal must be > -1, "
+                             f"got {c.focal_err}")
+        readout_ms = float(c.rolling.get("readout_ms", 0.0))
+        if not (np.isfinite(readout_ms) and readout_ms >= 0):
+            raise ValueError(f"clip {c.clip_id}: rolling_shutter.readout_ms must be >= 0, "
+                             f"got {readout_ms}")
+        if c.readout_frames > 0 and c.n_frames < 2:
+            raise ValueError(f"clip {c.clip_id}: a rolling shutter needs at least 2 frames")
+        return c
+
+    @property
+    def focal_err(self) -> float:
+        return float(self.intr_err.get("focal", 0.0))
+
+    @property
+    def readout_frames(self) -> float:
+        """The rolling shutter's readout time in frame intervals (0: global shutter)."""
+        return float(self.rolling.get("readout_ms", 0.0)) * 1000.0 / float(self.frame_interval_us)
+
+    @property
+    def writes_exact_depth(self) -> bool:
+        return bool(self.depth_noise or self.write_exact_depth)
+
+
+def _stressed_poses(spec: _ClipSpec, poses: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the poses to write, the ``stress`` record so far): pose noise applied, the depth noise
+    and rolling shutter records opened (filled per frame)."""
     written = poses
     stress: dict[str, Any] = {}
-    if pose_noise:
+    if spec.pose_noise:
         try:
-            written, realised = perturb_poses(poses, **pose_noise)
+            written, realised = perturb_poses(poses, **spec.pose_noise)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"clip {clip_id}: bad pose_noise {pose_noise}: {exc}") from None
-        stress["pose_noise"] = {"requested": pose_noise, "realised": realised}
-    if depth_noise:
-        stress["depth_noise"] = {"requested": depth_noise, "realised": []}
-    if rolling:
-        offsets = row_time_offsets(height, readout_frames)
+            raise ValueError(f"clip {spec.clip_id}: bad pose_noise {spec.pose_noise}: "
+                             f"{exc}") from None
+        stress["pose_noise"] = {"requested": spec.pose_noise, "realised": realised}
+    if spec.depth_noise:
+        stress["depth_noise"] = {"requested": spec.depth_noise, "realised": []}
+    if spec.rolling:
+        offsets = row_time_offsets(spec.height, spec.readout_frames)
         stress["rolling_shutter"] = {
-            "requested": rolling,
-            "realised": {"readout_frames": readout_frames,
+            "requested": spec.rolling,
+            "realised": {"readout_frames": spec.readout_frames,
                          "row_offset_frames": [float(offsets[0]), float(offsets[-1])],
                          "top_bottom_rot_deg": [], "top_bottom_centre_m": []},
         }
-    K = intrinsics_matrix(width, height, fov_deg)
-    # written intrinsics: the true ones unless a focal error is asked for (frames use K)
-    intr = [K[0, 0] * (1 + focal_err) / width, K[1, 1] * (1 + focal_err) / height,
-            K[0, 2] / width, K[1, 2] / height]
-    if intr_err:
+    return written, stress
+
+
+def _written_intrinsics(spec: _ClipSpec, K: np.ndarray, stress: dict[str, Any]) -> list[float]:
+    """Normalised fx, fy, cx, cy to write: the true ones unless a focal error is asked for
+    (the frames are rendered with ``K`` either way; recorded in ``stress``)."""
+    f = 1 + spec.focal_err
+    intr = [K[0, 0] * f / spec.width, K[1, 1] * f / spec.height,
+            K[0, 2] / spec.width, K[1, 2] / spec.height]
+    if spec.intr_err:
         stress["intrinsics_error"] = {
-            "requested": intr_err,
-            "realised": {"focal_written_px": K[0, 0] * (1 + focal_err), "focal_true_px": K[0, 0]},
+            "requested": spec.intr_err,
+            "realised": {"focal_written_px": K[0, 0] * f, "focal_true_px": K[0, 0]},
         }
-    frame_dir = out_root / "frames" / split / clip_id
-    depth_dir = out_root / "depth" / split / clip_id
+    return intr
+
+
+def _render_rgbd(spec: _ClipSpec, scene: Any, K: np.ndarray, poses: np.ndarray, i: int,
+                 stress: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``i``'s RGB and exact depth; under a rolling shutter every row from its own pose
+    (the realised top-to-bottom motion recorded in ``stress``)."""
+    if spec.readout_frames <= 0:
+        return render_frame(scene, K, poses[i], spec.width, spec.height)
+    rows_w2c = rolling_shutter_poses(poses, i, spec.height, spec.readout_frames)
+    rgb, depth = render_frame(scene, K, poses[i], spec.width, spec.height, row_w2c=rows_w2c)
+    top, bottom = rows_w2c[0], rows_w2c[-1]
+    realised_rs = stress["rolling_shutter"]["realised"]
+    realised_rs["top_bottom_rot_deg"].append(
+        float(rotation_angle_deg(top[:3, :3], bottom[:3, :3])))
+    realised_rs["top_bottom_centre_m"].append(float(np.linalg.norm(
+        top[:3, :3].T @ top[:3, 3] - bottom[:3, :3].T @ bottom[:3, 3])))
+    return rgb, depth
+
+
+def _write_rgbd(spec: _ClipSpec, i: int, rgb: np.ndarray, depth: np.ndarray,
+                paths: tuple[Path, Path, Path], stress: dict[str, Any]) -> None:
+    """Frame ``i``'s PNG, its exact depth (when kept) and its depth, noisy under depth noise;
+    ``paths``: frame, depth and exact-depth file."""
+    fp, dp, ep = paths
+    if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {fp}")
+    if spec.writes_exact_depth:
+        np.save(ep, depth, allow_pickle=False)
+    if spec.depth_noise:
+        try:
+            depth, realised = perturb_depth(depth, **spec.depth_noise, frame=i)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"clip {spec.clip_id}: bad depth_noise {spec.depth_noise}: {exc}") from None
+        stress["depth_noise"]["realised"].append(realised)
+    np.save(dp, depth, allow_pickle=False)
+
+
+def _clip_dirs(out_root: Path, spec: _ClipSpec) -> tuple[Path, Path, Path]:
+    """The clip's frame, depth and exact-depth folders (created as needed)."""
+    frame_dir = out_root / "frames" / spec.split / spec.clip_id
+    depth_dir = out_root / "depth" / spec.split / spec.clip_id
     frame_dir.mkdir(parents=True, exist_ok=True)
     depth_dir.mkdir(parents=True, exist_ok=True)
-    timestamps = [int(frame_interval_us) * (i + 1) for i in range(n_frames)]
-    url = f"synthetic://{clip_id}"
-    lines = [url]
-    exact_dir = out_root / "depth_exact" / split / clip_id
-    if depth_noise or write_exact_depth:
+    exact_dir = out_root / "depth_exact" / spec.split / spec.clip_id
+    if spec.writes_exact_depth:
         exact_dir.mkdir(parents=True, exist_ok=True)
-    frame_paths, depth_paths, w2c_rel = [], [], []
-    for i, (ts, w2c_true, w2c) in enumerate(zip(timestamps, poses, written)):
-        fp = frame_dir / f"{ts}.png"
-        dp = depth_dir / f"{ts}.npy"
-        if only_frames is None or i in only_frames:
-            if readout_frames > 0:
-                rows_w2c = rolling_shutter_poses(poses, i, height, readout_frames)
-                rgb, depth = render_frame(scene, K, w2c_true, width, height, row_w2c=rows_w2c)
-                top, bottom = rows_w2c[0], rows_w2c[-1]
-                realised_rs = stress["rolling_shutter"]["realised"]
-                realised_rs["top_bottom_rot_deg"].append(
-                    float(rotation_angle_deg(top[:3, :3], bottom[:3, :3])))
-                realised_rs["top_bottom_centre_m"].append(float(np.linalg.norm(
-                    top[:3, :3].T @ top[:3, 3] - bottom[:3, :3].T @ bottom[:3, 3])))
-            else:
-                rgb, depth = render_frame(scene, K, w2c_true, width, height)
-            if not cv2.imwrite(str(fp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"cannot write {fp}")
-            if depth_noise or write_exact_depth:
-                np.save(exact_dir / f"{ts}.npy", depth, allow_pickle=False)
-            if depth_noise:
-                try:
-                    depth, realised = perturb_depth(depth, **depth_noise, frame=i)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(
-                        f"clip {clip_id}: bad depth_noise {depth_noise}: {exc}") from None
-                stress["depth_noise"]["realised"].append(realised)
-            np.save(dp, depth, allow_pickle=False)
-        frame_paths.append(str(fp))
-        depth_paths.append(str(dp))
-        if on_frame is not None:
-            on_frame()
+    return frame_dir, depth_dir, exact_dir
+
+
+def _write_pose_file(out_root: Path, spec: _ClipSpec, written: np.ndarray, intr: list[float],
+                     timestamps: list[int], url: str) -> list[list[float]]:
+    """The RealEstate10K pose file (translations in the clip's relative scale); returns the
+    relative w2c rows it holds."""
+    lines = [url]
+    w2c_rel = []
+    for ts, w2c in zip(timestamps, written):
         rel = w2c[:3, :4].copy()
-        rel[:, 3] *= rel_scale
+        rel[:, 3] *= spec.rel_scale
         w2c_rel.append(rel.reshape(-1).tolist())
         nums = [*intr, 0.0, 0.0, *rel.reshape(-1).tolist()]
         lines.append(f"{ts} " + " ".join(repr(float(x)) for x in nums))
-    pose_path = out_root / split / f"{clip_id}.txt"
+    pose_path = out_root / spec.split / f"{spec.clip_id}.txt"
     pose_path.parent.mkdir(parents=True, exist_ok=True)
     pose_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return w2c_rel
+
+
+def render_clip(
+    out_root: Path, clip_id: str, split: str, seed: int, kind: str, n_frames: int, width: int,
+    height: int, rel_scale: float, fov_deg: float = 60.0, frame_interval_us: int = 33333,
+    pose_noise: dict[str, Any] | None = None, depth_noise: dict[str, Any] | None = None,
+    texture: str | float = "normal", write_exact_depth: bool = False,
+    rolling_shutter: dict[str, Any] | None = None,
+    intrinsics_error: dict[str, Any] | None = None,
+    on_frame: Callable[[], None] | None = None, only_frames: Collection[int] | None = None,
+) -> dict[str, Any]:
+    """Render one clip into ``out_root``; returns its manifest row (pipeline.schema.MANIFEST).
+
+    The row lets tests of later stages start from a clip without running ingest. Paths in it
+    are absolute, as the manifest contract requires. ``w2c`` in the row and the pose file are
+    in the relative scale; the metric poses are under the extra key ``metric_w2c`` (ignored by
+    the Arrow schema, handy for tests). The stress options are described on ``_ClipSpec``.
+    ``on_frame`` is called after each frame is written (progress of a render that takes
+    minutes). ``only_frames`` renders and writes just those frame indices (the pose file and
+    the row still hold every frame): a test of a stage that reads a few frames of a long clip
+    need not render them all; per-frame ``stress`` records then cover those frames only.
+    """
+    out_root = Path(out_root).resolve()
+    spec = _ClipSpec(clip_id, split, seed, kind, n_frames, width, height, rel_scale, fov_deg,
+                     frame_interval_us, pose_noise, depth_noise, rolling_shutter,
+                     intrinsics_error, write_exact_depth).checked()
+    scene = make_scene(spec.seed, wall_contrast(clip_id, texture))
+    poses = make_trajectory(kind, spec.n_frames, scene, spec.seed + 1)
+    written, stress = _stressed_poses(spec, poses)
+    K = intrinsics_matrix(spec.width, spec.height, spec.fov_deg)
+    intr = _written_intrinsics(spec, K, stress)
+    frame_dir, depth_dir, exact_dir = _clip_dirs(out_root, spec)
+    timestamps = [int(frame_interval_us) * (i + 1) for i in range(spec.n_frames)]
+    frame_paths, depth_paths = [], []
+    for i, ts in enumerate(timestamps):
+        paths = (frame_dir / f"{ts}.png", depth_dir / f"{ts}.npy", exact_dir / f"{ts}.npy")
+        if only_frames is None or i in only_frames:
+            _write_rgbd(spec, i, *_render_rgbd(spec, scene, K, poses, i, stress), paths, stress)
+        frame_paths.append(str(paths[0]))
+        depth_paths.append(str(paths[1]))
+        if on_frame is not None:
+            on_frame()
+    url = f"synthetic://{clip_id}"
     return {
-        "clip_id": clip_id,
-        "split": split,
-        "source_type": "images",
-        "video_path": None,
-        "frame_paths": frame_paths,
-        "depth_paths": depth_paths,
-        "depth_unit": 1.0,
-        "timestamps_us": timestamps,
-        "intrinsics": [float(x) for x in intr],
-        "width": int(width),
-        "height": int(height),
-        "num_frames": int(n_frames),
-        "w2c": w2c_rel,
-        "true_scale": 1.0 / float(rel_scale),
-        "url": url,
-        "metric_w2c": poses,
-        "stress": stress,
+        "clip_id": clip_id, "split": split, "source_type": "images", "video_path": None,
+        "frame_paths": frame_paths, "depth_paths": depth_paths, "depth_unit": 1.0,
+        "timestamps_us": timestamps, "intrinsics": [float(x) for x in intr],
+        "width": spec.width, "height": spec.height, "num_frames": spec.n_frames,
+        "w2c": _write_pose_file(out_root, spec, written, intr, timestamps, url),
+        "true_scale": 1.0 / spec.rel_scale, "url": url, "metric_w2c": poses, "stress": stress,
     }
 
 

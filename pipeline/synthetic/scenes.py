@@ -259,29 +259,42 @@ def make_scene(seed: int, wall_contrast: float = 1.0) -> Scene:
             scene.room_faces.append(
                 _add_face(scene, rng, axis, value, sign, room_lo, room_hi, wall_contrast)
             )
+    _add_boxes(scene, rng, height)
+    _add_spheres(scene, rng, wx, wz)
+    return scene
 
+
+def _box_bounds(scene: Scene, rng: np.random.Generator,
+                height: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) corners of a random box standing on the floor in the ring near a wall."""
+    room_lo, room_hi = scene.room_lo, scene.room_hi
+    size = rng.uniform([0.3, 0.3, 0.3], [1.2, 1.4, 1.0])
+    size[1] = min(size[1], height - 0.5)
+    side = int(rng.integers(4))
+    cx = rng.uniform(room_lo[0] + size[0] / 2 + 0.05, room_hi[0] - size[0] / 2 - 0.05)
+    cz = rng.uniform(room_lo[2] + size[2] / 2 + 0.05, room_hi[2] - size[2] / 2 - 0.05)
+    off = rng.uniform(0.05, OBJECT_RING - 0.5)
+    if side == 0:
+        cx = room_lo[0] + off + size[0] / 2
+    elif side == 1:
+        cx = room_hi[0] - off - size[0] / 2
+    elif side == 2:
+        cz = room_lo[2] + off + size[2] / 2
+    else:
+        cz = room_hi[2] - off - size[2] / 2
+    lo = np.array([cx - size[0] / 2, -size[1], cz - size[2] / 2])
+    hi = np.array([cx + size[0] / 2, 0.0, cz + size[2] / 2])
+    return lo, hi
+
+
+def _add_boxes(scene: Scene, rng: np.random.Generator, height: float) -> None:
+    """Textured boxes near the walls, not overlapping (with a 10 cm gap), within 500 tries."""
     n_boxes = int(rng.integers(N_BOXES_RANGE[0], N_BOXES_RANGE[1] + 1))
     placed: list[tuple[np.ndarray, np.ndarray]] = []
     tries = 0
     while len(scene.boxes) < n_boxes and tries < 500:
         tries += 1
-        size = rng.uniform([0.3, 0.3, 0.3], [1.2, 1.4, 1.0])
-        size[1] = min(size[1], height - 0.5)
-        # stand in the ring near a wall
-        side = int(rng.integers(4))
-        cx = rng.uniform(room_lo[0] + size[0] / 2 + 0.05, room_hi[0] - size[0] / 2 - 0.05)
-        cz = rng.uniform(room_lo[2] + size[2] / 2 + 0.05, room_hi[2] - size[2] / 2 - 0.05)
-        off = rng.uniform(0.05, OBJECT_RING - 0.5)
-        if side == 0:
-            cx = room_lo[0] + off + size[0] / 2
-        elif side == 1:
-            cx = room_hi[0] - off - size[0] / 2
-        elif side == 2:
-            cz = room_lo[2] + off + size[2] / 2
-        else:
-            cz = room_hi[2] - off - size[2] / 2
-        lo = np.array([cx - size[0] / 2, -size[1], cz - size[2] / 2])
-        hi = np.array([cx + size[0] / 2, 0.0, cz + size[2] / 2])
+        lo, hi = _box_bounds(scene, rng, height)
         if any(
             np.all(lo[[0, 2]] < h[[0, 2]] + 0.1) and np.all(hi[[0, 2]] > lo2[[0, 2]] - 0.1)
             for lo2, h in placed
@@ -294,6 +307,9 @@ def make_scene(seed: int, wall_contrast: float = 1.0) -> Scene:
             faces.append(_add_face(scene, rng, axis, hi[axis], 1.0, lo, hi))
         scene.boxes.append(Box(lo, hi, faces))
 
+
+def _add_spheres(scene: Scene, rng: np.random.Generator, wx: float, wz: float) -> None:
+    """Textured spheres on top of boxes or on the floor near a wall, not overlapping."""
     n_spheres = int(rng.integers(N_SPHERES_RANGE[0], N_SPHERES_RANGE[1] + 1))
     for _ in range(n_spheres):
         r = float(rng.uniform(0.15, 0.35))
@@ -309,7 +325,6 @@ def make_scene(seed: int, wall_contrast: float = 1.0) -> Scene:
         tw = int(np.ceil(2 * np.pi * r / TEXEL_SIZE))
         th = int(np.ceil(np.pi * r / TEXEL_SIZE))
         scene.spheres.append(Sphere(c, r, _pyramid(_texture(rng, th, tw))))
-    return scene
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,97 +639,143 @@ def _random_free_point(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     raise RuntimeError(f"scene {scene.seed}: no free camera position")
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a proposed move starts and how it is timed: the first camera centre, the pitch
+    it keeps, the normalised time of every frame and its eased (smooth start and stop) value."""
+
+    c0: np.ndarray
+    pitch0: float
+    s: np.ndarray
+    ease: np.ndarray
+
+
+#: a move: camera centres and viewing directions, or None when the draw is unusable
+_Move = tuple[np.ndarray, list[np.ndarray]] | None
+
+
+def _forward_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """Walk straight ahead while turning a little, with some sway and bob."""
+    yaw0 = rng.uniform(-np.pi, np.pi)
+    length = rng.uniform(0.8, 1.8)
+    dyaw = np.radians(rng.uniform(-12, 12))
+    sway = rng.uniform(-0.1, 0.1)
+    heading = _dir(yaw0, 0.0)
+    right = np.cross([0.0, 1.0, 0.0], heading)
+    centres = (
+        st.c0
+        + np.outer(st.ease * length, heading)
+        + np.outer(np.sin(np.pi * st.s) * sway, right)
+        + np.outer(0.02 * np.sin(4 * np.pi * st.s), [0, 1, 0])
+    )
+    return centres, [_dir(yaw0 + dyaw * e, st.pitch0) for e in st.ease]
+
+
+def _turn_and_travel(rng: np.random.Generator, turn_deg: tuple[float, float],
+                     travel: tuple[float, float], forward_share: float,
+                     ) -> tuple[float, float, float, np.ndarray]:
+    """(start yaw, signed turn, travel, unit travel direction) of a pan: the camera walks
+    sideways towards the side it turns to (parallax as in a real pan), partly forward or
+    back by up to ``forward_share``."""
+    yaw0 = rng.uniform(-np.pi, np.pi)
+    dyaw = np.radians(rng.uniform(*turn_deg)) * rng.choice([-1, 1])
+    move = rng.uniform(*travel)
+    right = np.cross([0.0, 1.0, 0.0], _dir(yaw0, 0.0))
+    along = right * np.sign(dyaw) + forward_share * _dir(yaw0, 0.0) * rng.uniform(-1, 1)
+    along /= np.linalg.norm(along)
+    return yaw0, dyaw, move, along
+
+
+def _pan_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """Turn 25-50 degrees while walking sideways."""
+    yaw0, dyaw, move, along = _turn_and_travel(rng, (25, 50), (0.5, 0.9), 0.3)
+    centres = st.c0 + np.outer(st.ease * move, along)
+    return centres, [_dir(yaw0 + dyaw * e, st.pitch0) for e in st.ease]
+
+
+def _orbit_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """Circle an object (a box or a sphere) at 1.2-3.5 m, looking at it."""
+    n = len(st.s)
+    targets = [(b.lo + b.hi) / 2 for b in scene.boxes] + [x.centre for x in scene.spheres]
+    poi = targets[int(rng.integers(len(targets)))] if targets else np.zeros(3)
+    off = st.c0 - poi
+    radius = float(np.linalg.norm(off[[0, 2]]))
+    if not 1.2 < radius < 3.5:
+        return None
+    arc = rng.uniform(0.8, 1.6) * rng.choice([-1, 1])
+    ang0 = np.arctan2(off[2], off[0])
+    angs = ang0 + st.ease * arc / radius
+    centres = np.stack(
+        [poi[0] + radius * np.cos(angs), np.full(n, st.c0[1]), poi[2] + radius * np.sin(angs)],
+        axis=1,
+    )
+    return centres, [poi - c for c in centres]
+
+
+def _rotation_pan_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """A turn on the spot, looking across the room: little parallax, far scene."""
+    n = len(st.s)
+    yaw0, dyaw, move, along = _turn_and_travel(rng, ROTATION_PAN_TURN_DEG, ROTATION_PAN_TRAVEL,
+                                               0.3)
+    centres = st.c0 + np.outer(st.ease * move, along)
+    dirs = [_dir(yaw0 + dyaw * e, st.pitch0) for e in st.ease]
+    K = intrinsics_matrix(16, 12, 60.0)
+    for i in sorted({0, n // 2, n - 1}):  # cheap probe: ends and middle
+        w2c = look_w2c(centres[i], dirs[i])
+        if np.median(render_depth(scene, K, w2c, 16, 12)) < ROTATION_PAN_MIN_MEDIAN_DEPTH:
+            return None
+    return centres, dirs
+
+
+def _slow_pan_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """Mostly constant speed with soft ends, whatever n: long clips have tiny steps."""
+    prof = (1 - SLOW_PAN_EASE) * st.s + SLOW_PAN_EASE * st.ease
+    yaw0, dyaw, move, along = _turn_and_travel(rng, SLOW_PAN_TURN_DEG, SLOW_PAN_TRAVEL, 0.5)
+    centres = st.c0 + np.outer(prof * move, along)
+    return centres, [_dir(yaw0 + dyaw * p, st.pitch0) for p in prof]
+
+
+def _walk_move(st: _Start, scene: Scene, rng: np.random.Generator) -> _Move:
+    """Walk forward along a gently bending path, looking where one goes (plus some sway)."""
+    n, s, ease = len(st.s), st.s, st.ease
+    yaw0 = rng.uniform(-np.pi, np.pi)
+    length = rng.uniform(*WALK_LENGTH)
+    turn = np.radians(rng.uniform(-WALK_TURN_DEG, WALK_TURN_DEG))
+    sway = np.radians(rng.uniform(-WALK_LOOK_SWAY_DEG, WALK_LOOK_SWAY_DEG))
+    fine = np.linspace(0.0, 1.0, 64 * max(n, 2))  # integrate the bending path finely
+    fine_ease = 0.5 - 0.5 * np.cos(np.pi * fine)
+    headings = np.stack([_dir(yaw0 + turn * e, 0.0) for e in fine_ease])
+    steps = np.diff(fine_ease * length)[:, None] * (headings[1:] + headings[:-1]) / 2
+    path = np.concatenate([np.zeros((1, 3)), np.cumsum(steps, axis=0)])
+    idx = np.rint(s * (len(fine) - 1)).astype(int)
+    bob = WALK_BOB * np.sin(2 * np.pi * ease * length / WALK_STRIDE)
+    centres = st.c0 + path[idx] + np.outer(bob, [0.0, 1.0, 0.0])
+    dirs = [
+        _dir(yaw0 + turn * e + sway * np.sin(np.pi * x), st.pitch0) for e, x in zip(ease, s)
+    ]
+    return centres, dirs
+
+
+#: the move of each trajectory kind (``TRAJECTORY_KINDS``)
+_MOVES = {"forward": _forward_move, "pan": _pan_move, "orbit": _orbit_move,
+          "rotation_pan": _rotation_pan_move, "slow_pan": _slow_pan_move, "walk": _walk_move}
+
+
 def _propose(kind: str, n: int, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """One random draw of a ``kind`` move of ``n`` frames as (n, 4, 4) w2c; empty when the
+    draw is unusable (``make_trajectory`` draws again)."""
     s = np.linspace(0.0, 1.0, n)
     ease = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop, as a hand-held walk
     c0 = _random_free_point(scene, rng)
     pitch0 = np.radians(rng.uniform(0, 15))
-    if kind == "forward":
-        yaw0 = rng.uniform(-np.pi, np.pi)
-        length = rng.uniform(0.8, 1.8)
-        dyaw = np.radians(rng.uniform(-12, 12))
-        sway = rng.uniform(-0.1, 0.1)
-        heading = _dir(yaw0, 0.0)
-        right = np.cross([0.0, 1.0, 0.0], heading)
-        centres = (
-            c0
-            + np.outer(ease * length, heading)
-            + np.outer(np.sin(np.pi * s) * sway, right)
-            + np.outer(0.02 * np.sin(4 * np.pi * s), [0, 1, 0])
-        )
-        dirs = [_dir(yaw0 + dyaw * e, pitch0) for e in ease]
-    elif kind == "pan":
-        yaw0 = rng.uniform(-np.pi, np.pi)
-        dyaw = np.radians(rng.uniform(25, 50)) * rng.choice([-1, 1])
-        move = rng.uniform(0.5, 0.9)
-        right = np.cross([0.0, 1.0, 0.0], _dir(yaw0, 0.0))
-        # walk sideways towards the side the camera turns to: parallax as in a real pan
-        along = right * np.sign(dyaw) + 0.3 * _dir(yaw0, 0.0) * rng.uniform(-1, 1)
-        along /= np.linalg.norm(along)
-        centres = c0 + np.outer(ease * move, along)
-        dirs = [_dir(yaw0 + dyaw * e, pitch0) for e in ease]
-    elif kind == "orbit":
-        targets = [(b.lo + b.hi) / 2 for b in scene.boxes] + [x.centre for x in scene.spheres]
-        poi = targets[int(rng.integers(len(targets)))] if targets else np.zeros(3)
-        off = c0 - poi
-        radius = float(np.linalg.norm(off[[0, 2]]))
-        if not 1.2 < radius < 3.5:
-            return np.empty((0, 4, 4))
-        arc = rng.uniform(0.8, 1.6) * rng.choice([-1, 1])
-        ang0 = np.arctan2(off[2], off[0])
-        angs = ang0 + ease * arc / radius
-        centres = np.stack(
-            [poi[0] + radius * np.cos(angs), np.full(n, c0[1]), poi[2] + radius * np.sin(angs)],
-            axis=1,
-        )
-        dirs = [poi - c for c in centres]
-    elif kind == "rotation_pan":
-        # a turn on the spot, looking across the room: little parallax, far scene
-        yaw0 = rng.uniform(-np.pi, np.pi)
-        dyaw = np.radians(rng.uniform(*ROTATION_PAN_TURN_DEG)) * rng.choice([-1, 1])
-        move = rng.uniform(*ROTATION_PAN_TRAVEL)
-        right = np.cross([0.0, 1.0, 0.0], _dir(yaw0, 0.0))
-        along = right * np.sign(dyaw) + 0.3 * _dir(yaw0, 0.0) * rng.uniform(-1, 1)
-        along /= np.linalg.norm(along)
-        centres = c0 + np.outer(ease * move, along)
-        dirs = [_dir(yaw0 + dyaw * e, pitch0) for e in ease]
-        K = intrinsics_matrix(16, 12, 60.0)
-        for i in sorted({0, n // 2, n - 1}):  # cheap probe: ends and middle
-            w2c = look_w2c(centres[i], dirs[i])
-            if np.median(render_depth(scene, K, w2c, 16, 12)) < ROTATION_PAN_MIN_MEDIAN_DEPTH:
-                return np.empty((0, 4, 4))
-    elif kind == "slow_pan":
-        # mostly constant speed with soft ends, whatever n: long clips have tiny steps
-        prof = (1 - SLOW_PAN_EASE) * s + SLOW_PAN_EASE * ease
-        yaw0 = rng.uniform(-np.pi, np.pi)
-        dyaw = np.radians(rng.uniform(*SLOW_PAN_TURN_DEG)) * rng.choice([-1, 1])
-        move = rng.uniform(*SLOW_PAN_TRAVEL)
-        right = np.cross([0.0, 1.0, 0.0], _dir(yaw0, 0.0))
-        along = right * np.sign(dyaw) + 0.5 * _dir(yaw0, 0.0) * rng.uniform(-1, 1)
-        along /= np.linalg.norm(along)
-        centres = c0 + np.outer(prof * move, along)
-        dirs = [_dir(yaw0 + dyaw * p, pitch0) for p in prof]
-    elif kind == "walk":
-        # walk forward along a gently bending path, looking where one goes (plus some sway)
-        yaw0 = rng.uniform(-np.pi, np.pi)
-        length = rng.uniform(*WALK_LENGTH)
-        turn = np.radians(rng.uniform(-WALK_TURN_DEG, WALK_TURN_DEG))
-        sway = np.radians(rng.uniform(-WALK_LOOK_SWAY_DEG, WALK_LOOK_SWAY_DEG))
-        fine = np.linspace(0.0, 1.0, 64 * max(n, 2))  # integrate the bending path finely
-        fine_ease = 0.5 - 0.5 * np.cos(np.pi * fine)
-        headings = np.stack([_dir(yaw0 + turn * e, 0.0) for e in fine_ease])
-        steps = np.diff(fine_ease * length)[:, None] * (headings[1:] + headings[:-1]) / 2
-        path = np.concatenate([np.zeros((1, 3)), np.cumsum(steps, axis=0)])
-        idx = np.rint(s * (len(fine) - 1)).astype(int)
-        bob = WALK_BOB * np.sin(2 * np.pi * ease * length / WALK_STRIDE)
-        centres = c0 + path[idx] + np.outer(bob, [0.0, 1.0, 0.0])
-        dirs = [
-            _dir(yaw0 + turn * e + sway * np.sin(np.pi * x), pitch0) for e, x in zip(ease, s)
-        ]
-    else:
+    if kind not in _MOVES:
         raise ValueError(
             f"unknown trajectory kind {kind!r} ({', '.join(TRAJECTORY_KINDS)})"
         )
+    move = _MOVES[kind](_Start(c0, pitch0, s, ease), scene, rng)
+    if move is None:
+        return np.empty((0, 4, 4))
+    centres, dirs = move
     return np.stack([look_w2c(c, f) for c, f in zip(centres, dirs)])
 
 
