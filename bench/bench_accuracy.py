@@ -19,7 +19,7 @@ Clip sets (``--sets``):
   rolling shutter);
 - ``re10k``: the real RealEstate10K clips in ``../shared/data/re10k_frames`` (no depth: points,
   failures and CPU only).
-Configurations (``--configs``): ``default`` (``conf/triangulate/default.yaml``), ``colmap``
+Configurations (``--configs``): ``default`` (``pipeline.settings.Triangulate``), ``colmap``
 (COLMAP's default settings in-process: 8192 SIFT at full resolution with upsampling,
 sequential overlap 10 + quadratic, RANSAC verification, no extra filters) and ``colmap_cli``
 (a plain COLMAP recipe run with the ``colmap`` binary, e.g. Debian's 3.8: all frames at

@@ -115,8 +115,8 @@ def curated_scale_accuracy(files: list[str]) -> dict[str, float]:
 
 
 def arm_config(bcfg: dict[str, Any], tier: dict[str, Any], camera: str) -> dict[str, Any]:
-    """conf/train/default.yaml + the bench's shared overrides + the tier's; only ``camera``
-    differs between arms."""
+    """The train defaults (pipeline.settings.Train) + the bench's shared overrides + the tier's;
+    only ``camera`` differs between arms."""
     base = OmegaConf.create(load_config([])["train"])
     merged = OmegaConf.merge(base, bcfg["train"], tier.get("train") or {}, {"camera": camera})
     return OmegaConf.to_container(merged, resolve=True)

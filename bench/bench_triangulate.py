@@ -1,8 +1,9 @@
 """Benchmark: the project's default triangulation config against COLMAP's defaults.
 
-Runs, in one process and on the same clips, (a) ``conf/triangulate/default.yaml`` and (b) a
-"COLMAP defaults" variant of it (8192 SIFT features, full resolution, sequential matching with
-overlap 10 and quadratic overlap, RANSAC verification, no filters beyond COLMAP's own), and
+Runs, in one process and on the same clips, (a) the project's default triangulate settings
+(``pipeline.settings.Triangulate``) and (b) a "COLMAP defaults" variant of it (8192 SIFT
+features, full resolution, sequential matching with overlap 10 and quadratic overlap, RANSAC
+verification, no filters beyond COLMAP's own), and
 prints per config: CPU-seconds per triangulated frame (``time.process_time``, which counts every
 thread of this process, plus ``getrusage`` of children), points, and the scale error, then the
 ratios (b)/(a).
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench_accuracy import colmap_defaults, cpu_seconds  # noqa: E402  (one copy of each)
 
 from pipeline.formats.frames import read_depth  # noqa: E402
+from pipeline.settings import Triangulate, defaults  # noqa: E402
 from pipeline.sfm.triangulation import select_frames, triangulate_clip  # noqa: E402
 
 REAL_SEQ = ROOT.parent / "shared" / "data" / "rgbd" / "redkitchen-seq"
@@ -125,7 +126,7 @@ def main() -> None:
     rows = synthetic_rows(cache, args.frames, w, h)
     if not args.no_real and REAL_SEQ.is_dir():
         rows.append(real_row())
-    base = yaml.safe_load((ROOT / "conf" / "triangulate" / "default.yaml").read_text())
+    base = defaults(Triangulate)
     configs = {"default": base, "colmap": colmap_defaults(base)}
     results: dict[str, dict[str, Any]] = {k: {} for k in configs}
     for row in rows:

@@ -7,11 +7,12 @@ dataset wants Depth Anything, the bundled sample its exact ground truth; Hydra c
 group's default depend on another's choice, so we compose once to learn the dataset's
 ``default_depth`` and again with it, unless the user named ``depth=`` themselves.
 
-Checks, each one line naming the key: unknown keys (with the closest existing key), values whose
-type differs from the default's (``shards.size=abc``), the typed schemas of
-``pipeline.settings`` (choices and ranges: ``curate.quantile=0.7``, ``shards.max_factor=0``) and
-the stage name. A stage's settings file ``conf/<section>/default.yaml`` is picked up without
-being listed in ``conf/config.yaml``.
+Every default comes from the typed schemas of ``pipeline.settings`` (handed to Hydra before
+composing); checks, each one line naming the key: unknown keys (with the closest existing key),
+the schemas' types, choices and ranges (``shards.size=abc``, ``curate.quantile=0.7``,
+``triangulate.frames.max_n=-1``) and the stage name. A plug-in stage's settings file
+``conf/<section>/default.yaml`` is picked up without being listed in ``conf/config.yaml``; its
+values are checked by the stage's ``settings`` schema, or else against their defaults' types.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _auto_groups(extra: list[Path]) -> list[str]:
 
 
 def _compose(overrides: list[str], extra: list[Path]) -> Any:
+    from pipeline import settings
+
+    settings.register_defaults()  # the schemas' defaults, which conf/ extends and overrides
     GlobalHydra.instance().clear()
     search = []
     if extra:
@@ -201,15 +205,14 @@ def check(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
     """Every check that needs no file system: types, schemas, the stage name."""
     from pipeline import registry, settings
 
-    if defaults is not None:
-        _check_types(cfg, defaults, "")
-    schemas = settings.section_schemas(cfg)
+    extra: dict[str, type] = {}
     for stage in registry.stages().values():
-        schemas.update(stage.settings)
+        extra.update(stage.settings)
+    if defaults is not None:  # sections without a schema: each value like its default's type
+        typed = {**settings.section_schemas(cfg), **extra}
+        _check_types({k: v for k, v in cfg.items() if k not in typed}, defaults, "")
     try:
-        for key, schema in schemas.items():
-            if key in cfg:
-                settings.validate(cfg[key], schema, key)
+        settings.check_config(cfg, extra)
     except settings.SettingError as exc:
         raise ConfigError(str(exc)) from None
     name = cfg["stage"]["name"]

@@ -264,9 +264,11 @@ def run_download(cfg: dict[str, Any]) -> dict[str, Any]:
     check_dataset(cfg)  # a mistyped dataset.root is one line
     dl = dict(cfg["download"])
     dl["_extensions"] = list(ds["source_video_extensions"])
-    out_dir = Path(str(dl["output_dir"])).resolve()
+    # null = <dataset.root>/source_videos, where dataset.source_videos is usually pointed
+    target = str(dl["output_dir"] or f"{ds['root']}/source_videos")
+    out_dir = Path(target).resolve()
     work_dir = str(cfg["paths"]["work_dir"])
-    if "://" in str(dl["output_dir"]) or "://" in work_dir:
+    if "://" in target or "://" in work_dir:
         raise ConfigError("download writes to local folders: give a local dataset.root (or "
                           "download.output_dir) and paths.work_dir")
     ledger_path = ledger_file(work_dir)

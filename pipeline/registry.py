@@ -2,8 +2,8 @@
 
 Adding a stage = one module in ``stages/`` that ends with ``STAGE = register(MyStage())`` and,
 if it has settings, one ``conf/<section>/default.yaml`` (picked up automatically by the config
-loader). The data-flow order is derived from the declared ``upstream`` links (ties by name), so
-no other file lists stages.
+loader). The data-flow order is derived from the declared ``reads.upstream`` links (ties by
+name), so no other file lists stages.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def names() -> list[str]:
     todo = sorted(all_stages)
     while todo:
         ready = [n for n in todo if all(u in placed or u not in all_stages
-                                        for u in all_stages[n].upstream)]
+                                        for u in all_stages[n].reads.upstream)]
         if not ready:
             raise ValueError(f"stages {todo} have circular upstream links")
         order.append(ready[0])
@@ -94,7 +94,7 @@ def chain(target: str) -> list[str]:
         if name in needed:
             continue
         needed.add(name)
-        todo.extend(get(name).upstream)
+        todo.extend(get(name).reads.upstream)
     return [n for n in names() if n in needed]
 
 

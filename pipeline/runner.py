@@ -33,6 +33,7 @@ from pipeline import ray_utils, registry, storage, work_lock
 from pipeline.errors import ConfigError, StorageError
 from pipeline.io import file_digest, files_digest, stable_hash, write_json_atomic
 from pipeline.ledger import BLOCKED, DONE, FAILED, RUNNING, Entry, Ledger
+from pipeline.settings import Settings
 from pipeline.stage import (
     GLOBAL,
     GLOBAL_SHARD,
@@ -77,11 +78,12 @@ class RunContext:
     def __init__(self, cfg: dict[str, Any], shards: dict[str, list[str]],
                  sources: dict[str, Any] | None = None):
         self.cfg = cfg
-        self.work_dir = storage.path(cfg["paths"]["work_dir"])  # Path, or ObjectPath for a URI
+        settings = Settings(cfg)
+        self.work_dir = storage.path(settings.paths.work_dir)  # Path, or ObjectPath for a URI
         self.shards = shards
         self.shard_ids = sorted(shards)
         self.sources = sources or {}
-        self.progress = bool(cfg.get("progress", True))
+        self.progress = settings.progress
         #: what each stage's ``prepare`` returned in this run, by stage name: its dataset-wide
         #: step (``finalize``) reads it instead of computing the same values again
         self.prepared: dict[str, dict[str, Any]] = {}
@@ -118,32 +120,32 @@ class Runner:
         """``started_at``: when the command started (epoch seconds), so the reported wall time
         is the whole command's (imports, Ray start), not only the stages'; default now."""
         self.cfg = cfg
+        #: the same config, typed (attribute access; ``cfg`` stays what tasks receive)
+        self.settings = Settings(cfg)
         self.started_at = time.time() if started_at is None else float(started_at)
         self._ray_ready = False
         #: the work dir as configured: what tasks receive (``~`` is each node's home)
-        self.work_root = str(cfg["paths"]["work_dir"])
+        self.work_root = self.settings.paths.work_dir
         #: the same, resolved here for the driver's own reads and writes
         self.work_dir = storage.path(self.work_root)
-        self.force = bool(cfg.get("force", False))
+        self.force = self.settings.force
         self.report: dict[str, Any] = {"stages": {}}
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
         """Discover clips (the source stage's job) and cut them into shards of sorted ids."""
         sources = registry.source().discover(self.cfg)
+        ds = self.settings.dataset
         if not sources:
-            ds = self.cfg["dataset"]
-            raise ConfigError(f"dataset '{ds['name']}' at {ds.get('root')} has no clips")
+            raise ConfigError(f"dataset '{ds.name}' at {ds.root} has no clips")
         ids = sorted(sources)
-        limit = self.cfg["dataset"].get("limit")
-        if limit is not None:
-            ids = ids[: int(limit)]
+        if ds.limit is not None:
+            ids = ids[: ds.limit]
             sources = {c: sources[c] for c in ids}
-        shards = cut_shards(ids, int(self.cfg["shards"]["size"]),
-                            int(self.cfg["shards"]["max_factor"]))
+        shards = cut_shards(ids, self.settings.shards.size, self.settings.shards.max_factor)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
-            {"dataset": self.cfg["dataset"].get("name"), "shards": shards},
+            {"dataset": ds.name, "shards": shards},
             self.work_dir / "plan.json",
         )
         return shards, sources
@@ -169,11 +171,11 @@ class Runner:
         else:  # the first write: a read-only directory or mount is one line, not a traceback
             check_writable(self.work_root)
         self._lock = work_lock.acquire(self.work_root,
-                                       float(self.cfg["storage"]["lock_ttl_s"]))
+                                       float(self.settings.storage.lock_ttl_s))
         failure: StorageError | None = None
         summary: dict[str, Any] | None = None
         try:
-            plog.setup(self.work_dir, str(self.cfg["log"]["level"]))
+            plog.setup(self.work_dir, self.settings.log.level)
             if self._lock.note:  # a killed run's lock, taken over
                 log.info(self._lock.note)
             summary = self._run_locked(target, chain)
@@ -249,12 +251,12 @@ class Runner:
     def _adopt_earlier_fingerprint(self, stage: Stage, ledger: Ledger, prev: Entry | None,
                                    fp: str, clips: list[str], digests: dict[str, Any],
                                    extra: Any) -> None:
-        """An entry written before the stage declared ``config_exclude`` carries the
+        """An entry written before the stage declared ``reads.config_exclude`` carries the
         fingerprint of its whole sections: with unchanged settings it is the same result, so it
         takes the new fingerprint instead of being redone (for train: retrained from scratch)."""
-        if prev is None or prev.fingerprint == fp or not stage.config_exclude:
+        if prev is None or prev.fingerprint == fp or not stage.reads.config_exclude:
             return
-        whole = stage_config_view(self.cfg, stage.config_keys)
+        whole = stage_config_view(self.cfg, stage.reads.config)
         if prev.fingerprint == self._fingerprint(stage, clips, digests, extra, whole):
             prev.fingerprint = fp
             ledger.put(prev)
@@ -326,7 +328,7 @@ class Runner:
     def _upstream_of_shard(self, stage: Stage, shard: str) -> tuple[dict, dict, str | None]:
         inputs: dict[str, str] = {}
         digests: dict[str, Any] = {}
-        for up in stage.upstream:
+        for up in stage.reads.upstream:
             up_ledger = Ledger(self.work_dir, up)
             e = up_ledger.get(shard)
             up_out = up_ledger.done_path(e)
@@ -358,7 +360,7 @@ class Runner:
         inputs_all: dict[str, list[str]] = {}
         digests: dict[str, Any] = dict(own)
         blocked = None
-        for up in stage.upstream:
+        for up in stage.reads.upstream:
             up_stage = load_stage(up)
             up_ledger = Ledger(self.work_dir, up)
             ids = [GLOBAL_SHARD] if up_stage.kind == GLOBAL else ctx.shard_ids
@@ -369,7 +371,7 @@ class Runner:
             inputs_all[up] = [storage.join(self.work_root, e.output) for e in done.values()]
             digests[up] = {s: _chained_digest(e) for s, e in done.items()}
         inputs = {up: storage.join(self.work_root, load_stage(up).out_dir_name(self.cfg))
-                  for up in stage.upstream}
+                  for up in stage.reads.upstream}
         return self._plan_task(stage, ctx, ledger, GLOBAL_SHARD, [], inputs, digests,
                                extra_all, blocked, force, inputs_all)
 
@@ -428,7 +430,7 @@ class Runner:
         pending = list(todo)
         in_flight: dict[Any, tuple[Entry, ShardTask]] = {}
         n_clips = sum(len(t.clip_ids) for _, t in todo)
-        every = float(self.cfg["log"]["progress_every_s"])
+        every = float(self.settings.log.progress_every_s)
         bar = plog.progress(n_clips, f"{stage.name} clips", "clips", ctx.progress, every)
         ok = failed = 0
         try:

@@ -111,6 +111,37 @@ class ShardResult:
         return self.failure_kinds.get(clip_id, INPUT)
 
 
+@dataclass(frozen=True)
+class Reads:
+    """Everything a stage reads, declared in one place (``Stage.reads``); the engine plans,
+    chains and fingerprints exactly this.
+
+    A stage whose reads depend on its own settings (evaluate: which source) overrides
+    ``config_view`` / ``file_inputs`` for that part only.
+    """
+
+    #: stages whose outputs it reads: the same shard's (sharded) or every done shard (global);
+    #: their output digests chain into its fingerprint
+    upstream: tuple[str, ...] = ()
+    #: config sections (top-level keys) whose values fingerprint its outputs
+    config: tuple[str, ...] = ()
+    #: dotted paths inside ``config`` left out of the fingerprint: settings it reads that do not
+    #: change its outputs (a change there must not redo, or wipe, them)
+    config_exclude: tuple[str, ...] = ()
+    #: dotted config keys naming files or folders it reads that no upstream output stands for
+    #: (an own image, a trajectory file): when set, their sizes and modification times
+    #: fingerprint it
+    files: tuple[str, ...] = ()
+
+
+def config_value(cfg: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key of a plain config, or None where any part is missing."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
                       exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The slice of config that fingerprints a stage (so unrelated edits don't invalidate it):
@@ -131,13 +162,18 @@ def stage_config_view(cfg: dict[str, Any], keys: tuple[str, ...],
 
 
 class Stage:
-    """Base class: subclasses declare the class attributes and implement ``process_shard``.
+    """Base class: subclasses declare ``reads`` and the other class attributes and implement
+    ``process_shard``.
 
     Register an instance from the stage's own module with ``pipeline.registry.register``.
     """
 
     name: str = ""
     kind: StageKind = SHARDED
+    #: what it reads (upstream outputs, config sections, files): the one declaration the
+    #: engine fingerprints. ``upstream``, ``config_keys`` and ``config_exclude`` below mirror it
+    #: (a stage that declares only those, the earlier spelling, gets ``reads`` built from them)
+    reads: ClassVar[Reads] = Reads()
     upstream: tuple[str, ...] = ()
     implemented: bool = True
     #: part of ``stage=all`` (the data pipeline); training-like stages say False
@@ -163,14 +199,25 @@ class Stage:
     # Global stages run in the driver process (they may start their own Ray work, e.g. Ray
     # Train); sharded stages run as Ray tasks, or on ``make_executor``'s pool.
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "reads" in cls.__dict__:  # declared: the mirrors follow it
+            cls.upstream = cls.reads.upstream
+            cls.config_keys = cls.reads.config
+            cls.config_exclude = cls.reads.config_exclude
+        else:  # the earlier spelling (or inherited): one declaration built from it
+            cls.reads = Reads(upstream=tuple(cls.upstream), config=tuple(cls.config_keys),
+                              config_exclude=tuple(cls.config_exclude),
+                              files=cls.reads.files)
+
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
         return self.output_dir or self.name
 
     def config_view(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """The settings that fingerprint this stage's outputs: ``config_keys`` minus
-        ``config_exclude``. Override when which settings matter depends on the config itself
-        (a stage reading another stage's section only in one mode)."""
-        return stage_config_view(cfg, self.config_keys, self.config_exclude)
+        """The settings that fingerprint this stage's outputs: ``reads.config`` minus
+        ``reads.config_exclude``. Override when which settings matter depends on the config
+        itself (a stage reading another stage's section only in one mode)."""
+        return stage_config_view(cfg, self.reads.config, self.reads.config_exclude)
 
     def output_file(self, cfg: dict[str, Any], shard_id: str) -> str:
         """Path of a shard's output relative to the work dir."""
@@ -222,8 +269,10 @@ class Stage:
         """Files and folders this stage reads that no upstream output stands for (a user's
         image, a folder of videos, another stage's checkpoints): the runner folds their sizes
         and modification times (every file under a folder) into every shard's fingerprint, so
-        editing, adding or removing one makes the outputs stale."""
-        return []
+        editing, adding or removing one makes the outputs stale. By default the values of the
+        ``reads.files`` keys that are set."""
+        values = (config_value(ctx.cfg, key) for key in self.reads.files)
+        return [str(v) for v in values if v]
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
         """Dataset-wide values computed on the driver before shards run (passed as

@@ -3,7 +3,7 @@
 
 The estimator and every output column are defined in ``pipeline/scale/factors.py``
 (``clip_factors``); this module joins the shard's observations with their depth samples,
-applies the optional observation filters of ``conf/align/default.yaml``, runs the estimator per
+applies the optional observation filters of ``pipeline.settings.Align``, runs the estimator per
 clip (a bad clip is recorded as failed with its reason) and writes the table atomically.
 """
 
@@ -26,7 +26,8 @@ from pipeline.scale.factors import (
     working_focal,
 )
 from pipeline.schema import ALIGN
-from pipeline.stage import ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.settings import Settings
+from pipeline.stage import Reads, ShardResult, ShardTask, Stage, for_each_clip
 
 KEYS = ["clip_id", "frame_idx", "point_id"]
 
@@ -63,12 +64,14 @@ def _read(path: str, columns: list[str]) -> pd.DataFrame:
 
 class AlignStage(Stage):
     name = "align"
-    upstream = ("ingest", "triangulate", "depth")
-    config_keys = ("align",)
+    #: ``triangulate.image.max_long_side`` (the working focal) is read too; it reaches the
+    #: fingerprint through triangulate's output, which it changes
+    reads = Reads(upstream=("ingest", "triangulate", "depth"), config=("align",))
     version = 1
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        acfg = task.cfg["align"]
+        settings = Settings(task.cfg)
+        acfg = settings.align
         man = _read(task.inputs["ingest"], ["clip_id", "num_frames", "intrinsics", "width",
                                              "height", "w2c"])
         obs = _read(
@@ -78,14 +81,14 @@ class AlignStage(Stage):
         dep = _read(task.inputs["depth"], [*KEYS, "depth", "valid"])
         joined = join_observations(obs, dep)
         joined["valid"] = joined["valid"].eq(True).to_numpy()  # no depth sample -> invalid
-        if acfg.get("min_track_len") is not None and "track_len" in joined:
-            joined["valid"] &= joined["track_len"].to_numpy() >= int(acfg["min_track_len"])
-        if acfg.get("max_reproj_err") is not None and "reproj_err" in joined:
-            joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg["max_reproj_err"])
+        if acfg.min_track_len is not None and "track_len" in joined:
+            joined["valid"] &= joined["track_len"].to_numpy() >= acfg.min_track_len
+        if acfg.max_reproj_err is not None and "reproj_err" in joined:
+            joined["valid"] &= joined["reproj_err"].to_numpy() <= float(acfg.max_reproj_err)
         groups = joined.groupby("clip_id", sort=False).indices
         n_frames = dict(zip(man["clip_id"], man["num_frames"], strict=True))
-        focal = working_focal(man, task.cfg["triangulate"]["image"]["max_long_side"])
-        settings = FactorSettings.from_align(acfg)
+        focal = working_focal(man, settings.triangulate.image.max_long_side)
+        factor_settings = FactorSettings.from_align(task.cfg["align"])
         cams = {r.clip_id: camera_arrays(r) for r in man.itertuples(index=False)}
         empty = np.zeros(0, dtype=np.int64)
 
@@ -102,7 +105,8 @@ class AlignStage(Stage):
                 ray_err=_column(g, "reproj_err") / focal[clip_id],
                 uv=np.stack([_column(g, "u"), _column(g, "v")], axis=1),
             )
-            return clip_factors(clip_id, int(n_frames[clip_id]), obs, settings, *cams[clip_id])
+            return clip_factors(clip_id, int(n_frames[clip_id]), obs, factor_settings,
+                                *cams[clip_id])
 
         clip_ids = sorted(n_frames)
         rows, failures = for_each_clip(((c, None) for c in clip_ids), one)

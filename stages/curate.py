@@ -19,6 +19,7 @@ report beside the shards. Column definitions: ``docs_curated_columns.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -37,8 +38,10 @@ from pipeline.geometry.poses import camera_extent, metric_relative_c2w, relative
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import CURATED, REALCAM_VID, SCHEMA_VERSION
+from pipeline.settings import Curate, Settings
 from pipeline.stage import (
     ClipError,
+    Reads,
     ShardResult,
     ShardTask,
     Stage,
@@ -301,12 +304,11 @@ def _outcomes(ctx: Any, stage: str, aligned: pd.DataFrame, curated: pd.DataFrame
     return _Outcomes(clips_in, kept, filtered, failed, pending)
 
 
-def _distributions(aligned: pd.DataFrame, kept: set[str],
-                   ccfg: dict[str, Any]) -> dict[str, Any]:
+def _distributions(aligned: pd.DataFrame, kept: set[str], ccfg: Curate) -> dict[str, Any]:
     """Quantiles and histograms of the clip and frame factors, over all aligned clips and
     over the kept ones."""
-    qs = [float(q) for q in ccfg["distribution_quantiles"]]
-    bins = int(ccfg["histogram_bins"])
+    qs = [float(q) for q in ccfg.distribution_quantiles]
+    bins = ccfg.histogram_bins
     kept_al = aligned[aligned["clip_id"].isin(kept)] if len(aligned) else aligned
     dist: dict[str, Any] = {}
     for name, frame in (("aligned", aligned), ("kept", kept_al)):
@@ -326,7 +328,7 @@ def _distributions(aligned: pd.DataFrame, kept: set[str],
     return dist
 
 
-def _write_report(report_dir: Path, cfg: dict[str, Any], aligned: pd.DataFrame,
+def _write_report(report_dir: Path, settings: Settings, aligned: pd.DataFrame,
                   cut: dict[str, Any], counts: dict[str, Any], truth: dict[str, Any]) -> None:
     """The HTML report with its figures (``pipeline.report``)."""
     from pipeline.report import make_report
@@ -336,15 +338,15 @@ def _write_report(report_dir: Path, cfg: dict[str, Any], aligned: pd.DataFrame,
         if len(aligned) else np.zeros(0)
     )
     make_report(report_dir, aligned, cut, counts, frame_obs,
-                int(cfg["align"]["min_obs_per_frame"]), truth, cfg["curate"]["report"])
+                settings.align.min_obs_per_frame, truth,
+                dataclasses.asdict(settings.curate.report))
 
 
 class CurateStage(Stage):
     name = "curate"
     output_dir = "curated"
     finalize_output = "_dataset.json"  # the dataset-wide step runs under the ledger
-    upstream = ("ingest", "align")
-    config_keys = ("curate",)
+    reads = Reads(upstream=("ingest", "align"), config=("curate",))
     version = 1
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
@@ -352,8 +354,8 @@ class CurateStage(Stage):
         if out_dir.is_dir():  # every run, even when the shards and the dataset step are fresh
             self._remove_stale_shards(ctx, out_dir)
         aligned = _read_many(ctx.done_outputs("align"), list(FILTER_COLUMNS))
-        cut = compute_cutoffs(aligned, float(ctx.cfg["curate"]["quantile"]),
-                              ctx.cfg["curate"]["max_uncertainty"])
+        ccfg = Settings(ctx.cfg).curate
+        cut = compute_cutoffs(aligned, float(ccfg.quantile), ccfg.max_uncertainty)
         ctx.log(
             f"[curate] {cut['n_clips']} aligned clips, q={cut['q']}: "
             + ", ".join(
@@ -398,7 +400,8 @@ class CurateStage(Stage):
         clips, true-scale check), the compatibility export and the report. The cut-offs are the
         ones ``prepare`` computed for this run's shards (``ctx.prepared``): the same aligned
         clips, so recomputing them could only disagree."""
-        ccfg = ctx.cfg["curate"]
+        settings = Settings(ctx.cfg)
+        ccfg = settings.curate
         out_dir = storage.path(ctx.work_dir) / self.output_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_shards(ctx, out_dir)
@@ -413,7 +416,7 @@ class CurateStage(Stage):
         oc = _outcomes(ctx, self.name, aligned, curated, manifest, cut)
         counts = oc.counts()
         truth = self._truth_table(ctx, aligned, manifest, oc.kept, oc.filtered)
-        self._export_compat(out_dir / _side_dir(ccfg["compat_dir"]), curated, ccfg)
+        self._export_compat(out_dir / _side_dir(ccfg.compat_dir), curated, ccfg)
         meta = {
             "schema_version": SCHEMA_VERSION,
             "stage_version": self.version,
@@ -427,9 +430,9 @@ class CurateStage(Stage):
             "pending": oc.pending,
             "true_scale_check": truth,
         }
-        if ccfg["report"]["enabled"]:
-            _write_report(out_dir / _side_dir(ccfg["report"]["dir"]), ctx.cfg, aligned, cut,
-                          counts, truth)
+        if ccfg.report.enabled:
+            _write_report(out_dir / _side_dir(ccfg.report.dir), settings, aligned, cut, counts,
+                          truth)
         write_json_atomic(meta, out_dir / "_dataset.json")
         ctx.log(
             f"[curate] in {counts['in']}: kept {counts['kept']}, filtered {len(oc.filtered)} "
@@ -481,7 +484,7 @@ class CurateStage(Stage):
 
     def _quarantine(self, ctx: Any, src: Any) -> Any:
         """Move ``src`` into ``curate.quarantine_dir`` (outside curated/), never overwriting."""
-        qdir = storage.path(ctx.work_dir) / str(ctx.cfg["curate"]["quarantine_dir"])
+        qdir = storage.path(ctx.work_dir) / Settings(ctx.cfg).curate.quarantine_dir
         qdir.mkdir(parents=True, exist_ok=True)
         dest, n = qdir / src.name, 1
         while dest.exists():
@@ -514,7 +517,7 @@ class CurateStage(Stage):
         if not rows:
             return {"n": 0, "rows": []}
         errs = np.abs([r["rel_err"] for r in rows])
-        max_rows = int(ctx.cfg["curate"]["truth_log_rows"])
+        max_rows = Settings(ctx.cfg).curate.truth_log_rows
         ctx.log(f"[curate] recovered clip_scale vs true_scale ({len(rows)} clips)")
         ctx.log(f"  {'clip_id':<28}{'true':>12}{'recovered':>12}{'rel err':>10}  status")
         for r in rows[:max_rows]:
@@ -526,20 +529,20 @@ class CurateStage(Stage):
         return {"n": len(rows), "median_abs_rel_err": float(np.median(errs)),
                 "max_abs_rel_err": float(errs.max()), "rows": rows}
 
-    def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: dict[str, Any]) -> None:
+    def _export_compat(self, cdir: Path, curated: pd.DataFrame, ccfg: Curate) -> None:
         """CamI2V/RealCam-I2V drop-in files: clip -> per-frame factors, valid clip lists, and
         the RealCam-Vid-style table of metric relative poses (``realcam_vid_row``)."""
         cdir.mkdir(parents=True, exist_ok=True)
-        dtype = np.dtype(str(ccfg["compat_dtype"]))
+        dtype = np.dtype(ccfg.compat_dtype)
         cur = curated.sort_values("clip_id") if len(curated) else curated
         arrays = {r.clip_id: np.asarray(r.frame_scale, dtype=dtype) for r in cur.itertuples()}
         write_npz_deterministic(arrays, cdir / "per_frame_scale.npz")
         # one Parquet table, rows in clip order, no pandas metadata: byte-identical on re-runs
         rows = [realcam_vid_row(r) for r in cur.itertuples()]
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=REALCAM_VID),
-                             cdir / str(ccfg["compat_realcam_vid"]))
+                             cdir / ccfg.compat_realcam_vid)
         legacy = cdir / "per_frame_scale_cami2v.npz"
-        if ccfg["compat_cami2v_dict"]:
+        if ccfg.compat_cami2v_dict:
             # CamI2V/RealCam-I2V read np.load(p, allow_pickle=True)["arr_0"].item(): one pickled
             # dict. Opt-in, because loading it needs allow_pickle (trust the file's origin).
             holder = np.empty((), dtype=object)

@@ -47,10 +47,12 @@ from pipeline.io import write_bytes_atomic, write_parquet_atomic
 from pipeline.pool import ShardActorPool
 from pipeline.registry import register
 from pipeline.schema import DEPTH_SAMPLES
+from pipeline.settings import DepthSensor, Settings
 from pipeline.stage import (
     ERROR,
     ClipError,
     Failures,
+    Reads,
     ShardResult,
     ShardTask,
     Stage,
@@ -139,12 +141,12 @@ def _reason(exc: BaseException) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------- sensor backend
 def run_sensor_shard(task: ShardTask) -> ShardResult:
-    dcfg = task.cfg["depth"]
+    dcfg = Settings(task.cfg).depth
     inp = ShardInputs(task)
     n = len(inp.clip)
     depth = np.full(n, np.nan, np.float32)
     valid = np.zeros(n, bool)
-    max_depth = float(dcfg["max_depth"])
+    max_depth = float(dcfg.max_depth)
 
     def one(clip_id: str, _: Any) -> str:
         row = inp.manifest_row(clip_id)
@@ -157,11 +159,11 @@ def run_sensor_shard(task: ShardTask) -> ShardResult:
                     f"frames are {shape[1]}x{shape[0]}"
                 )
             depth[rows], valid[rows] = sample_sensor(
-                d, inp.u[rows], inp.v[rows], dcfg["interpolation"], max_depth
+                d, inp.u[rows], inp.v[rows], dcfg.interpolation, max_depth
             )
-            if k == 0 and dcfg.get("preview"):
+            if k == 0 and dcfg.preview:
                 dd, _ok = finalize_samples(d, max_depth)
-                write_preview(task, clip_id, f, preview_map(dd, int(dcfg["preview_width"])))
+                write_preview(task, clip_id, f, preview_map(dd, dcfg.preview_width))
         return clip_id
 
     ok, failures = for_each_clip(((c, None) for c in inp.clip_ids), one)
@@ -434,34 +436,34 @@ class DepthActorPool(ShardActorPool):
 # ---------------------------------------------------------------------- the stage
 class DepthStage(Stage):
     name = "depth"
-    upstream = ("ingest", "triangulate")
-    config_keys = ("depth",)
+    reads = Reads(upstream=("ingest", "triangulate"), config=("depth",))
     version = 1
 
     def resources(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        dcfg = cfg["depth"]
-        return {"num_cpus": int(dcfg.get("cpus_per_task") or dcfg.get("cpus_per_actor") or 1)}
+        dcfg = Settings(cfg).depth
+        return {"num_cpus": dcfg.cpus_per_task if isinstance(dcfg, DepthSensor)
+                else dcfg.cpus_per_actor}
 
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """The model must be loadable before the first stage runs, not after triangulation."""
-        dcfg = cfg["depth"]
-        if dcfg["backend"] != "da2_metric":
+        s = Settings(cfg)
+        dcfg = s.depth
+        if isinstance(dcfg, DepthSensor):
             return
         problem = model_source_problem(
-            str(dcfg["model"]), dcfg.get("revision"), bool(dcfg.get("local_files_only")),
-            float(cfg["models"]["hub_timeout_s"]),
+            dcfg.model, dcfg.revision, dcfg.local_files_only, float(s.models.hub_timeout_s),
         )
         if problem:
             from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"depth.model: {problem}; download it on a connected machine "
-                f"(huggingface-cli download {dcfg['model']} --local-dir DIR) and pass "
+                f"(huggingface-cli download {dcfg.model} --local-dir DIR) and pass "
                 "depth.model=DIR, or use depth=sensor for datasets with their own depth"
             )
 
     def make_executor(self, cfg: dict[str, Any]) -> DepthActorPool | None:
-        if cfg["depth"]["backend"] == "sensor":
+        if Settings(cfg).depth.backend == "sensor":
             return None
         return DepthActorPool(cfg)
 

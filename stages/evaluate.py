@@ -20,6 +20,7 @@ Sources (``evaluate.source``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -35,7 +36,8 @@ from pipeline.formats.frames import read_video_rgb
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.log import log, progress
 from pipeline.registry import register
-from pipeline.stage import GLOBAL, ClipError, ShardResult, ShardTask, Stage
+from pipeline.settings import Settings
+from pipeline.stage import GLOBAL, ClipError, Reads, ShardResult, ShardTask, Stage
 
 #: what to try when no clip could be measured, by source
 NOTHING_HINT = {
@@ -113,11 +115,9 @@ class DepthProvider:
         for those defaults), whichever backend the run uses."""
         if self.cfg["depth"].get("backend") == "sensor":
             return self.cfg["depth"]
-        from omegaconf import OmegaConf
+        from pipeline.settings import DepthSensor, defaults
 
-        from pipeline.config import CONF_DIR
-
-        return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "depth" / "sensor.yaml"))
+        return defaults(DepthSensor)
 
     def _model(self) -> tuple[Any, str | None]:
         if self._predictor is None and self._model_reason is None:
@@ -356,10 +356,9 @@ class EvaluateStage(Stage):
     name = "evaluate"
     kind = GLOBAL
     in_all = False
-    upstream = ("ingest",)
     #: evaluate's own settings, and those that put SfM trajectories in metres (``score_trial``
     #: triangulates and aligns with them); ``config_view`` adds what a source reads
-    config_keys = ("evaluate", "triangulate", "align")
+    reads = Reads(upstream=("ingest",), config=("evaluate", "triangulate", "align"))
     output_name = "metrics.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
@@ -378,7 +377,7 @@ class EvaluateStage(Stage):
         """Plus the depth settings when metric depth is on, and the train settings (model,
         sampler) when the model is sampled."""
         view = super().config_view(cfg)
-        if str(cfg["evaluate"]["metric_depth"]) != "none":
+        if Settings(cfg).evaluate.metric_depth != "none":
             view["depth"] = cfg.get("depth")
         if self._source_of(cfg) == "model":
             view["train"] = cfg.get("train")
@@ -389,10 +388,11 @@ class EvaluateStage(Stage):
         checkpoints it samples (a newer or replaced checkpoint is another model)."""
         cfg = ctx.cfg
         source = self._source_of(cfg)
+        s = Settings(cfg)
         if source == "videos":
-            return [str(cfg["evaluate"]["videos"]), str(cfg["evaluate"]["trajectories"])]
+            return [str(s.evaluate.videos), str(s.evaluate.trajectories)]
         if source == "model":
-            return [str(storage.path(ctx.work_dir) / cfg["train"]["out_subdir"] / "checkpoints")]
+            return [str(storage.path(ctx.work_dir) / s.train.out_subdir / "checkpoints")]
         return []
 
     def prepare(self, ctx: Any) -> dict[str, Any]:
@@ -432,14 +432,12 @@ class EvaluateStage(Stage):
 
         cfg = ctx.cfg
         ecfg = cfg["evaluate"]
+        s = Settings(cfg)
+        protocol = s.evaluate.protocol
         failures: dict[str, str] = {}
         real: list[tuple[ce.EvalClip, Any, str | None]] = []
         try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
             source = _source(ecfg)
-            protocol = str(ecfg["protocol"])
-            if protocol not in ce.PROTOCOLS:
-                raise ValueError(f"evaluate.protocol must be {'|'.join(ce.PROTOCOLS)}, "
-                                 f"got {protocol!r}")
             depth = DepthProvider(cfg, ecfg, source)
             if source == "dataset":
                 clips = dataset_clips(ctx, ecfg, depth, failures)
@@ -453,14 +451,15 @@ class EvaluateStage(Stage):
             raise ConfigError("evaluate: no clip to evaluate"
                               + (f" ({len(failures)} failed, e.g. "
                                  f"{next(iter(failures.items()))})" if failures else ""))
-        trials = int(ecfg["trials"])
-        threads = int(ecfg["num_cpus"])
-        scratch = None if ecfg.get("scratch_dir") in (None, "auto") else ecfg["scratch_dir"]
+        trials = s.evaluate.trials
+        threads = s.evaluate.num_cpus
+        scratch = None if s.evaluate.scratch_dir == "auto" else s.evaluate.scratch_dir
         tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
         # the published protocol averages every successful trial; its metric scale comes from
         # SfM's own frame-0 points, so no triangulation with fixed poses is needed
-        ccfg = ecfg["consensus"] if protocol == "project" else {**ecfg["consensus"],
-                                                                  "mode": "none"}
+        ccfg = dataclasses.asdict(s.evaluate.consensus)
+        if protocol != "project":
+            ccfg["mode"] = "none"
         remote = ray.remote(ce.run_trial).options(
             num_cpus=threads, max_retries=0, name="evaluate-trial",
             **ray_utils.task_options(cfg))
@@ -477,7 +476,7 @@ class EvaluateStage(Stage):
                                  ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
 
         bar = progress(len(all_clips) * trials, "evaluate SfM", "trials",
-                       bool(cfg.get("progress", True)), float(cfg["log"]["progress_every_s"]))
+                       s.progress, float(s.log.progress_every_s))
         counts = {"ok": 0, "failed": 0}
 
         def on_result(result: dict[str, Any]) -> None:
@@ -488,7 +487,7 @@ class EvaluateStage(Stage):
         try:
             results = ce.run_trials(
                 [c for c, _, _ in all_clips], submit,
-                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, int(ecfg["seed"]),
+                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, s.evaluate.seed,
                 on_result=on_result)
         finally:
             bar.close()

@@ -30,14 +30,14 @@ from pipeline.io import stable_hash, write_parquet_atomic
 from pipeline.log import progress_callback
 from pipeline.registry import register
 from pipeline.schema import MANIFEST
-from pipeline.stage import ClipError, ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.settings import Settings
+from pipeline.stage import ClipError, Reads, ShardResult, ShardTask, Stage, for_each_clip
 
 
 class IngestStage(Stage):
     name = "ingest"
-    upstream = ()
     is_source = True
-    config_keys = ("dataset", "ingest")
+    reads = Reads(config=("dataset", "ingest"))
 
     def check_inputs(self, cfg: dict[str, Any]) -> None:
         """A wrong ``dataset.root`` is one line at start-up (see ``check_dataset``)."""
@@ -45,20 +45,20 @@ class IngestStage(Stage):
 
     def discover(self, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Clip id -> JSON-able description of its inputs (also fingerprints the shard)."""
-        ds = cfg["dataset"]
-        if ds.get("definition"):  # a synthetic dataset (sample, stress): render on first use
+        s = Settings(cfg)
+        ds = s.dataset
+        if ds.definition:  # a synthetic dataset (sample, stress): render on first use
             from pipeline.synthetic.sample_data import generate_sample
 
             on_progress = progress_callback(
-                f"render {ds['name']}", "frames", bool(cfg.get("progress", True)),
-                float(cfg["log"]["progress_every_s"]),
-                start=f"[ingest] rendering the {ds['name']} dataset into {ds['root']} on first "
+                f"render {ds.name}", "frames", s.progress, float(s.log.progress_every_s),
+                start=f"[ingest] rendering the {ds.name} dataset into {ds.root} on first "
                       "use (a few minutes)")
-            render_synthetic(Path(ds["definition"]), ds["root"],
+            render_synthetic(Path(ds.definition), ds.root,
                              functools.partial(generate_sample, on_progress=on_progress))
-        if ds["layout"] == "rgbd":
+        if ds.layout == "rgbd":
             return discover_rgbd(cfg)
-        if ds["layout"] == "nerfstudio":
+        if ds.layout == "nerfstudio":
             return discover_nerfstudio(cfg)
         if ds["layout"] == "colmap":
             return discover_colmap(cfg)
@@ -70,7 +70,7 @@ class IngestStage(Stage):
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         sources = task.extra["sources"]
-        pattern = re.compile(task.cfg["ingest"]["clip_id_pattern"])
+        pattern = re.compile(Settings(task.cfg).ingest.clip_id_pattern)
 
         def one(clip_id: str, src: dict[str, Any]) -> dict[str, Any]:
             if not pattern.match(clip_id) or ".." in clip_id:

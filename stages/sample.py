@@ -8,13 +8,11 @@ does editing the image, trajectory or depth file it names (size and modification
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline import storage
 from pipeline.io import write_json_atomic
 from pipeline.log import log
 from pipeline.registry import register
-from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
+from pipeline.stage import GLOBAL, Reads, ShardResult, ShardTask, Stage
 from stages.train import (
     SAMPLING_FILES,
     check_sampling,
@@ -28,17 +26,13 @@ class SampleStage(Stage):
     name = "sample"
     kind = GLOBAL
     in_all = False
-    upstream = ("curate", "train")
-    config_keys = ("train",)
+    #: the user's files a sample is made from: editing one makes the sample stale
+    reads = Reads(upstream=("curate", "train"), config=("train",),
+                  files=tuple(f"train.sampling.{k}" for k in SAMPLING_FILES))
     output_name = "sample.json"
 
     def out_dir_name(self, cfg: dict) -> str:
         return f"{train_out_dir(cfg)}/samples"
-
-    def file_inputs(self, ctx: Any) -> list[str]:
-        """The user's files a sample is made from: editing one makes the sample stale."""
-        s = ctx.cfg["train"]["sampling"]
-        return [str(s[k]) for k in SAMPLING_FILES if s.get(k)]
 
     def check_ready(self, cfg: dict) -> None:
         """Sampling settings, the own image and the trajectory file fail here, in one line,

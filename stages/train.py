@@ -21,7 +21,8 @@ from pipeline.device import choose_device
 from pipeline.io import write_json_atomic
 from pipeline.log import log, progress
 from pipeline.registry import register
-from pipeline.stage import GLOBAL, ShardResult, ShardTask, Stage
+from pipeline.settings import Settings
+from pipeline.stage import GLOBAL, Reads, ShardResult, ShardTask, Stage
 
 #: what a run leaves under out_dir that a later run would resume from
 RESUMABLE = ("checkpoints", "ray", "metrics.jsonl", "summary.json")
@@ -65,19 +66,19 @@ def check_sampling(cfg: dict[str, Any]) -> None:
     from pipeline.errors import ConfigError
     from trainer.inference.trajectory import PRESETS
 
-    s = cfg["train"]["sampling"]
-    preset = str(s.get("trajectory_preset") or "")
+    s = Settings(cfg).train.sampling
+    preset = s.trajectory_preset
     if preset and preset not in PRESETS:
         raise ConfigError(f"train.sampling.trajectory_preset must be one of {', '.join(PRESETS)} "
                           f"(or empty), got '{preset}'")
-    if s.get("image") and not (s.get("trajectory") or preset):
+    if s.image and not (s.trajectory or preset):
         raise ConfigError("train.sampling.image needs train.sampling.trajectory (a trajectory "
                           "file) or train.sampling.trajectory_preset")
     for key in SAMPLING_FILES:
-        value = s.get(key)
+        value = getattr(s, key)
         if value and not storage.is_uri(value) and not Path(str(value)).expanduser().is_file():
             raise ConfigError(f"train.sampling.{key}: no such file {value}")
-    intr = s.get("intrinsics") or []
+    intr = s.intrinsics
     if len(intr) not in (0, len(PINHOLE_INTRINSICS)):
         raise ConfigError(f"train.sampling.intrinsics must be [] or "
                           f"[{', '.join(PINHOLE_INTRINSICS)}], got {list(intr)}")
@@ -87,14 +88,14 @@ def check_sampling(cfg: dict[str, Any]) -> None:
 
 
 def train_out_dir(cfg: dict[str, Any]) -> str:
-    return str(cfg["train"]["out_subdir"])
+    return Settings(cfg).train.out_subdir
 
 
 def sample_progress(cfg: dict[str, Any], desc: str) -> Any:
     """A DDIM progress callback: a bar on a terminal, periodic lines otherwise."""
-    steps = int(cfg["train"]["sampling"]["steps"])
-    bar = progress(steps, desc, "steps", bool(cfg.get("progress", True)),
-                   float(cfg["log"]["progress_every_s"]))
+    s = Settings(cfg)
+    bar = progress(s.train.sampling.steps, desc, "steps", s.progress,
+                   float(s.log.progress_every_s))
 
     def on_step(i: int, n: int) -> None:
         bar.update(1)
@@ -108,9 +109,8 @@ class TrainStage(Stage):
     name = "train"
     kind = GLOBAL
     in_all = False
-    upstream = ("curate",)
-    config_keys = ("train",)
-    config_exclude = ("train.sampling",)
+    #: ``train.sampling`` never changes the model: the after-train sample is a byproduct
+    reads = Reads(upstream=("curate",), config=("train",), config_exclude=("train.sampling",))
     output_name = "summary.json"
 
     def out_dir_name(self, cfg: dict[str, Any]) -> str:
@@ -131,36 +131,36 @@ class TrainStage(Stage):
     def check_ready(self, cfg: dict[str, Any]) -> None:
         """The SVD backbone's weights must be loadable before the data stages run, and the
         after-train sample's settings, own image and trajectory valid before training."""
-        tcfg = cfg["train"]
-        if tcfg["sampling"]["after_train"]:  # the sample it writes: settings, image, trajectory
+        s = Settings(cfg)
+        tcfg = s.train
+        if tcfg.sampling.after_train:  # the sample it writes: settings, image, trajectory
             check_sampling(cfg)
-        if tcfg["distributed"]["backend"] == "ray" and storage.is_uri(cfg["paths"]["work_dir"]):
+        if tcfg.distributed.backend == "ray" and storage.is_uri(s.paths.work_dir):
             from pipeline.errors import ConfigError
 
             raise ConfigError("train.distributed.backend=ray keeps its checkpoints on a shared "
                               "filesystem: use a local/shared paths.work_dir with it, or "
                               "train.distributed.backend=local with an s3:// work dir")
-        if tcfg["backbone"] != "svd":
+        if tcfg.backbone != "svd":
             return
         from pipeline.depth.model import model_source_problem
 
-        svd = tcfg["svd"]
-        offline = bool(svd["local_files_only"])
-        problem = model_source_problem(str(svd["pretrained"]), None, offline,
-                                       float(cfg["models"]["hub_timeout_s"]),
-                                       marker="model_index.json")
+        svd = tcfg.svd
+        problem = model_source_problem(svd.pretrained, None, svd.local_files_only,
+                                       float(s.models.hub_timeout_s), marker="model_index.json")
         if problem:
             from pipeline.errors import ConfigError
 
             raise ConfigError(
                 f"train.svd.pretrained: {problem}; download it on a connected machine "
-                f"(huggingface-cli download {svd['pretrained']} --local-dir DIR) and pass "
+                f"(huggingface-cli download {svd.pretrained} --local-dir DIR) and pass "
                 "train.svd.pretrained=DIR"
             )
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         cfg = task.cfg
-        tcfg = cfg["train"]
+        tcfg = cfg["train"]  # the trainer takes the section as plain values
+        s = Settings(cfg)
         files = curated_files(task)
         out_dir = storage.path(task.output).parent
         trainable_clips(tcfg, files)  # before anything is removed
@@ -171,8 +171,8 @@ class TrainStage(Stage):
                     p.rmtree() if storage.is_uri(p) else shutil.rmtree(p)
                 elif p.exists():
                     p.unlink()
-        backend = tcfg["distributed"]["backend"]
-        show = bool(cfg.get("progress", True)) and bool(tcfg["progress"])
+        backend = s.train.distributed.backend
+        show = s.progress and s.train.progress
         log.info(f"[train] {len(files)} curated shards, backend={backend} -> {out_dir}"
                  + ("" if task.restart else " (resuming)"))
         if backend == "ray":
@@ -184,7 +184,7 @@ class TrainStage(Stage):
 
             summary = train(tcfg, files, out_dir, DistInfo(device=default_device()),
                             progress=show,
-                            progress_every_s=float(cfg["log"]["progress_every_s"]))
+                            progress_every_s=float(s.log.progress_every_s))
         for clip, why in sorted(summary.get("skipped_clips", {}).items()):
             log.info(f"[train] skipped clip {clip}: {why}")
         if summary.get("steps_run", 1):
@@ -192,7 +192,7 @@ class TrainStage(Stage):
                      f"({summary['samples_per_s']:.2f} samples/s)")
         else:
             log.info(f"[train] already at step {summary['step']}: nothing left to train")
-        if tcfg["sampling"]["after_train"]:
+        if s.train.sampling.after_train:
             from trainer.sampling import sample_to_mp4, scene_inputs
 
             summary["sample"] = sample_to_mp4(tcfg, out_dir, files, default_device(),

@@ -19,23 +19,24 @@ from pipeline.formats import frames as frame_io
 from pipeline.io import write_parquet_atomic
 from pipeline.registry import register
 from pipeline.schema import OBSERVATIONS
+from pipeline.settings import Settings
 from pipeline.sfm.triangulation import OBS_COLUMNS, triangulate_clip
-from pipeline.stage import ShardResult, ShardTask, Stage, for_each_clip
+from pipeline.stage import Reads, ShardResult, ShardTask, Stage, for_each_clip
 
 
 # ------------------------------------------------------------------------------ stage
 class TriangulateStage(Stage):
     name = "triangulate"
-    upstream = ("ingest",)
-    config_keys = ("triangulate",)
+    reads = Reads(upstream=("ingest",), config=("triangulate",))
 
     def resources(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        return {"num_cpus": int(cfg["triangulate"]["num_cpus"])}
+        return {"num_cpus": Settings(cfg).triangulate.num_cpus}
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        cfg = task.cfg["triangulate"]
+        settings = Settings(task.cfg).triangulate
+        cfg = task.cfg["triangulate"]  # triangulate_clip takes the section as plain values
         # COLMAP's glog INFO lines (per image, per pass) would flood the driver through Ray
-        pycolmap.logging.minloglevel = int(cfg["log_level"])
+        pycolmap.logging.minloglevel = settings.log_level
         # clips of one source video in time order: its open reader decodes them in one pass
         manifest = sorted(storage.read_table(task.inputs["ingest"]).to_pylist(),
                           key=frame_io.decode_order)
@@ -44,7 +45,7 @@ class TriangulateStage(Stage):
         def run(clip_id: str, row: dict[str, Any]) -> pd.DataFrame:
             st: dict[str, Any] = {}
             per_clip[clip_id] = st
-            return triangulate_clip(row, cfg, cfg.get("scratch_dir"), stats=st)
+            return triangulate_clip(row, cfg, settings.scratch_dir, stats=st)
 
         frames, failures = for_each_clip(((r["clip_id"], r) for r in manifest), run)
         frames = [f for f in frames if len(f)]

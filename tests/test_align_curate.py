@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.geometry import poses as geo
 from pipeline.scale.factors import _mad_rel, frame_factors
 from pipeline.schema import ALIGN, CURATED, DEPTH_SAMPLES, MANIFEST, OBSERVATIONS
+from pipeline.settings import Curate
 from pipeline.stage import ClipError, ShardTask
 from stages.align import STAGE as ALIGN_STAGE
 from stages.curate import STAGE as CURATE_STAGE
@@ -538,8 +540,8 @@ def test_cami2v_pickled_dict_export_is_opt_in(tmp_path):
                         "frame_scale": [[1.0, 2.0], [3.0, 4.0, 5.0]], "num_frames": [2, 3],
                         "c2w_metric": [[eye] * 2, [eye] * 3], "clip_scale": [1.5, 4.0],
                         "intrinsics": [[0.5, 0.8, 0.5, 0.5]] * 2, "width": 32, "height": 24})
-    ccfg = {"compat_dtype": "float32", "compat_cami2v_dict": True,
-            "compat_realcam_vid": "realcam_vid.parquet"}
+    ccfg = Curate(compat_dtype="float32", compat_cami2v_dict=True,
+                  compat_realcam_vid="realcam_vid.parquet")
     CURATE_STAGE._export_compat(tmp_path, cur, ccfg)
     legacy = tmp_path / "per_frame_scale_cami2v.npz"
     table = np.load(legacy, allow_pickle=True)["arr_0"].item()
@@ -548,7 +550,7 @@ def test_cami2v_pickled_dict_export_is_opt_in(tmp_path):
     first = legacy.read_bytes()
     CURATE_STAGE._export_compat(tmp_path, cur, ccfg)
     assert legacy.read_bytes() == first  # deterministic bytes, like every other output
-    CURATE_STAGE._export_compat(tmp_path, cur, {**ccfg, "compat_cami2v_dict": False})
+    CURATE_STAGE._export_compat(tmp_path, cur, dataclasses.replace(ccfg, compat_cami2v_dict=False))
     assert not legacy.exists()
     safe = np.load(tmp_path / "per_frame_scale.npz", allow_pickle=False)
     np.testing.assert_array_equal(safe["b"], np.float32([1, 2]))

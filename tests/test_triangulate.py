@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from pipeline.formats.frames import read_depth
 from pipeline.geometry.poses import pixel_K
 from pipeline.schema import MANIFEST, OBSERVATIONS
+from pipeline.settings import Triangulate, defaults
 from pipeline.sfm import colmap_scene as cs
 from pipeline.sfm.triangulation import (
     max_triangulation_angle,
@@ -25,9 +25,9 @@ from pipeline.sfm.triangulation import (
 )
 from pipeline.stage import ClipError, ShardTask
 from stages.triangulate import STAGE
-from tests.conftest import ROOT, shared_path
+from tests.conftest import shared_path
 
-CFG = yaml.safe_load((ROOT / "conf" / "triangulate" / "default.yaml").read_text())
+CFG = defaults(Triangulate)
 THREADS = 2
 
 

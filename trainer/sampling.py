@@ -153,23 +153,21 @@ def load_latest_model(tcfg: dict[str, Any], ckpt_dir: Any, device: str
     return path, load_model(tcfg, path, device, state)
 
 
-DA2_CONF = Path(__file__).resolve().parents[1] / "conf" / "depth" / "da2_metric.yaml"
-
-
 def scene_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     """What ``sample_to_mp4`` needs of the rest of the run config to find the condition image's
     depth: the depth backend section and the dataset's depth folder (if any).
 
     ``train.sampling.depth_model`` picks a Depth Anything V2 metric checkpoint for the condition
-    image alone, with the other settings of ``conf/depth/da2_metric.yaml``: switching the run's
-    ``depth`` group instead would make the whole depth stage stale and recompute it.
+    image alone, with the other settings at their defaults (``pipeline.settings.DepthModel``):
+    switching the run's ``depth`` group instead would make the whole depth stage stale and
+    recompute it.
     """
     depth_cfg = cfg.get("depth")
     model = ((cfg.get("train") or {}).get("sampling") or {}).get("depth_model")
     if model:
-        from omegaconf import OmegaConf
+        from pipeline.settings import DepthModel, defaults
 
-        depth_cfg = OmegaConf.to_container(OmegaConf.load(DA2_CONF), resolve=True)
+        depth_cfg = defaults(DepthModel)
         depth_cfg["model"] = str(model)
     return {"depth_cfg": depth_cfg,
             "depth_root": (cfg.get("dataset") or {}).get("depth_root")}

@@ -35,7 +35,7 @@ Definitions of the output columns (one row per clip, schema ``pipeline.schema.AL
   ``pipeline/scale/stats.py`` for why each part exists.
 An observation is valid when its depth sample is flagged valid, both depth and ``z_cam`` are
 finite and > 0, and its frame index is inside the clip; optional track-length and reprojection
-filters come from ``conf/align/default.yaml``.
+filters come from the ``align`` settings (``pipeline.settings.Align``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ triangulated with the poses held fixed (no mapper, no pose or intrinsics refinem
 stage checks that the poses came back unchanged).
 
 Real poses (SLAM, KinectFusion, head tracking) are off by pixels and can lag the frames, so the
-defaults (``conf/triangulate/default.yaml``, chosen with ``bench/bench_accuracy.py`` on real
+defaults (``pipeline.settings.Triangulate``, chosen with ``bench/bench_accuracy.py`` on real
 RGB-D captures and the synthetic stress set) verify matches by RANSAC, independently of the given
 poses, and pair each frame with its 10 neighbours plus frames 2^k apart (long baselines on slow
 clips, where neighbours see too little parallax). Cost is the other concern at 9M frames: frames
