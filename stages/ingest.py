@@ -60,7 +60,7 @@ class IngestStage(Stage):
             return discover_rgbd(cfg)
         if ds.layout == "nerfstudio":
             return discover_nerfstudio(cfg)
-        if ds["layout"] == "colmap":
+        if ds.layout == "colmap":
             return discover_colmap(cfg)
         return discover_re10k(cfg)
 

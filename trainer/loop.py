@@ -282,7 +282,10 @@ class _Loop:
             total += float(loss.detach()) / accum
         tr.scaler.unscale_(tr.optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(tr.params, float(self.tcfg["max_grad_norm"]))
-        tr.scaler.step(tr.optimizer)
+        # a non-finite gradient would turn every weight into NaN for good: the step is skipped
+        # (logged with its NaN/inf grad_norm); an enabled grad scaler skips it by itself
+        if bool(torch.isfinite(gnorm)) or tr.scaler.is_enabled():
+            tr.scaler.step(tr.optimizer)
         tr.scaler.update()
         lr = tr.optimizer.param_groups[0]["lr"]
         tr.lr_sched.step()

@@ -181,6 +181,12 @@ class SpaceTimeDenoiser(nn.Module):
         return out.view(b, f, -1, h, w)
 
 
+#: the depth head's output range (natural log of the poses' units): wide enough for metric rooms
+#: and for relative poses written up to thousands of times too large or small, narrow enough
+#: that exp() stays far from float32 overflow
+LOG_DEPTH_MIN, LOG_DEPTH_MAX = math.log(1e-4), math.log(1e5)
+
+
 class DepthHead(nn.Module):
     """Condition image (B, 3, H, W) in [-1, 1] -> z-depth (B, 1, H, W) in the poses' units.
 
@@ -207,7 +213,8 @@ class DepthHead(nn.Module):
         e1 = self.enc1(e0)
         e1 = e1 + self.glob(e1.mean(dim=(-2, -1)))[:, :, None, None]
         up = F.interpolate(e1, size=e0.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.exp(self.out(self.dec(torch.cat([e0, up], dim=1))) + self.log_init)
+        log_depth = self.out(self.dec(torch.cat([e0, up], dim=1))) + self.log_init
+        return torch.exp(log_depth.clamp(LOG_DEPTH_MIN, LOG_DEPTH_MAX))
 
 
 class BuiltinBackbone(nn.Module):

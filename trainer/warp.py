@@ -100,6 +100,10 @@ def reproject(plucker: torch.Tensor, depth: torch.Tensor, iterations: int
     surface in front of it and inside the image).
     """
     b, f, _, h, w = plucker.shape
+    # the geometry in float64: a written translation thousands of times too large, divided by a
+    # ray nearly parallel to the image plane, must not overflow (float32 did, to NaN gradients)
+    out_dtype = depth.dtype
+    depth = depth.double()
     dtype = depth.dtype
     pl = plucker.to(dtype)
     c = camera_centres(pl)  # (B, F, 3)
@@ -123,7 +127,7 @@ def reproject(plucker: torch.Tensor, depth: torch.Tensor, iterations: int
                           padding_mode="border", align_corners=False).view(b, f, h, w)
     inside = (grid.abs() <= 1).all(dim=-1)
     valid = inside & (s > 0) & (X[:, :, 2] > _MIN_DEPTH)
-    return grid, valid[:, :, None].to(dtype)
+    return grid.to(out_dtype), valid[:, :, None].to(out_dtype)
 
 
 def warp_condition(image: torch.Tensor, plucker: torch.Tensor, depth: torch.Tensor,
