@@ -756,3 +756,27 @@ def test_residual_to_condition_starts_at_the_condition_frame() -> None:
     with pytest.raises(ValueError, match="residual_to_condition"):
         build_backbone(train_cfg(prediction_type="epsilon",
                                  builtin={"residual_to_condition": True}))
+
+
+def test_non_finite_gradient_skips_the_step_and_keeps_the_weights(
+        curated: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One step whose gradient is NaN (a pose of enormous translation, say) must not turn the
+    weights into NaN for good: the optimizer step is skipped and training goes on."""
+    import trainer.loop as loop
+
+    real = loop.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*a: Any, **k: Any) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(loop, "diffusion_loss", poisoned)
+    cfg = train_cfg(max_steps=4, checkpoint_every=4, lr=1e-3)
+    loop.train(cfg, curated, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [np.isfinite(r["grad_norm"]) for r in rows] == [True, False, True, True]
+    state = ckpt.load(ckpt.latest_checkpoint(tmp_path / "checkpoints"))["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert np.isfinite(rows[-1]["loss"])
