@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -611,6 +612,32 @@ class DesignerApp:
         return path
 
     def _generate(self) -> None:
+        tcfg, train_dir = self._generation_config()
+        n = int(tcfg["data"]["num_frames"])
+        gen_design = self._write_generation_inputs(tcfg, n)
+        s = tcfg["sampling"]
+        self.generating = True
+        self.btn_gen.disabled = True
+        self.progress.visible = True
+        self.progress.value = 0.0
+        self.gen_progress = (0, int(s["steps"]))
+        t0 = time.perf_counter()
+        sns = "on" if s["noise_shaping"] else "off"
+        self.gen_md.content = f"Generating {n} frames (SNS {sns}): loading the model..."
+
+        def progress(done: int, total: int) -> None:
+            self.gen_progress = (done, total)
+            self.progress.value = 100.0 * done / total
+            self.gen_md.content = (f"Generating {n} frames (SNS {sns}): denoising step "
+                                   f"{done}/{total}, {time.perf_counter() - t0:.0f} s")
+
+        threading.Thread(target=self._run_generation,
+                         args=(tcfg, train_dir, gen_design, sns, progress, t0),
+                         daemon=True).start()
+
+    def _generation_config(self) -> tuple[dict[str, Any], Path]:
+        """A copy of the train config and its train dir, once generation can start: a scene
+        is loaded, none is running, and a checkpoint exists (else a message says to train)."""
         from trainer import checkpoint as ckpt
 
         if self.scene is None:
@@ -622,8 +649,12 @@ class DesignerApp:
         if ckpt.latest_checkpoint(train_dir / "checkpoints") is None:
             raise SceneError(f"no checkpoint under {train_dir / 'checkpoints'}: train first "
                              "(python -m pipeline run stage=train)")
+        return tcfg, train_dir
+
+    def _write_generation_inputs(self, tcfg: dict[str, Any], n: int) -> Any:
+        """Write the sampler's inputs (trajectory retimed to ``n`` frames, depth, image) into
+        the output folder and point ``tcfg["sampling"]`` at them; returns the retimed design."""
         out = self.out_dir()
-        n = int(tcfg["data"]["num_frames"])
         gen_design = copy.deepcopy(self.design)
         gen_design.set_timing(n, self.design.duration_s * n / self.design.num_frames)
         traj_path = gen_design.export(out / "generate_trajectory.json")
@@ -643,43 +674,34 @@ class DesignerApp:
             h, w = self.scene.rgb.shape[:2]
             K = self.scene.K
             s["intrinsics"] = [K[0, 0] / w, K[1, 1] / h, K[0, 2] / w, K[1, 2] / h]
-        self.generating = True
-        self.btn_gen.disabled = True
-        self.progress.visible = True
-        self.progress.value = 0.0
-        self.gen_progress = (0, int(s["steps"]))
-        t0 = time.perf_counter()
-        sns = "on" if s["noise_shaping"] else "off"
-        self.gen_md.content = f"Generating {n} frames (SNS {sns}): loading the model..."
+        return gen_design
 
-        def progress(done: int, total: int) -> None:
-            self.gen_progress = (done, total)
-            self.progress.value = 100.0 * done / total
-            self.gen_md.content = (f"Generating {n} frames (SNS {sns}): denoising step "
-                                   f"{done}/{total}, {time.perf_counter() - t0:.0f} s")
+    def _run_generation(
+        self, tcfg: dict[str, Any], train_dir: Path, gen_design: Any, sns: str,
+        progress: Callable[[int, int], None], t0: float,
+    ) -> None:
+        """The generation thread: sample, show the result as a GIF (or the error), and give
+        the page back its button whatever happened."""
+        from trainer.sampling import sample_to_mp4
 
-        def work() -> None:
-            from trainer.sampling import sample_to_mp4
-
-            try:
-                res = sample_to_mp4(tcfg, train_dir, None, self.device,
-                                    on_step=lambda i, n: progress(i + 1, n))
-                frames = read_mp4(res["mp4"])
-                b64 = gif_base64(frames, float(gen_design.fps))
-                self.gen_html.content = (f'<div><img id="generated-video" alt="generated" '
-                                         f'style="width:100%" src="data:image/gif;base64,{b64}"/>'
-                                         f"<div>generated (SNS {sns})</div></div>")
-                self.gen_md.content = (f"Generated in {time.perf_counter() - t0:.0f} s: "
-                                       f"`{res['mp4']}`")
-            except Exception as exc:  # noqa: BLE001 - shown in the page, logged here
-                traceback.print_exc()
-                self.gen_md.content = ""
-                self.error(f"generation failed: {exc}")
-            finally:
-                self.generating = False
-                self.btn_gen.disabled = False
-                self.progress.visible = False
-        threading.Thread(target=work, daemon=True).start()
+        try:
+            res = sample_to_mp4(tcfg, train_dir, None, self.device,
+                                on_step=lambda i, n: progress(i + 1, n))
+            frames = read_mp4(res["mp4"])
+            b64 = gif_base64(frames, float(gen_design.fps))
+            self.gen_html.content = (f'<div><img id="generated-video" alt="generated" '
+                                     f'style="width:100%" src="data:image/gif;base64,{b64}"/>'
+                                     f"<div>generated (SNS {sns})</div></div>")
+            self.gen_md.content = (f"Generated in {time.perf_counter() - t0:.0f} s: "
+                                   f"`{res['mp4']}`")
+        except Exception as exc:  # noqa: BLE001 - shown in the page, logged here
+            traceback.print_exc()
+            self.gen_md.content = ""
+            self.error(f"generation failed: {exc}")
+        finally:
+            self.generating = False
+            self.btn_gen.disabled = False
+            self.progress.visible = False
 
     def stop(self) -> None:
         self.server.stop()

@@ -220,16 +220,85 @@ def _producer(
     put((_DONE, None, None))
 
 
+class _ShardConsumer:
+    """The consumer side of one shard's model pass: items from the prefetch threads are
+    bucketed by input shape, a full bucket is launched on the device while the previous batch
+    is collected, and collected samples land in the shard's depth/valid arrays (frames of a
+    clip that already failed are counted but dropped)."""
+
+    def __init__(self, inp: ShardInputs, predictor: DepthPredictor, dcfg: dict[str, Any]):
+        self.inp, self.predictor, self.dcfg = inp, predictor, dcfg
+        n = len(inp.clip)
+        self.depth = np.full(n, np.nan, np.float32)
+        self.valid = np.zeros(n, bool)
+        self.max_depth = float(dcfg["max_depth"])
+        self.failures = Failures()
+        self.buckets: dict[tuple[int, ...], list[Item]] = defaultdict(list)
+        self.previews: dict[str, tuple[int, np.ndarray]] = {}
+        self.n_frames = 0
+        self.t_model = 0.0
+        self.pending: list[Any] = []  # launched on the device, not collected yet
+
+    def collect(self) -> None:
+        """Fetch every launched batch and store its samples (and preview maps)."""
+        for job in self.pending:
+            for it, (samples, full) in zip(job.items, self.predictor.fetch([job])):
+                clip_id, f = it.key
+                self.n_frames += 1
+                if clip_id in self.failures:
+                    continue
+                rows = self.inp.frames[clip_id][f]
+                self.depth[rows], self.valid[rows] = finalize_samples(samples, self.max_depth)
+                if full is not None:
+                    dd, _ok = finalize_samples(full, self.max_depth)
+                    self.previews[clip_id] = (
+                        f, preview_map(dd, int(self.dcfg["preview_width"])))
+        self.pending.clear()
+
+    def run_bucket(self, items: list[Item]) -> None:
+        """Launch one batch (items of failed clips left out), then collect the previous one."""
+        items = [it for it in items if it.key[0] not in self.failures]
+        if not items:
+            return
+        t = time.perf_counter()
+        launched = self.predictor.launch(items)  # queue this batch, then collect the previous one
+        self.collect()
+        self.pending.extend(launched)
+        self.t_model += time.perf_counter() - t
+
+    def consume(self, q: queue.Queue, threads: list[threading.Thread]) -> None:
+        """Drain the queue until every producer has finished, then run and collect what is
+        left; producers that die without their end marker are an error, not a hang."""
+        finished = 0
+        while finished < len(threads):
+            try:
+                kind, a, b = q.get(timeout=1.0)
+            except queue.Empty:
+                if not any(th.is_alive() for th in threads) and q.empty():
+                    raise RuntimeError("depth prefetch threads died without finishing") from None
+                continue
+            if kind is _DONE:
+                finished += 1
+            elif kind == "done":
+                if b is not None:
+                    self.failures.add(a, *b)
+            else:
+                shape = a.pixel_values.shape
+                self.buckets[shape].append(a)
+                if len(self.buckets[shape]) >= self.predictor.batch_size:
+                    self.run_bucket(self.buckets.pop(shape))
+        for shape in list(self.buckets):
+            self.run_bucket(self.buckets.pop(shape))
+        self.collect()
+
+
 def run_model_shard(
     task: ShardTask, predictor: DepthPredictor, dcfg: dict[str, Any]
 ) -> ShardResult:
     """Predict and sample every frame with observations; decoding overlaps inference."""
     t0 = time.perf_counter()
     inp = ShardInputs(task)
-    n = len(inp.clip)
-    depth = np.full(n, np.nan, np.float32)
-    valid = np.zeros(n, bool)
-    max_depth = float(dcfg["max_depth"])
+    consumer = _ShardConsumer(inp, predictor, dcfg)
     preview = bool(dcfg.get("preview"))
     n_workers = max(1, min(int(dcfg["prefetch_workers"]), len(inp.clip_ids)))
     q: queue.Queue = queue.Queue(maxsize=max(1, int(dcfg["prefetch_batches"]))
@@ -243,80 +312,36 @@ def run_model_shard(
         )
         for i in range(n_workers)
     ]
-    failures = Failures()
-    buckets: dict[tuple[int, ...], list[Item]] = defaultdict(list)
-    previews: dict[str, tuple[int, np.ndarray]] = {}
-    n_frames = 0
-    t_model = 0.0
-
-    pending: list[Any] = []  # launched on the device, not collected yet
-
-    def collect() -> None:
-        nonlocal n_frames
-        for job in pending:
-            for it, (samples, full) in zip(job.items, predictor.fetch([job])):
-                clip_id, f = it.key
-                n_frames += 1
-                if clip_id in failures:
-                    continue
-                rows = inp.frames[clip_id][f]
-                depth[rows], valid[rows] = finalize_samples(samples, max_depth)
-                if full is not None:
-                    dd, _ok = finalize_samples(full, max_depth)
-                    previews[clip_id] = (f, preview_map(dd, int(dcfg["preview_width"])))
-        pending.clear()
-
-    def run_bucket(items: list[Item]) -> None:
-        nonlocal t_model
-        items = [it for it in items if it.key[0] not in failures]
-        if not items:
-            return
-        t = time.perf_counter()
-        launched = predictor.launch(items)  # queue this batch, then collect the previous one
-        collect()
-        pending.extend(launched)
-        t_model += time.perf_counter() - t
-
     for th in threads:
         th.start()
     try:
-        finished = 0
-        while finished < n_workers:
-            try:
-                kind, a, b = q.get(timeout=1.0)
-            except queue.Empty:
-                if not any(th.is_alive() for th in threads) and q.empty():
-                    raise RuntimeError("depth prefetch threads died without finishing") from None
-                continue
-            if kind is _DONE:
-                finished += 1
-            elif kind == "done":
-                if b is not None:
-                    failures.add(a, *b)
-            else:
-                shape = a.pixel_values.shape
-                buckets[shape].append(a)
-                if len(buckets[shape]) >= predictor.batch_size:
-                    run_bucket(buckets.pop(shape))
-        for shape in list(buckets):
-            run_bucket(buckets.pop(shape))
-        collect()
+        consumer.consume(q, threads)
     finally:
         stop.set()
         for th in threads:
             th.join(timeout=5)
+    return _write_shard(task, inp, consumer, t0)
+
+
+def _write_shard(
+    task: ShardTask, inp: ShardInputs, consumer: _ShardConsumer, t0: float
+) -> ShardResult:
+    """Write the shard's depth samples (clips that did not fail) and previews; its result.
+    The images/s figure counts the shard's whole wall time since ``t0``, writes included."""
+    failures, predictor = consumer.failures, consumer.predictor
     ok = [c for c in inp.clip_ids if c not in failures]
-    write_output(task, inp, depth, valid, set(ok))
-    for clip_id, (f, small) in previews.items():
+    write_output(task, inp, consumer.depth, consumer.valid, set(ok))
+    for clip_id, (f, small) in consumer.previews.items():
         if clip_id not in failures:
             write_preview(task, clip_id, f, small)
     wall = time.perf_counter() - t0
+    n_frames = consumer.n_frames
     return ShardResult(
         n_clips=len(inp.clip_ids), n_ok=len(ok), failures=failures,
         stats={
-            "obs": n, "valid": int(valid.sum()), "frames": n_frames,
+            "obs": len(inp.clip), "valid": int(consumer.valid.sum()), "frames": n_frames,
             "images_per_s": n_frames / wall if wall > 0 else None,
-            "model_s": round(t_model, 3), "device": str(predictor.device),
+            "model_s": round(consumer.t_model, 3), "device": str(predictor.device),
             "batch_size": predictor.batch_size, "oom_halvings": predictor.n_oom,
         },
     )

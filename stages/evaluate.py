@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,164 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _gather_clips(
+    ctx: Any, failures: dict[str, str], real: list[tuple[ce.EvalClip, Any, str | None]]
+) -> tuple[str, list[tuple[ce.EvalClip, Any, str | None]]]:
+    """The source and its clips to score (``failures`` gets the clips that could not be
+    read, ``real`` the real clips a model was asked to follow); a missing checkpoint, folder
+    or setting, or no clip at all, is one ``ConfigError`` line."""
+    cfg = ctx.cfg
+    ecfg = cfg["evaluate"]
+    try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
+        source = _source(ecfg)
+        depth = DepthProvider(cfg, ecfg, source)
+        if source == "dataset":
+            clips = dataset_clips(ctx, ecfg, depth, failures)
+        elif source == "videos":
+            clips = video_clips(ecfg, depth, failures)
+        else:
+            clips = model_clips(ctx, ecfg, depth, failures, real)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"evaluate: {exc}") from None
+    if not clips:
+        raise ConfigError("evaluate: no clip to evaluate"
+                          + (f" ({len(failures)} failed, e.g. "
+                             f"{next(iter(failures.items()))})" if failures else ""))
+    return source, clips
+
+
+def _run_sfm_trials(
+    ctx: Any, s: Settings, source: str, clips: list[tuple[ce.EvalClip, Any, str | None]],
+    real: list[tuple[ce.EvalClip, Any, str | None]],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, tuple[ce.EvalClip, Any, str | None]],
+           dict[str, list[str | None]]]:
+    """``evaluate.trials`` seeded SfM trials of every clip (generated and real) as Ray tasks:
+    the results by clip, the clips by id, and each trial's consensus verdict (None = kept)."""
+    import ray
+
+    cfg = ctx.cfg
+    ecfg = cfg["evaluate"]
+    protocol = s.evaluate.protocol
+    trials = s.evaluate.trials
+    threads = s.evaluate.num_cpus
+    scratch = None if s.evaluate.scratch_dir == "auto" else s.evaluate.scratch_dir
+    tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
+    # the published protocol averages every successful trial; its metric scale comes from
+    # SfM's own frame-0 points, so no triangulation with fixed poses is needed
+    ccfg = dataclasses.asdict(s.evaluate.consensus)
+    if protocol != "project":
+        ccfg["mode"] = "none"
+    remote = ray.remote(ce.run_trial).options(
+        num_cpus=threads, max_retries=0, name="evaluate-trial",
+        **ray_utils.task_options(cfg))
+    all_clips = clips + real
+    by_id = {c.clip_id: (c, dm, why) for c, dm, why in all_clips}
+    refs = {c.clip_id: ray.put(c.frames) for c, _, _ in all_clips}
+    ctx.log(f"[evaluate] source={source} protocol={protocol}: {len(clips)} clips"
+            + (f" and their {len(real)} real videos" if real else "")
+            + f" x {trials} SfM trials")
+
+    def submit(clip: ce.EvalClip, trial: int, seed: int) -> Any:
+        need_scale = protocol == "project" and by_id[clip.clip_id][2] is None
+        return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
+                             ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
+
+    results = _trials_with_progress(s, [c for c, _, _ in all_clips], submit)
+    asides = {cid: ce.consensus(res, ccfg) for cid, res in results.items()}
+    return results, by_id, asides
+
+
+def _trials_with_progress(
+    s: Settings, clips: list[ce.EvalClip], submit: Callable[[ce.EvalClip, int, int], Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every clip's trials through Ray, a progress bar counting the ok and failed ones."""
+    import ray
+
+    trials = s.evaluate.trials
+    bar = progress(len(clips) * trials, "evaluate SfM", "trials",
+                   s.progress, float(s.log.progress_every_s))
+    counts = {"ok": 0, "failed": 0}
+
+    def on_result(result: dict[str, Any]) -> None:
+        counts["ok" if result.get("success") else "failed"] += 1
+        bar.set_postfix(**counts)
+        bar.update(1)
+
+    try:
+        return ce.run_trials(
+            clips, submit,
+            lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, s.evaluate.seed,
+            on_result=on_result)
+    finally:
+        bar.close()
+
+
+def _reference(
+    clip_id: str, source: str, results: dict[str, list[dict[str, Any]]],
+    by_id: dict[str, tuple[ce.EvalClip, Any, str | None]],
+    asides: dict[str, list[str | None]], real_ids: set[str],
+) -> ce.Reference:
+    """The ground-truth video of a clip (cami2v's metric variant): for source=dataset
+    the clip's own frames, for source=model the real clip the model was asked for."""
+    gt_id = clip_id if source == "dataset" or clip_id in real_ids else \
+        clip_id + ce.REAL_SUFFIX
+    if gt_id not in results:
+        return ce.Reference(None, "no ground-truth video (the published metric variant "
+                                  "runs SfM on it; evaluate.videos has none)")
+    _, gdm, gwhy = by_id[gt_id]
+    return ce.cami2v_reference(results[gt_id], [a is None for a in asides[gt_id]], gdm,
+                               gwhy if gdm is None else None)
+
+
+def _score_rows(
+    cfg: dict[str, Any], protocol: str, source: str, results: dict[str, list[dict[str, Any]]],
+    by_id: dict[str, tuple[ce.EvalClip, Any, str | None]],
+    asides: dict[str, list[str | None]], real_ids: set[str],
+) -> list[dict[str, Any]]:
+    """One row per clip and trial, scored by the protocol (the trials' SfM output goes to the
+    stage's log), marked kept or set aside and as a model or ground-truth row."""
+    rows = []
+    for clip_id, res in results.items():
+        clip, dm, why = by_id[clip_id]
+        for r in res:
+            _log_trial_output(r)
+        ref = _reference(clip_id, source, results, by_id, asides, real_ids) \
+            if protocol == "cami2v" else None
+        for r, aside in zip(res, asides[clip_id], strict=True):
+            if ref is None:
+                row = ce.score_trial(clip, r, dm, why, cfg["align"])
+            else:
+                row = ce.score_trial_cami2v(clip, r, dm, why if dm is None else None, ref)
+            rows.append({**row, "reproj_error": float(r.get("reproj_error", math.nan)),
+                         "kept": bool(row["success"]) and aside is None,
+                         "set_aside": aside,
+                         "row": "ground_truth" if clip_id in real_ids or source == "dataset"
+                         else "model"})
+    return rows
+
+
+def _write_and_report(
+    ctx: Any, rows: list[dict[str, Any]], metrics: dict[str, Any], failures: dict[str, str],
+    unmeasured: dict[str, str], n_clips: int,
+) -> None:
+    """Write ``per_clip.parquet`` and ``metrics.json`` atomically, then log the table and
+    every clip not evaluated or not measured (with a hint when nothing was measured)."""
+    source = metrics["source"]
+    out_dir = storage.path(ctx.work_dir) / "evaluate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=ROW_SCHEMA),
+                         out_dir / "per_clip.parquet")
+    write_json_atomic(_json_safe(metrics), out_dir / "metrics.json")
+    ctx.log(ce.format_table(metrics, f"[evaluate] source={source} -> {out_dir}"))
+    for clip, why in sorted(failures.items()):
+        ctx.log(f"[evaluate] clip {clip} not evaluated: {why}")
+    for clip, why in sorted(unmeasured.items()):
+        ctx.log(f"[evaluate] clip {clip} not measured: {why}")
+    if not metrics["clips_with_sfm"]:
+        ctx.log(f"[evaluate] nothing could be measured: SfM failed in all "
+                f"{metrics['trials']} trials of {n_clips} clip(s); {NOTHING_HINT[source]}")
+
+
 class _TaskView:
     """What the evaluation helpers read of a run, from the global task the runner hands over
     (config, work dir, done upstream outputs, the log)."""
@@ -428,100 +587,17 @@ class EvaluateStage(Stage):
                                                       "clips_with_sfm")})
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        import ray
-
+        """Gather the source's clips, run their SfM trials, score them by the protocol, write
+        the per-trial rows and the metrics, and report what could not be measured."""
         cfg = ctx.cfg
-        ecfg = cfg["evaluate"]
         s = Settings(cfg)
         protocol = s.evaluate.protocol
         failures: dict[str, str] = {}
         real: list[tuple[ce.EvalClip, Any, str | None]] = []
-        try:  # a missing checkpoint, folder or setting is the user's to fix: one line, no trace
-            source = _source(ecfg)
-            depth = DepthProvider(cfg, ecfg, source)
-            if source == "dataset":
-                clips = dataset_clips(ctx, ecfg, depth, failures)
-            elif source == "videos":
-                clips = video_clips(ecfg, depth, failures)
-            else:
-                clips = model_clips(ctx, ecfg, depth, failures, real)
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"evaluate: {exc}") from None
-        if not clips:
-            raise ConfigError("evaluate: no clip to evaluate"
-                              + (f" ({len(failures)} failed, e.g. "
-                                 f"{next(iter(failures.items()))})" if failures else ""))
-        trials = s.evaluate.trials
-        threads = s.evaluate.num_cpus
-        scratch = None if s.evaluate.scratch_dir == "auto" else s.evaluate.scratch_dir
-        tri_cfg = ce.triangulation_config(cfg["triangulate"], threads)
-        # the published protocol averages every successful trial; its metric scale comes from
-        # SfM's own frame-0 points, so no triangulation with fixed poses is needed
-        ccfg = dataclasses.asdict(s.evaluate.consensus)
-        if protocol != "project":
-            ccfg["mode"] = "none"
-        remote = ray.remote(ce.run_trial).options(
-            num_cpus=threads, max_retries=0, name="evaluate-trial",
-            **ray_utils.task_options(cfg))
-        all_clips = clips + real
-        by_id = {c.clip_id: (c, dm, why) for c, dm, why in all_clips}
-        refs = {c.clip_id: ray.put(c.frames) for c, _, _ in all_clips}
-        ctx.log(f"[evaluate] source={source} protocol={protocol}: {len(clips)} clips"
-                + (f" and their {len(real)} real videos" if real else "")
-                + f" x {trials} SfM trials")
-
-        def submit(clip: ce.EvalClip, trial: int, seed: int) -> Any:
-            need_scale = protocol == "project" and by_id[clip.clip_id][2] is None
-            return remote.remote(clip.clip_id, refs[clip.clip_id], clip.K, trial, seed,
-                                 ecfg["sfm"], tri_cfg if need_scale else None, scratch, threads)
-
-        bar = progress(len(all_clips) * trials, "evaluate SfM", "trials",
-                       s.progress, float(s.log.progress_every_s))
-        counts = {"ok": 0, "failed": 0}
-
-        def on_result(result: dict[str, Any]) -> None:
-            counts["ok" if result.get("success") else "failed"] += 1
-            bar.set_postfix(**counts)
-            bar.update(1)
-
-        try:
-            results = ce.run_trials(
-                [c for c, _, _ in all_clips], submit,
-                lambda rs: ray.wait(rs, num_returns=1), ray.get, trials, s.evaluate.seed,
-                on_result=on_result)
-        finally:
-            bar.close()
-        asides = {cid: ce.consensus(res, ccfg) for cid, res in results.items()}
+        source, clips = _gather_clips(ctx, failures, real)
+        results, by_id, asides = _run_sfm_trials(ctx, s, source, clips, real)
         real_ids = {c.clip_id for c, _, _ in real}
-
-        def reference(clip_id: str) -> ce.Reference:
-            """The ground-truth video of a clip (cami2v's metric variant): for source=dataset
-            the clip's own frames, for source=model the real clip the model was asked for."""
-            gt_id = clip_id if source == "dataset" or clip_id in real_ids else \
-                clip_id + ce.REAL_SUFFIX
-            if gt_id not in results:
-                return ce.Reference(None, "no ground-truth video (the published metric variant "
-                                          "runs SfM on it; evaluate.videos has none)")
-            _, gdm, gwhy = by_id[gt_id]
-            return ce.cami2v_reference(results[gt_id], [a is None for a in asides[gt_id]], gdm,
-                                       gwhy if gdm is None else None)
-
-        rows = []
-        for clip_id, res in results.items():
-            clip, dm, why = by_id[clip_id]
-            for r in res:
-                _log_trial_output(r)
-            ref = reference(clip_id) if protocol == "cami2v" else None
-            for r, aside in zip(res, asides[clip_id], strict=True):
-                if ref is None:
-                    row = ce.score_trial(clip, r, dm, why, cfg["align"])
-                else:
-                    row = ce.score_trial_cami2v(clip, r, dm, why if dm is None else None, ref)
-                rows.append({**row, "reproj_error": float(r.get("reproj_error", math.nan)),
-                             "kept": bool(row["success"]) and aside is None,
-                             "set_aside": aside,
-                             "row": "ground_truth" if clip_id in real_ids or source == "dataset"
-                             else "model"})
+        rows = _score_rows(cfg, protocol, source, results, by_id, asides, real_ids)
         gen_rows = [r for r in rows if r["clip_id"] not in real_ids]
         metrics = ce.aggregate(gen_rows, [c.clip_id for c, _, _ in clips])
         metrics["protocol"] = protocol
@@ -530,19 +606,7 @@ class EvaluateStage(Stage):
             [c.clip_id for c, _, _ in real])
         unmeasured = ce.unmeasured_clips(gen_rows)
         metrics.update(source=source, failed_clips={**failures, **unmeasured})
-        out_dir = storage.path(ctx.work_dir) / "evaluate"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=ROW_SCHEMA),
-                             out_dir / "per_clip.parquet")
-        write_json_atomic(_json_safe(metrics), out_dir / "metrics.json")
-        ctx.log(ce.format_table(metrics, f"[evaluate] source={source} -> {out_dir}"))
-        for clip, why in sorted(failures.items()):
-            ctx.log(f"[evaluate] clip {clip} not evaluated: {why}")
-        for clip, why in sorted(unmeasured.items()):
-            ctx.log(f"[evaluate] clip {clip} not measured: {why}")
-        if not metrics["clips_with_sfm"]:
-            ctx.log(f"[evaluate] nothing could be measured: SfM failed in all "
-                    f"{metrics['trials']} trials of {len(clips)} clip(s); {NOTHING_HINT[source]}")
+        _write_and_report(ctx, rows, metrics, failures, unmeasured, len(clips))
         return {k: metrics[k] for k in (*ce.ALL_METRICS, "sfm_success_rate", "clips",
                                         "clips_with_sfm", "failed_clips", "per_clip")}
 

@@ -20,12 +20,7 @@ MAX_LINES = 60
 PACKAGES = ("pipeline", "stages", "trainer")
 
 #: offenders that stay for now, keyed "path::qualified name", each with its reason
-ALLOWED: dict[str, str] = {
-    "stages/depth.py::run_model_shard": "edited in parallel; split next",
-    "stages/evaluate.py::EvaluateStage.run": "edited in parallel; split next",
-    "pipeline/formats/dataset.py::nerfstudio_row": "edited in parallel; split next",
-    "pipeline/ui.py::DesignerApp._generate": "edited in parallel; split next",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def _functions(node: ast.AST, prefix: str = "") -> Iterator[tuple[str, ast.AST]]:

@@ -93,18 +93,7 @@ def check_dataset(cfg: dict[str, Any]) -> None:
         return
     root = storage.path(value)
     if ds.get("definition"):
-        if root.exists():
-            if not root.is_dir():
-                raise ConfigError(f"dataset.root={value} is not a directory")
-            return
-        work = storage.path(str(cfg["paths"]["work_dir"]))
-        inside_work = not storage.is_uri(str(work)) and root.is_relative_to(work)
-        if not (inside_work or root.parent.is_dir()):
-            raise ConfigError(
-                f"dataset.root={value} does not exist, nor does {root.parent}: the "
-                f"{ds.get('name')} dataset is rendered there on first use, so give a new folder "
-                "in an existing directory (or leave dataset.root unset to render it into the "
-                "work dir)")
+        _check_synthetic_root(cfg, value, root)
         return
     if not root.exists():
         raise ConfigError(f"dataset.root={value} does not exist")
@@ -113,6 +102,34 @@ def check_dataset(cfg: dict[str, Any]) -> None:
     clip_list = ds.get("clip_list")
     if clip_list and not storage.is_uri(str(clip_list)) and not storage.path(clip_list).is_file():
         raise ConfigError(f"dataset.clip_list={clip_list} does not exist")
+    _check_layout_has_clips(ds, value, root)
+
+
+def _check_synthetic_root(cfg: dict[str, Any], value: str, root: Any) -> None:
+    """A synthetic dataset's root: an existing directory, or a place it can be rendered into
+    (inside the work dir, or a new folder of an existing directory)."""
+    from pipeline.errors import ConfigError
+
+    ds = cfg["dataset"]
+    if root.exists():
+        if not root.is_dir():
+            raise ConfigError(f"dataset.root={value} is not a directory")
+        return
+    work = storage.path(str(cfg["paths"]["work_dir"]))
+    inside_work = not storage.is_uri(str(work)) and root.is_relative_to(work)
+    if not (inside_work or root.parent.is_dir()):
+        raise ConfigError(
+            f"dataset.root={value} does not exist, nor does {root.parent}: the "
+            f"{ds.get('name')} dataset is rendered there on first use, so give a new folder "
+            "in an existing directory (or leave dataset.root unset to render it into the "
+            "work dir)")
+
+
+def _check_layout_has_clips(ds: dict[str, Any], value: str, root: Any) -> None:
+    """The existing root holds what its ``dataset.layout`` reads (sequences, scenes, COLMAP
+    models or split folders of pose files), so a root one level off is named at start-up."""
+    from pipeline.errors import ConfigError
+
     if ds["layout"] == "rgbd":
         if not rgbd_format.sequence_dirs(root):
             raise ConfigError(
@@ -586,6 +603,40 @@ def _depth_size(clip_id: str, path: Any) -> tuple[int, int]:
     return _image_size_checked(clip_id, [str(path)], "ends")
 
 
+def _check_image_sizes(
+    clip_id: str, frame_paths: list[str], verify: str, size: tuple[int, int], declared: str
+) -> None:
+    """The images have the camera's size (all of them, or the first and last, as
+    ``ingest.verify_frames`` says): the intrinsics are normalised by it. ``declared`` names
+    where the size comes from in the message."""
+    w, h = size
+    check = frame_paths if verify == "all" else [frame_paths[0], frame_paths[-1]]
+    for p in check:
+        width, height = _image_size_checked(clip_id, [p], "ends")
+        if (width, height) != (w, h):
+            raise ClipError(clip_id, f"image size mismatch: {p} is {width}x{height} but "
+                                     f"{declared}")
+
+
+def _depth_unit(
+    clip_id: str, depth_paths: list[str], unit: float, size: tuple[int, int]
+) -> float:
+    """Metres per depth unit of the clip's depth files (``unit`` for images, 1 for .npy, which
+    is in metres), after checking they are of one kind and of the images' size."""
+    if not depth_paths:
+        return unit
+    w, h = size
+    kinds = {p.endswith(".npy") for p in depth_paths}
+    if len(kinds) > 1:
+        raise ClipError(clip_id, "depth files mix .npy and images within the clip")
+    unit = 1.0 if kinds == {True} else unit  # .npy depth is in metres
+    dw, dh = _depth_size(clip_id, depth_paths[0])
+    if (dw, dh) != (w, h):
+        raise ClipError(clip_id, f"depth {depth_paths[0]} is {dw}x{dh} but the image is "
+                                 f"{w}x{h}")
+    return unit
+
+
 def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Manifest row of one clip of a nerfstudio scene (see ``pipeline.formats.nerfstudio``).
 
@@ -605,50 +656,17 @@ def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> di
     transforms = scene / ns_format.TRANSFORMS
     if max(src["frame_indices"]) >= len(frames):
         raise ClipError(clip_id, f"{transforms} has fewer frames than at discovery: run again")
-    frame_paths, depth_paths, w2c, cams = [], [], [], []
-    for i in src["frame_indices"]:
-        fr = frames[i]
-        where = f"{transforms} frame {fr['file_path']}"
-        image = ns_format.resolve(scene, fr["file_path"])
-        if not image.is_file():
-            raise ClipError(clip_id, f"missing image {image} ({where})")
-        cams.append(ns_format.camera(meta, fr, clip_id, where))
-        c2w = ns_format.c2w_opencv(fr, clip_id, where, tol)
-        R, t = c2w[:3, :3], c2w[:3, 3]
-        w2c.append(np.concatenate([R.T, (-R.T @ t * rel)[:, None]], axis=1).reshape(12).tolist())
-        frame_paths.append(str(image))
-        if fr.get("depth_file_path"):
-            depth = ns_format.resolve(scene, str(fr["depth_file_path"]))
-            if not depth.is_file():
-                raise ClipError(clip_id, f"missing depth {depth} ({where})")
-            depth_paths.append(str(depth))
+    picked = [frames[i] for i in src["frame_indices"]]
+    frame_paths, depth_paths, w2c, cams = _nerfstudio_frames(
+        clip_id, scene, meta, picked, rel, tol)
     if depth_paths and len(depth_paths) != len(frame_paths):
         raise ClipError(clip_id, f"{transforms}: only {len(depth_paths)} of the clip's "
                                  f"{len(frame_paths)} frames have a depth_file_path")
     fx, fy, cx, cy, w, h = cams[0]
-    itol = float(ing["intrinsics_tolerance"])
-    for cam, path in zip(cams, frame_paths):
-        norm = np.array([cam[0] / cam[4], cam[1] / cam[5], cam[2] / cam[4], cam[3] / cam[5]])
-        ref = np.array([fx / w, fy / h, cx / w, cy / h])
-        if cam[4:] != (w, h) or np.abs(norm - ref).max() > itol:
-            raise ClipError(clip_id, f"intrinsics change within the clip at {path} (the "
-                                     "pipeline takes one camera per clip)")
-    check = frame_paths if ing["verify_frames"] == "all" else [frame_paths[0], frame_paths[-1]]
-    for p in check:
-        width, height = _image_size_checked(clip_id, [p], "ends")
-        if (width, height) != (w, h):
-            raise ClipError(clip_id, f"image size mismatch: {p} is {width}x{height} but "
-                                     f"{transforms} says w={w}, h={h}")
-    unit = float(ds["depth_unit"])
-    if depth_paths:
-        kinds = {p.endswith(".npy") for p in depth_paths}
-        if len(kinds) > 1:
-            raise ClipError(clip_id, "depth files mix .npy and images within the clip")
-        unit = 1.0 if kinds == {True} else unit  # .npy depth is in metres
-        dw, dh = _depth_size(clip_id, depth_paths[0])
-        if (dw, dh) != (w, h):
-            raise ClipError(clip_id, f"depth {depth_paths[0]} is {dw}x{dh} but the image is "
-                                     f"{w}x{h}")
+    _check_nerfstudio_cameras(clip_id, cams, frame_paths, float(ing["intrinsics_tolerance"]))
+    _check_image_sizes(clip_id, frame_paths, ing["verify_frames"], (w, h),
+                       f"{transforms} says w={w}, h={h}")
+    unit = _depth_unit(clip_id, depth_paths, float(ds["depth_unit"]), (w, h))
     interval = int(ds["frame_interval_us"])
     return {
         "clip_id": clip_id,
@@ -669,6 +687,46 @@ def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> di
     }
 
 
+def _nerfstudio_frames(
+    clip_id: str, scene: Any, meta: dict[str, Any], picked: list[dict[str, Any]],
+    rel: float, tol: float,
+) -> tuple[list[str], list[str], list[list[float]], list[Any]]:
+    """Image paths, depth paths, scaled w2c rows and cameras of the clip's frames, each file
+    checked to exist and each pose to be a rotation."""
+    transforms = scene / ns_format.TRANSFORMS
+    frame_paths, depth_paths, w2c, cams = [], [], [], []
+    for fr in picked:
+        where = f"{transforms} frame {fr['file_path']}"
+        image = ns_format.resolve(scene, fr["file_path"])
+        if not image.is_file():
+            raise ClipError(clip_id, f"missing image {image} ({where})")
+        cams.append(ns_format.camera(meta, fr, clip_id, where))
+        c2w = ns_format.c2w_opencv(fr, clip_id, where, tol)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        w2c.append(np.concatenate([R.T, (-R.T @ t * rel)[:, None]], axis=1).reshape(12).tolist())
+        frame_paths.append(str(image))
+        if fr.get("depth_file_path"):
+            depth = ns_format.resolve(scene, str(fr["depth_file_path"]))
+            if not depth.is_file():
+                raise ClipError(clip_id, f"missing depth {depth} ({where})")
+            depth_paths.append(str(depth))
+    return frame_paths, depth_paths, w2c, cams
+
+
+def _check_nerfstudio_cameras(
+    clip_id: str, cams: list[Any], frame_paths: list[str], itol: float
+) -> None:
+    """Every frame's camera matches the first one's (normalised intrinsics within ``itol``,
+    same size): the manifest holds one camera per clip."""
+    fx, fy, cx, cy, w, h = cams[0]
+    for cam, path in zip(cams, frame_paths):
+        norm = np.array([cam[0] / cam[4], cam[1] / cam[5], cam[2] / cam[4], cam[3] / cam[5]])
+        ref = np.array([fx / w, fy / h, cx / w, cy / h])
+        if cam[4:] != (w, h) or np.abs(norm - ref).max() > itol:
+            raise ClipError(clip_id, f"intrinsics change within the clip at {path} (the "
+                                     "pipeline takes one camera per clip)")
+
+
 # ---------------------------------------------------------------------- COLMAP models
 def colmap_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Manifest row of one COLMAP model: its registered images in name order, one pinhole
@@ -686,52 +744,14 @@ def colmap_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
                                  f"need at least {ing['min_frames']}")
     image_dir = scene / str(ds["images_dir"])
     depth_dir = scene / str(ds["depth_dir"]) if ds.get("depth_dir") else None
-    frame_paths, depth_paths, w2c, cams = [], [], [], []
-    for im in images:
-        where = f"{model} image {im.name!r}"
-        path = image_dir / im.name
-        if not path.is_file():
-            raise ClipError(clip_id, f"missing image {path} ({where})")
-        cam = rec.cameras[im.camera_id]
-        fx, fy, cx, cy = colmap_format.camera_pinhole(cam, clip_id, where)
-        w, h = int(cam.width), int(cam.height)
-        cams.append((fx / w, fy / h, cx / w, cy / h, w, h))
-        m = colmap_format.w2c(im)
-        if not np.all(np.isfinite(m)):
-            raise ClipError(clip_id, f"{where}: non-finite pose")
-        check_rotation(clip_id, m[:, :3], tol, where)
-        m[:, 3] *= rel
-        w2c.append(m.reshape(12).tolist())
-        frame_paths.append(str(path))
-        if depth_dir is not None:
-            stem = Path(im.name).with_suffix("")
-            found = [depth_dir / f"{stem}.{ext}" for ext in ("png", "npy")
-                     if (depth_dir / f"{stem}.{ext}").is_file()]
-            if not found:
-                raise ClipError(clip_id, f"missing depth {depth_dir / stem}.png|.npy ({where})")
-            depth_paths.append(str(found[0]))
+    frame_paths, depth_paths, w2c, cams = _colmap_frames(
+        clip_id, rec, images, model, (image_dir, depth_dir), rel, tol)
     ref = np.asarray(cams[0][:4])
-    itol = float(ing["intrinsics_tolerance"])
-    for cam, path in zip(cams, frame_paths):
-        if cam[4:] != cams[0][4:] or np.abs(np.asarray(cam[:4]) - ref).max() > itol:
-            raise ClipError(clip_id, f"camera changes within the model at {path} (the "
-                                     "pipeline takes one camera per clip)")
+    _check_colmap_cameras(clip_id, cams, frame_paths, float(ing["intrinsics_tolerance"]))
     w, h = cams[0][4:]
-    check = frame_paths if ing["verify_frames"] == "all" else [frame_paths[0], frame_paths[-1]]
-    for p in check:
-        width, height = _image_size_checked(clip_id, [p], "ends")
-        if (width, height) != (w, h):
-            raise ClipError(clip_id, f"image size mismatch: {p} is {width}x{height} but the "
-                                     f"COLMAP camera is {w}x{h}")
-    unit = float(ds["depth_unit"])
-    if depth_paths:
-        if len({p.endswith(".npy") for p in depth_paths}) > 1:
-            raise ClipError(clip_id, "depth files mix .npy and images within the clip")
-        unit = 1.0 if depth_paths[0].endswith(".npy") else unit  # .npy depth is in metres
-        dw, dh = _depth_size(clip_id, depth_paths[0])
-        if (dw, dh) != (w, h):
-            raise ClipError(clip_id, f"depth {depth_paths[0]} is {dw}x{dh} but the image is "
-                                     f"{w}x{h}")
+    _check_image_sizes(clip_id, frame_paths, ing["verify_frames"], (w, h),
+                       f"the COLMAP camera is {w}x{h}")
+    unit = _depth_unit(clip_id, depth_paths, float(ds["depth_unit"]), (w, h))
     interval = int(ds["frame_interval_us"])
     return {
         "clip_id": clip_id,
@@ -750,3 +770,55 @@ def colmap_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
         "true_scale": 1.0 / rel if ds["poses_metric"] else None,
         "url": f"file://{scene.name}",
     }
+
+
+def _colmap_frames(
+    clip_id: str, rec: Any, images: list[Any], model: Any, dirs: tuple[Any, Any | None],
+    rel: float, tol: float,
+) -> tuple[list[str], list[str], list[list[float]], list[tuple[Any, ...]]]:
+    """Image paths, depth paths (when ``dirs`` has a depth folder), scaled w2c rows and
+    normalised cameras ``(fx/w, fy/h, cx/w, cy/h, w, h)`` of the model's images, each file
+    checked to exist and each pose to be finite and a rotation."""
+    image_dir, depth_dir = dirs
+    frame_paths, depth_paths, w2c, cams = [], [], [], []
+    for im in images:
+        where = f"{model} image {im.name!r}"
+        path = image_dir / im.name
+        if not path.is_file():
+            raise ClipError(clip_id, f"missing image {path} ({where})")
+        cam = rec.cameras[im.camera_id]
+        fx, fy, cx, cy = colmap_format.camera_pinhole(cam, clip_id, where)
+        w, h = int(cam.width), int(cam.height)
+        cams.append((fx / w, fy / h, cx / w, cy / h, w, h))
+        m = colmap_format.w2c(im)
+        if not np.all(np.isfinite(m)):
+            raise ClipError(clip_id, f"{where}: non-finite pose")
+        check_rotation(clip_id, m[:, :3], tol, where)
+        m[:, 3] *= rel
+        w2c.append(m.reshape(12).tolist())
+        frame_paths.append(str(path))
+        if depth_dir is not None:
+            depth_paths.append(_colmap_depth_file(clip_id, depth_dir, im.name, where))
+    return frame_paths, depth_paths, w2c, cams
+
+
+def _colmap_depth_file(clip_id: str, depth_dir: Any, name: str, where: str) -> str:
+    """The depth file of image ``name``: ``<depth_dir>/<stem>.png``, else ``.npy``."""
+    stem = Path(name).with_suffix("")
+    found = [depth_dir / f"{stem}.{ext}" for ext in ("png", "npy")
+             if (depth_dir / f"{stem}.{ext}").is_file()]
+    if not found:
+        raise ClipError(clip_id, f"missing depth {depth_dir / stem}.png|.npy ({where})")
+    return str(found[0])
+
+
+def _check_colmap_cameras(
+    clip_id: str, cams: list[tuple[Any, ...]], frame_paths: list[str], itol: float
+) -> None:
+    """Every image's normalised camera matches the first one's within ``itol`` (same size):
+    the manifest holds one camera per clip."""
+    ref = np.asarray(cams[0][:4])
+    for cam, path in zip(cams, frame_paths):
+        if cam[4:] != cams[0][4:] or np.abs(np.asarray(cam[:4]) - ref).max() > itol:
+            raise ClipError(clip_id, f"camera changes within the model at {path} (the "
+                                     "pipeline takes one camera per clip)")
