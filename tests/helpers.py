@@ -167,3 +167,27 @@ def save_random_checkpoint(
     meta["image_processor_type"] = "DPTImageProcessor"
     path.write_text(json.dumps(meta, indent=2))
     return out_dir
+
+
+def scales_through_layouts(tmp_path: Path, common: list[str], runs: dict[str, list[str]],
+                           rel: float) -> dict[str, float]:
+    """Run ingest .. align once per dataset layout (``runs``: dataset name -> its overrides) on
+    the same one-clip capture and return each layout's clip scale; every layout must record
+    the known truth ``1 / rel`` and keep its single clip."""
+    import pandas as pd
+    import pytest
+
+    from pipeline.runner import Runner
+
+    scales = {}
+    for name, extra in runs.items():
+        work = tmp_path / f"work-{name}"
+        Runner(load_config([f"dataset={name}", f"paths.work_dir={work}", *common, *extra])
+               ).run("align")
+        manifest = pd.read_parquet(work / "ingest")
+        assert len(manifest) == 1 and manifest["true_scale"].iloc[0] == pytest.approx(1 / rel)
+        aligned = pd.read_parquet(work / "align")
+        assert len(aligned) == 1, name
+        scales[name] = float(aligned["scale_median"].iloc[0])
+    print(f"clip scale: {scales} (true {1 / rel:.4f})")
+    return scales

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pycolmap
 import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.errors import ClipError
 from pipeline.formats.dataset import check_dataset, colmap_row, discover_colmap
-from pipeline.runner import Runner
 from tests.conftest import shared_path
-from tests.helpers import rot_y
+from tests.helpers import rot_y, scales_through_layouts
 
 
 def write_model(model: Path, names: list[str], w2c: list[np.ndarray], size: tuple[int, int],
@@ -162,19 +160,9 @@ def test_colmap_model_matches_7scenes_layout(tmp_path: Path, ray_cluster) -> Non
         np.testing.assert_allclose(got[i, :, 3], rel * w2c[i][:, 3], atol=1e-9)
     assert row["depth_paths"][0].endswith("depth/frame-000000.png")
     common = [f"dataset.relative_scale={rel}", "depth=sensor", "progress=false"]
-    scales = {}
-    for name, extra in {
+    scales = scales_through_layouts(tmp_path, common, {
             "rgbd": [f"dataset.root={seq}", f"dataset.clip_length={n}", "dataset.limit=1"],
             "colmap": [f"dataset.root={scene}", "dataset.poses_metric=true",
-                       "dataset.depth_dir=depth"]}.items():
-        work = tmp_path / f"work-{name}"
-        Runner(load_config([f"dataset={name}", f"paths.work_dir={work}", *common, *extra])
-               ).run("align")
-        manifest = pd.read_parquet(work / "ingest")
-        assert len(manifest) == 1 and manifest["true_scale"].iloc[0] == pytest.approx(1 / rel)
-        aligned = pd.read_parquet(work / "align")
-        assert len(aligned) == 1, name
-        scales[name] = float(aligned["scale_median"].iloc[0])
-    print(f"clip scale: {scales} (true {1 / rel:.4f})")
+                       "dataset.depth_dir=depth"]}, rel)
     assert scales["colmap"] == pytest.approx(scales["rgbd"], rel=1e-3), scales
     assert scales["rgbd"] * rel == pytest.approx(1.0, abs=0.05), scales

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ClipError
 from pipeline.formats import nerfstudio as ns
 from pipeline.formats.dataset import discover_nerfstudio, nerfstudio_row
-from pipeline.runner import Runner
 from tests.conftest import shared_path
+from tests.helpers import scales_through_layouts
 
 
 def test_gl_camera_looking_down_minus_z_is_opencv_camera_looking_down_plus_z() -> None:
@@ -163,18 +162,8 @@ def test_transforms_json_matches_7scenes_layout(tmp_path: Path, ray_cluster) -> 
     _as_transforms(seq, scene, n)
     common = [f"dataset.clip_length={n}", f"dataset.relative_scale={rel}", "dataset.limit=1",
               "depth=sensor", "progress=false"]
-    scales = {}
-    for name, extra in {"rgbd": [f"dataset.root={seq}"],
-                        "nerfstudio": [f"dataset.root={scene}", "dataset.poses_metric=true"]
-                        }.items():
-        work = tmp_path / f"work-{name}"
-        Runner(load_config([f"dataset={name}", f"paths.work_dir={work}", *common, *extra])
-               ).run("align")
-        manifest = pd.read_parquet(work / "ingest")
-        assert len(manifest) == 1 and manifest["true_scale"].iloc[0] == pytest.approx(1 / rel)
-        aligned = pd.read_parquet(work / "align")
-        assert len(aligned) == 1, name
-        scales[name] = float(aligned["scale_median"].iloc[0])
-    print(f"clip scale: {scales} (true {1 / rel:.4f})")
+    scales = scales_through_layouts(tmp_path, common, {
+        "rgbd": [f"dataset.root={seq}"],
+        "nerfstudio": [f"dataset.root={scene}", "dataset.poses_metric=true"]}, rel)
     assert scales["nerfstudio"] == pytest.approx(scales["rgbd"], rel=1e-3), scales
     assert scales["rgbd"] * rel == pytest.approx(1.0, abs=0.05), scales

@@ -666,25 +666,10 @@ def nerfstudio_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> di
     _check_nerfstudio_cameras(clip_id, cams, frame_paths, float(ing["intrinsics_tolerance"]))
     _check_image_sizes(clip_id, frame_paths, ing["verify_frames"], (w, h),
                        f"{transforms} says w={w}, h={h}")
-    unit = _depth_unit(clip_id, depth_paths, float(ds["depth_unit"]), (w, h))
-    interval = int(ds["frame_interval_us"])
-    return {
-        "clip_id": clip_id,
-        "split": src["split"],
-        "source_type": "images",
-        "video_path": None,
-        "frame_paths": frame_paths,
-        "depth_paths": depth_paths,
-        "depth_unit": unit,
-        "timestamps_us": [int(i) * interval for i in src["frame_indices"]],
-        "intrinsics": [fx / w, fy / h, cx / w, cy / h],
-        "width": w,
-        "height": h,
-        "num_frames": len(frame_paths),
-        "w2c": w2c,
-        "true_scale": 1.0 / rel if ds["poses_metric"] else None,
-        "url": f"file://{scene.name}",
-    }
+    return _image_clip_row(
+        clip_id, src["split"], ds, (frame_paths, depth_paths, w2c),
+        [int(i) for i in src["frame_indices"]], [fx / w, fy / h, cx / w, cy / h], (w, h),
+        scene, rel)
 
 
 def _nerfstudio_frames(
@@ -751,18 +736,31 @@ def colmap_row(clip_id: str, src: dict[str, Any], cfg: dict[str, Any]) -> dict[s
     w, h = cams[0][4:]
     _check_image_sizes(clip_id, frame_paths, ing["verify_frames"], (w, h),
                        f"the COLMAP camera is {w}x{h}")
-    unit = _depth_unit(clip_id, depth_paths, float(ds["depth_unit"]), (w, h))
+    return _image_clip_row(
+        clip_id, src["split"], ds, (frame_paths, depth_paths, w2c),
+        list(range(len(frame_paths))), [float(x) for x in ref], (w, h), scene, rel)
+
+
+def _image_clip_row(
+    clip_id: str, split: str, ds: dict[str, Any], files: tuple[list[str], list[str], list[Any]],
+    frame_numbers: list[int], intrinsics: list[float], size: tuple[int, int], scene: Any,
+    rel: float,
+) -> dict[str, Any]:
+    """The manifest row of a clip of image files with poses (nerfstudio, COLMAP): timestamps
+    at ``dataset.frame_interval_us`` per frame number, the depth unit checked."""
+    frame_paths, depth_paths, w2c = files
+    w, h = size
     interval = int(ds["frame_interval_us"])
     return {
         "clip_id": clip_id,
-        "split": src["split"],
+        "split": split,
         "source_type": "images",
         "video_path": None,
         "frame_paths": frame_paths,
         "depth_paths": depth_paths,
-        "depth_unit": unit,
-        "timestamps_us": [i * interval for i in range(len(frame_paths))],
-        "intrinsics": [float(x) for x in ref],
+        "depth_unit": _depth_unit(clip_id, depth_paths, float(ds["depth_unit"]), (w, h)),
+        "timestamps_us": [i * interval for i in frame_numbers],
+        "intrinsics": intrinsics,
         "width": w,
         "height": h,
         "num_frames": len(frame_paths),
