@@ -191,3 +191,12 @@ def scales_through_layouts(tmp_path: Path, common: list[str], runs: dict[str, li
         scales[name] = float(aligned["scale_median"].iloc[0])
     print(f"clip scale: {scales} (true {1 / rel:.4f})")
     return scales
+
+
+def traj(rots: list[np.ndarray], ts: list[list[float]]) -> np.ndarray:
+    """(F, 4, 4) poses from per-frame rotations and translations (known-answer metric tests)."""
+    out = np.tile(np.eye(4), (len(ts), 1, 1))
+    for i, (R, t) in enumerate(zip(rots, ts, strict=True)):
+        out[i, :3, :3] = R
+        out[i, :3, 3] = t
+    return out

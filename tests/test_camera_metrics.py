@@ -10,19 +10,12 @@ import pytest
 
 from pipeline.evaluation import camera_eval as ce
 from pipeline.geometry import camera_metrics as cm
+from tests.helpers import traj
 
 
 def rot_z(deg: float) -> np.ndarray:
     a = math.radians(deg)
     return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-
-
-def traj(rots: list[np.ndarray], ts: list[list[float]]) -> np.ndarray:
-    out = np.tile(np.eye(4), (len(ts), 1, 1))
-    for i, (R, t) in enumerate(zip(rots, ts, strict=True)):
-        out[i, :3, :3] = R
-        out[i, :3, 3] = t
-    return out
 
 
 LINE = traj([np.eye(3)] * 3, [[0, 0, 0], [1, 0, 0], [2, 0, 0]])  # scene scale 2

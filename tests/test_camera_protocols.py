@@ -11,16 +11,9 @@ import pytest
 
 from pipeline.evaluation import camera_eval as ce
 from pipeline.geometry import camera_metrics as cm
+from tests.helpers import traj
 
 RZ90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-
-
-def traj(rots: list[np.ndarray], ts: list[list[float]]) -> np.ndarray:
-    out = np.tile(np.eye(4), (len(ts), 1, 1))
-    for i, (R, t) in enumerate(zip(rots, ts, strict=True)):
-        out[i, :3, :3] = R
-        out[i, :3, 3] = t
-    return out
 
 
 I3 = np.eye(3)
