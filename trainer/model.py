@@ -344,7 +344,5 @@ class BuiltinBackbone(nn.Module):
         pl = torch.where(has.view(-1, 1, 1, 1, 1), pl, pl[donor: donor + 1])
         depth = self.depth_head(image)
         warped, _ = warp_condition(image, pl, depth, self.warp_iterations)
-        z = F.pixel_unshuffle(warped.flatten(0, 1), self.factor) if self.factor > 1 else (
-            warped.flatten(0, 1))
-        z = z.view(*warped.shape[:2], *z.shape[1:])
+        z = self.encode_video(warped)
         return torch.where(has.view(-1, 1, 1, 1, 1), z, same)

@@ -53,16 +53,17 @@ def normalised_coords(plucker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return d[..., 0, :, :] / dz, d[..., 1, :, :] / dz
 
 
-def identity_frame(plucker: torch.Tensor) -> torch.Tensor:
+def identity_frame(plucker: torch.Tensor, centres: torch.Tensor | None = None) -> torch.Tensor:
     """(B, F, 6, H, W) -> (B,) index of the frame with the identity pose (the condition frame).
 
     Two departures, each zero there and only there: the camera centre's distance from the
     origin, and the rotation's (its normalised grid stops being separable). Each is divided by
     its largest value over the clip's frames, so that a small rotation is not outweighed by a
-    large translation or the other way round."""
+    large translation or the other way round. ``centres``: ``camera_centres(plucker)`` where
+    the caller has it already."""
     x, y = normalised_coords(plucker)
     sep = (x.var(dim=-2, unbiased=False).mean(-1) + y.var(dim=-1, unbiased=False).mean(-1)).sqrt()
-    dist = camera_centres(plucker).norm(dim=-1)
+    dist = (camera_centres(plucker) if centres is None else centres).norm(dim=-1)
     tiny = torch.finfo(plucker.dtype).tiny
     score = dist / (dist.amax(dim=1, keepdim=True) + tiny) + sep / (
         sep.amax(dim=1, keepdim=True) + tiny)
@@ -107,7 +108,7 @@ def reproject(plucker: torch.Tensor, depth: torch.Tensor, iterations: int
     dtype = depth.dtype
     pl = plucker.to(dtype)
     c = camera_centres(pl)  # (B, F, 3)
-    cam = identity_frame(pl)
+    cam = identity_frame(pl, c)
     k = intrinsics(pl[torch.arange(b, device=pl.device), cam])  # (B, 4)
     fx, fy, cx, cy = (k[:, i].view(b, 1, 1, 1) for i in range(4))
     d = pl[:, :, 3:6]  # (B, F, 3, H, W)
