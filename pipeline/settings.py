@@ -649,6 +649,10 @@ class TrainWarpPrior:
     init_depth: POS_FLOAT = 2.5
     #: fixed-point steps of the backward warp
     iterations: POS_INT = 3
+    #: the denoiser also sees where the warp is valid (the target ray reaches the condition
+    #: frame's surface inside the image), folded like the latents: it can tell the reprojected
+    #: content it should keep from the stretched edge it has to replace
+    mask_input: bool = False
 
 
 @schema

@@ -119,17 +119,55 @@ def test_backbone_warp_prior_follows_the_camera_and_falls_back_without_one():
     img = torch.rand(1, 3, H, W) * 2 - 1
     lat = model.condition(img)["latent"]
     pl = _plucker([_c2w(0.0), _c2w(3.0, (0.2, 0.0, 0.1))]).float()
-    moved = model.warped_condition(lat, pl, None, 2)
+    moved, valid = model.warped_condition(lat, pl, None, 2)
     assert torch.allclose(moved[:, 0], lat, atol=1e-5)  # the condition frame stays put
     assert (moved[:, 1] - lat).abs().mean() > 0.05  # the other frame moved
-    same = model.warped_condition(lat, torch.zeros_like(pl), None, 2)
+    assert valid.shape == (1, 2, 4, H // 2, W // 2)
+    assert bool((valid[:, 0] == 1).all())  # the condition frame sees itself everywhere
+    same, same_valid = model.warped_condition(lat, torch.zeros_like(pl), None, 2)
     assert torch.equal(same, lat[:, None].expand_as(same))
-    dropped = model.warped_condition(lat, pl, torch.zeros(1), 2)
+    assert bool((same_valid == 1).all())
+    dropped, _ = model.warped_condition(lat, pl, torch.zeros(1), 2)
     assert torch.equal(dropped, lat[:, None].expand_as(dropped))
     # the untrained network adds nothing (zero-initialised output): x0 = the warp exactly
     z = torch.randn(1, 2, *lat.shape[1:])
     out = model(z, torch.tensor([500]), {"latent": lat}, pl)
     assert torch.allclose(out, moved, atol=1e-6)
+
+
+def test_mask_input_tells_the_denoiser_where_the_warp_left_the_image():
+    """``warp_prior.mask_input``: a 10-degree yaw leaves a band of the new view outside the
+    condition image; the folded validity mask marks that band 0 (the rest 1), and the denoiser's
+    output depends on it (same inputs, mask flipped -> different output)."""
+    from pipeline.config import load_config
+    from trainer.model import BuiltinBackbone
+
+    cfg = load_config([])["train"]["builtin"]
+    cfg.update(latent_factor=2, channels=[8, 16], camera_channels=[4, 8], heads=2, temb_dim=16)
+    cfg["warp_prior"].update(enabled=True, mask_input=True)
+    torch.manual_seed(0)
+    model = BuiltinBackbone(cfg).eval()
+    torch.nn.init.normal_(model.denoiser.conv_out.weight, std=0.1)  # not the zero init
+    img = torch.rand(1, 3, H, W) * 2 - 1
+    lat = model.condition(img)["latent"]
+    pl = _plucker([_c2w(0.0), _c2w(10.0)]).float()
+    _, valid = model.warped_condition(lat, pl, None, 2)
+    # along the middle row (fx = 30, cx = 15) the condition image spans -26.6..29.5 degrees;
+    # turned 10 degrees, the pixels whose centre lies past 30 * tan(19.5 deg) + 15 = 25.6 (or
+    # before 6.1 on the other side) see past its edge: 6 pixel columns = 3 latent columns
+    # (factor 2). Rows nearer the top and bottom lose more (the turned rays also leave it
+    # vertically), so the middle latent row is checked.
+    cols = valid[0, 1, :, H // 4].amin(dim=0)  # per latent column: all 4 folded pixels valid?
+    assert 2 <= int((cols == 0).sum()) <= 4 and int((cols == 1).sum()) >= 12
+    assert bool((cols[:1] == 0).all()) != bool((cols[-1:] == 0).all())  # one side only
+    z = torch.randn(1, 2, *lat.shape[1:])
+    t = torch.tensor([500])
+    with torch.no_grad():
+        out = model(z, t, {"latent": lat}, pl)
+        orig = model.warped_condition
+        model.warped_condition = lambda *a: (orig(*a)[0], 1 - orig(*a)[1])
+        flipped = model(z, t, {"latent": lat}, pl)
+    assert (out - flipped).abs().amax() > 1e-3
 
 
 def test_enormous_translations_keep_the_sampler_in_range():

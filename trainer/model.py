@@ -120,14 +120,16 @@ class SpaceTimeDenoiser(nn.Module):
     """A small U-Net over (B, F, C, h, w): ResBlocks + temporal attention per level."""
 
     def __init__(self, latent_channels: int, channels: list[int], heads: int, temb_dim: int,
-                 n_inputs: int = 2):
+                 n_inputs: int = 2, extra_channels: int = 0):
         super().__init__()
         self.channels = list(channels)
         self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(channels[0], temb_dim)
         # n_inputs latents per frame, stacked on channels: the noisy one, the condition frame's
-        # and (with the warp prior) the condition frame reprojected to this frame
-        self.conv_in = nn.Conv2d(n_inputs * latent_channels, channels[0], 3, padding=1)
+        # and (with the warp prior) the condition frame reprojected to this frame; then
+        # ``extra_channels`` more (the warp's validity mask, folded)
+        self.conv_in = nn.Conv2d(n_inputs * latent_channels + extra_channels, channels[0], 3,
+                                 padding=1)
         self.down_res = nn.ModuleList()
         self.down_attn = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -236,9 +238,11 @@ class BuiltinBackbone(nn.Module):
         # condition frame
         warp = cfg.get("warp_prior") or {}
         self.warp = bool(warp.get("enabled", False))
+        self.warp_mask = self.warp and bool(warp.get("mask_input", False))
         self.denoiser = SpaceTimeDenoiser(
             self.latent_channels, channels, int(cfg["heads"]), int(cfg["temb_dim"]),
             n_inputs=3 if self.warp else 2,
+            extra_channels=self.factor**2 if self.warp_mask else 0,
         )
         if self.warp:
             self.depth_head = DepthHead(list(warp["depth_channels"]), float(warp["init_depth"]))
@@ -299,7 +303,8 @@ class BuiltinBackbone(nn.Module):
         """``keep_*`` (B,) float masks implement condition dropout (0 = dropped)."""
         b, f = z_t.shape[:2]
         c = cond["latent"]
-        base = self.warped_condition(c, plucker, keep_camera, f) if self.warp else None
+        base, valid = (self.warped_condition(c, plucker, keep_camera, f) if self.warp
+                       else (None, None))
         if keep_image is not None:
             c = c * keep_image.view(-1, 1, 1, 1).to(c.dtype)
         inputs = [z_t, c[:, None].expand(-1, f, -1, -1, -1)]
@@ -308,6 +313,8 @@ class BuiltinBackbone(nn.Module):
             if keep_image is not None:
                 shown = base * keep_image.view(-1, 1, 1, 1, 1).to(base.dtype)
             inputs.append(shown)
+            if self.warp_mask:
+                inputs.append(valid.to(z_t.dtype))
         x = torch.cat(inputs, dim=2)
         feats = None
         if plucker is not None:
@@ -323,26 +330,32 @@ class BuiltinBackbone(nn.Module):
         return out
 
     def warped_condition(self, cond_latent: torch.Tensor, plucker: torch.Tensor | None,
-                         keep_camera: torch.Tensor | None, frames: int) -> torch.Tensor:
-        """(B, F, C, h, w) latents of the condition frame seen from each frame's camera.
+                         keep_camera: torch.Tensor | None, frames: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, C, h, w) latents of the condition frame seen from each frame's camera, and
+        where that view is valid (B, F, f*f, h, w), folded like the latents.
 
         Samples without a camera (an all-zero Plücker map: the no-camera arm; or camera
-        dropout) get the condition frame unchanged in every frame."""
+        dropout) get the condition frame unchanged in every frame, valid everywhere."""
         image = F.pixel_shuffle(cond_latent, self.factor) if self.factor > 1 else cond_latent
         same = cond_latent[:, None].expand(-1, frames, -1, -1, -1)
+        b, _, _, h, w = same.shape
+        all_valid = same.new_ones(b, frames, self.factor**2, h, w)
         if plucker is None:
-            return same
+            return same, all_valid
         pl = plucker.to(cond_latent.dtype)
         has = pl.flatten(1).abs().amax(dim=1) > 0
         if keep_camera is not None:
             has = has & (keep_camera > 0)
         if not bool(has.any()):
-            return same
+            return same, all_valid
         # samples without a camera borrow a valid map so that no NaN enters the graph, and
         # are then replaced by the unwarped frame
         donor = int(torch.nonzero(has)[0, 0])
         pl = torch.where(has.view(-1, 1, 1, 1, 1), pl, pl[donor: donor + 1])
         depth = self.depth_head(image)
-        warped, _ = warp_condition(image, pl, depth, self.warp_iterations)
+        warped, valid = warp_condition(image, pl, depth, self.warp_iterations)
         z = self.encode_video(warped)
-        return torch.where(has.view(-1, 1, 1, 1, 1), z, same)
+        keep = has.view(-1, 1, 1, 1, 1)
+        return (torch.where(keep, z, same),
+                torch.where(keep, self.encode_video(valid.to(z.dtype)), all_valid))
