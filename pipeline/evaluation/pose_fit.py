@@ -14,6 +14,12 @@ loss does not pull the pose. Frames are tracked in order: each starts from the p
 frame's pose extrapolated at constant velocity, or the previous pose itself, whichever renders
 closer. Candidate cameras of one iteration are rendered in one batch
 (``pipeline.synthetic.scenes.render_many``).
+
+With ``robust_scale`` > 0 the per-pixel loss is Cauchy's, ``c^2/2 log(1 + (r/c)^2)``, minimised
+by iteratively reweighted LM: pixels that match no pose of the scene (content a generator
+invented where the condition frame had nothing to show, a stretched edge) stop pulling the pose,
+as RANSAC keeps SfM from following such pixels. Where a frame is right, residuals are far below
+``c`` and the fit is the least-squares one (the ``gt`` row does not move).
 """
 
 from __future__ import annotations
@@ -47,10 +53,11 @@ class FitSettings:
     damping: float  # initial LM damping (relative to the mean diagonal of J^T J)
     supersample: int  # render samples per pixel side (the frames are area-averaged)
     valley_steps: list[float]  # multiples of the FD step tried along the weakest direction
+    robust_scale: float = 0.0  # Cauchy scale of the per-pixel loss (standardised units); 0 = L2
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FitSettings:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _standardise(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -64,6 +71,18 @@ def _standardise(img: np.ndarray, sigma: float) -> np.ndarray:
     mu = x.mean(axis=(1, 2), keepdims=True)
     sd = x.std(axis=(1, 2), keepdims=True) + STD_EPS
     return ((x - mu) / sd).reshape(*lead, -1)
+
+
+def _loss(r: np.ndarray, c: float) -> np.ndarray:
+    """Per-row mean loss of residuals ``r`` (N, D): squared (c = 0) or Cauchy with scale c."""
+    if c <= 0:
+        return (r**2).mean(axis=-1)
+    return (0.5 * c**2 * np.log1p((r / c) ** 2)).mean(axis=-1)
+
+
+def _weights(r: np.ndarray, c: float) -> np.ndarray:
+    """IRLS weights of the loss at residuals ``r``: 1 (L2), or ``1 / (1 + (r/c)^2)``."""
+    return np.ones_like(r) if c <= 0 else 1.0 / (1.0 + (r / c) ** 2)
 
 
 def _perturb(c2w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -103,17 +122,21 @@ class PoseFitter:
 
     def _fit_level(self, target: np.ndarray, inits: list[np.ndarray],
                    sigma: float) -> tuple[np.ndarray, float]:
+        """LM at one blur level; returns the pose and its mean squared residual (the reported
+        figure whatever the loss, so that fits with and without ``robust_scale`` compare)."""
+        c = float(self.s.robust_scale)
         y = _standardise(np.asarray(target, dtype=np.float32), sigma)
         feats = self.features(np.stack(inits), sigma)
-        errs = ((feats - y) ** 2).mean(axis=1)
-        k = int(np.argmin(errs))
-        pose, f0, err = inits[k], feats[k], float(errs[k])
+        costs = _loss(y - feats, c)
+        k = int(np.argmin(costs))
+        pose, f0, cost = inits[k], feats[k], float(costs[k])
         lam = float(self.s.damping)
         for _ in range(int(self.s.iterations)):
             cands = np.stack([_perturb(pose, np.eye(6)[j] * self.fd[j]) for j in range(6)])
             J = (self.features(cands, sigma) - f0).T / self.fd  # (D, 6)
             r = y - f0
-            A, g = J.T @ J, J.T @ r
+            w = _weights(r, c)
+            A, g = J.T @ (w[:, None] * J), J.T @ (w * r)
             diag = np.mean(np.diag(A)) + STD_EPS**2  # a textureless frame: A = 0
             lams = [lam * k for k in LM_TRIAL_FACTORS]
             steps = [np.linalg.solve(A + lm * diag * np.eye(6), g) for lm in lams]
@@ -125,17 +148,17 @@ class PoseFitter:
             steps.extend(k * weak for k in self.s.valley_steps)
             trial = np.stack([_perturb(pose, st) for st in steps])
             tf = self.features(trial, sigma)
-            te = ((tf - y) ** 2).mean(axis=1)
+            te = _loss(y - tf, c)
             j = int(np.argmin(te))
-            if te[j] < err:
-                gain = err - float(te[j])
-                pose, f0, err = trial[j], tf[j], float(te[j])
+            if te[j] < cost:
+                gain = cost - float(te[j])
+                pose, f0, cost = trial[j], tf[j], float(te[j])
                 lam = lams[j] if j < len(lams) else lam
                 if gain < float(self.s.tolerance):
                     break
             else:
                 lam *= LM_REJECT_GROWTH
-        return pose, err
+        return pose, float(((y - f0) ** 2).mean())
 
     def fit_video(self, frames: np.ndarray, c2w0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World c2w (F, 4, 4) and residuals (F,) of a video, tracked from ``c2w0`` (the world
