@@ -653,6 +653,11 @@ class TrainWarpPrior:
     #: frame's surface inside the image), folded like the latents: it can tell the reprojected
     #: content it should keep from the stretched edge it has to replace
     mask_input: bool = False
+    #: weight of a photometric reprojection loss on the depth head: the mean absolute difference
+    #: between the warped condition frame and each training frame where the warp is valid (the
+    #: self-supervised depth loss of monocular depth learning). 0 = the depth head learns only
+    #: through the denoising loss, which the denoiser's own correction of the warp weakens
+    reprojection_weight: NONNEG_FLOAT = 0.0
 
 
 @schema

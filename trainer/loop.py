@@ -122,7 +122,10 @@ def diffusion_loss(
     else:
         target = scheduler.get_velocity(z0, noise, t)
     pred = model(z_t, core.model_timesteps(t, scheduler), cond, plucker, keep_image, keep_camera)
-    return F.mse_loss(pred.float(), target.float())
+    loss = F.mse_loss(pred.float(), target.float())
+    # a backbone's own extra term (the warp prior's reprojection loss on its depth head)
+    aux = core.auxiliary_loss(video) if hasattr(core, "auxiliary_loss") else None
+    return loss if aux is None else loss + aux.float()
 
 
 class LocalCheckpoints:

@@ -247,6 +247,11 @@ class BuiltinBackbone(nn.Module):
         if self.warp:
             self.depth_head = DepthHead(list(warp["depth_channels"]), float(warp["init_depth"]))
             self.warp_iterations = int(warp["iterations"])
+        self.reprojection_weight = (float(warp.get("reprojection_weight", 0.0)) if self.warp
+                                    else 0.0)
+        # the last training forward's warp in pixels (warped, valid, has camera), for
+        # ``auxiliary_loss``; None outside training
+        self._last_warp: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.camera = CameraEncoder(self.factor, list(cfg["camera_channels"]), channels)
         # x0 prediction as the condition frame plus a learned change: a model that has learnt
         # nothing yet already returns the condition image in every frame, so training time goes
@@ -329,6 +334,19 @@ class BuiltinBackbone(nn.Module):
             out = out + cond["latent"][:, None]
         return out
 
+    def auxiliary_loss(self, video: torch.Tensor) -> torch.Tensor | None:
+        """The photometric reprojection loss of the last training forward, times its weight:
+        mean |warped condition frame - frame| over the pixels where the warp is valid, samples
+        with a camera only. ``video`` (B, F, 3, H, W) in [-1, 1]. None when off or when that
+        forward had no camera to warp along."""
+        last, self._last_warp = self._last_warp, None
+        if last is None:
+            return None
+        warped, valid, has = last
+        mask = valid * has.view(-1, 1, 1, 1, 1).to(valid.dtype)
+        err = (warped - video.to(warped.dtype)).abs() * mask
+        return self.reprojection_weight * err.sum() / (3 * mask.sum()).clamp(min=1.0)
+
     def warped_condition(self, cond_latent: torch.Tensor, plucker: torch.Tensor | None,
                          keep_camera: torch.Tensor | None, frames: int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +373,8 @@ class BuiltinBackbone(nn.Module):
         pl = torch.where(has.view(-1, 1, 1, 1, 1), pl, pl[donor: donor + 1])
         depth = self.depth_head(image)
         warped, valid = warp_condition(image, pl, depth, self.warp_iterations)
+        if self.training and self.reprojection_weight > 0:
+            self._last_warp = (warped, valid, has)
         z = self.encode_video(warped)
         keep = has.view(-1, 1, 1, 1, 1)
         return (torch.where(keep, z, same),
